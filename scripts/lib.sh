@@ -119,7 +119,7 @@ ensure_pg_admin() {
     # the socket works on a stock Debian install); its password lives in a file.
     local pw
     pw="$(cat "$DEV/secrets/postgres/casino_admin")"
-    as_root runuser -u postgres -- psql -q -v ON_ERROR_STOP=1 -d postgres >/dev/null <<SQL
+    (cd / && as_root runuser -u postgres -- psql -q -v ON_ERROR_STOP=1 -d postgres >/dev/null <<SQL
 DO \$\$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'casino_admin') THEN
     CREATE ROLE casino_admin LOGIN SUPERUSER;
@@ -127,4 +127,5 @@ DO \$\$ BEGIN
 END \$\$;
 ALTER ROLE casino_admin PASSWORD '$pw';
 SQL
+    )
 }

@@ -1,0 +1,39 @@
+"""PostgreSQL access: SQLAlchemy Core on psycopg 3, one async engine per service, connecting
+as the service's own role with its password read from a file."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from services.runtime.config import DatabaseConfig
+from services.runtime.secrets import read_secret
+
+
+def database_url(config: DatabaseConfig) -> URL:
+    url = make_url(config.url)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    if config.password_file is not None:
+        url = url.set(password=read_secret(config.password_file))
+    return url
+
+
+def create_engine(config: DatabaseConfig, application_name: str) -> AsyncEngine:
+    return create_async_engine(
+        database_url(config),
+        pool_size=config.pool_size,
+        max_overflow=0,
+        pool_pre_ping=True,
+        pool_timeout=config.connect_timeout_seconds,
+        connect_args={
+            "connect_timeout": max(1, round(config.connect_timeout_seconds)),
+            "application_name": application_name,
+        },
+    )
+
+
+async def ping(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))

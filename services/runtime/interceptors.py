@@ -1,0 +1,227 @@
+"""The per-RPC chassis. On the server, every handler is wrapped (a grpc.aio interceptor
+cannot see the request or the handler's context, so wrapping the handler is the only place
+these can live): caller authorisation from the contract, call context for logs and outgoing
+calls, domain errors mapped to rich statuses, unexpected exceptions turned into INTERNAL
+without leaking internals, and per-RPC metrics. On the client, outgoing calls inherit the
+remaining deadline of the RPC being served (grpc Python does not do this itself)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from opentelemetry import trace
+from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeoutError
+
+from services.runtime import metrics
+from services.runtime.access import MethodAccess
+from services.runtime.call import CallInfo, current_call, enter_call, leave_call
+from services.runtime.errors import DependencyUnavailable, DomainError
+from services.runtime.identity import service_from_spiffe_id
+from services.runtime.logs import get_logger
+from services.runtime.status import abort, abort_with_error
+
+log = get_logger()
+
+try:  # redis is optional for a service; its connection errors mean "dependency down"
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    _REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
+except ImportError:  # pragma: no cover
+    _REDIS_DOWN = ()
+
+
+def peer_service(context: grpc.aio.ServicerContext) -> str | None:
+    """The caller's service identity from its verified client certificate's SPIFFE ID."""
+    values = context.auth_context().get("peer_spiffe_id") or []
+    return service_from_spiffe_id(values[0].decode()) if values else None
+
+
+def _dependency_of(exc: BaseException) -> str | None:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated or isinstance(
+        exc, PoolTimeoutError
+    ):
+        return "database"
+    if isinstance(exc, DBAPIError) and type(exc.orig).__name__ in {
+        "OperationalError", "InterfaceError",
+    }:
+        return "database"
+    if _REDIS_DOWN and isinstance(exc, _REDIS_DOWN):
+        return "redis"
+    return None
+
+
+class _RpcScope:
+    """One RPC's bookkeeping: authorisation, call context, error mapping, metrics."""
+
+    def __init__(
+        self,
+        service: str,
+        access: MethodAccess,
+        context: grpc.aio.ServicerContext,
+        access_log: bool,
+    ) -> None:
+        self.service = service
+        self.access_log = access_log
+        self.access = access
+        self.context = context
+        self.grpc_service, _, self.grpc_method = access.method.lstrip("/").rpartition("/")
+        self.code = grpc.StatusCode.OK
+        self.token: contextvars.Token[CallInfo | None] | None = None
+
+    async def __aenter__(self) -> CallInfo:
+        caller = peer_service(self.context)
+        remaining = self.context.time_remaining()
+        self.info = CallInfo(
+            service=self.service,
+            method=self.access.method,
+            caller=caller,
+            deadline=None if remaining is None else time.monotonic() + remaining,
+        )
+        self.token = enter_call(self.info)
+        self.log = log.bind(rpc=self.access.method, caller=caller)
+        self.started = time.perf_counter()
+        metrics.RPC_STARTED.labels(self.grpc_service, self.grpc_method).inc()
+        if not self.access.allows(caller):
+            metrics.CALLER_DENIED.labels(self.grpc_service, self.grpc_method, str(caller)).inc()
+            self.log.warning("caller not allowed")
+            self.code = grpc.StatusCode.PERMISSION_DENIED
+            try:
+                await abort(
+                    self.context,
+                    self.code,
+                    "CALLER_NOT_ALLOWED",
+                    f"caller {caller or 'without a platform identity'} may not call this RPC",
+                    {"caller": caller or "", "rpc": self.access.method},
+                )
+            finally:
+                self._finish()
+        return self.info
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        try:
+            if exc is None or isinstance(exc, asyncio.CancelledError):
+                return False
+            if isinstance(exc, grpc.aio.AbortError):
+                # The handler called context.abort(): the status is already set.
+                self.code = self.context.code() or grpc.StatusCode.UNKNOWN
+                return False
+            if isinstance(exc, DomainError):
+                self.code = grpc.StatusCode[exc.code.value]
+                await abort_with_error(self.context, exc)
+            dependency = _dependency_of(exc)
+            if dependency is not None:
+                self.code = grpc.StatusCode.UNAVAILABLE
+                self.log.warning("dependency unavailable", dependency=dependency, error=str(exc))
+                await abort_with_error(self.context, DependencyUnavailable(dependency))
+            self.code = grpc.StatusCode.INTERNAL
+            trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
+            self.log.error("unhandled exception in handler", exc_info=exc)
+            await abort(
+                self.context,
+                self.code,
+                "INTERNAL_ERROR",
+                "internal error; quote trace_id when reporting it",
+                {"trace_id": trace_id},
+            )
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.token is None:
+            return
+        elapsed = time.perf_counter() - self.started
+        metrics.RPC_HANDLED.labels(self.grpc_service, self.grpc_method, self.code.name).inc()
+        metrics.RPC_LATENCY.labels(self.grpc_service, self.grpc_method).observe(elapsed)
+        if self.access_log:
+            self.log.info(
+                "rpc finished", grpc_code=self.code.name, duration_ms=round(elapsed * 1000, 3)
+            )
+        leave_call(self.token)
+        self.token = None
+
+
+class RuntimeServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(
+        self, service: str, policies: dict[str, MethodAccess], *, access_log: bool = True
+    ) -> None:
+        self._service = service
+        self._policies = policies
+        self._access_log = access_log
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        access = self._policies.get(details.method)
+        if handler is None or access is None:
+            # Health and reflection: open to any caller that passed the mTLS handshake.
+            return handler
+        service, access_log = self._service, self._access_log
+        des, ser = handler.request_deserializer, handler.response_serializer
+
+        if handler.unary_unary:
+            uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                async with _RpcScope(service, access, context, access_log):
+                    return await uu(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, des, ser)
+        if handler.unary_stream:
+            us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                async with _RpcScope(service, access, context, access_log):
+                    async for item in us(request, context):
+                        yield item
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, des, ser)
+        if handler.stream_unary:
+            su = handler.stream_unary
+
+            async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                async with _RpcScope(service, access, context, access_log):
+                    return await su(requests, context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, des, ser)
+        ss = handler.stream_stream
+
+        async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with _RpcScope(service, access, context, access_log):
+                async for item in ss(requests, context):
+                    yield item
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, des, ser)
+
+
+class DeadlinePropagation(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    """An outgoing call made while serving an RPC gets at most the time left of that RPC's
+    deadline; a call made outside any RPC gets the upstream's default timeout."""
+
+    def __init__(self, default_timeout: float | None) -> None:
+        self._default = default_timeout
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        timeout = details.timeout if details.timeout is not None else self._default
+        call = current_call()
+        remaining = call.time_remaining() if call else None
+        if remaining is not None:
+            remaining = max(remaining, 0.0)
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        return grpc.aio.ClientCallDetails(
+            details.method, timeout, details.metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(client_call_details), request)
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(client_call_details), request)

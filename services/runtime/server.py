@@ -1,0 +1,210 @@
+"""A service process: configuration, telemetry, dependencies, the mTLS gRPC server with its
+plaintext health twin, readiness, and graceful shutdown. A service's `__main__` only builds
+its domain on a `ServiceRuntime` and calls `run_service`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.runtime import db, metrics
+from services.runtime.access import MethodAccess, access_policies
+from services.runtime.client import secure_channel
+from services.runtime.config import ServiceConfig, load_config
+from services.runtime.health import Readiness
+from services.runtime.interceptors import RuntimeServerInterceptor
+from services.runtime.logs import configure_logging, get_logger
+from services.runtime.secrets import read_secret, read_secret_bytes
+from services.runtime.tracing import configure_tracing
+
+AddToServer = Callable[[Any, grpc.aio.Server], None]
+
+_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class ServiceRuntime:
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        configure_logging(config.name, config.telemetry.log_level)
+        self.tracer_provider = configure_tracing(config.name, config.telemetry)
+        self.log = get_logger()
+        self._services: list[tuple[ServiceDescriptor, Any, AddToServer]] = []
+        self._health = health_aio.HealthServicer()
+        self.readiness = Readiness(
+            self._health,
+            [],
+            config.health.probe_interval_seconds,
+            config.health.probe_timeout_seconds,
+        )
+        self._engine: AsyncEngine | None = None
+        self._redis: Redis | None = None
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        self._readiness_task: asyncio.Task[None] | None = None
+        self.port = self.health_port = self.metrics_port = 0
+
+    # Dependencies. Each one declared here is also a readiness probe.
+
+    def database(self) -> AsyncEngine:
+        if self._engine is None:
+            if not self.config.database.url:
+                raise RuntimeError(f"{self.config.name}: [database] url is not configured")
+            self._engine = db.create_engine(self.config.database, self.config.name)
+            engine = self._engine
+            self.readiness.add_probe("database", lambda: db.ping(engine))
+        return self._engine
+
+    def redis(self) -> Redis:
+        if self._redis is None:
+            cfg = self.config.redis
+            if not cfg.url:
+                raise RuntimeError(f"{self.config.name}: [redis] url is not configured")
+            password = read_secret(cfg.password_file) if cfg.password_file else None
+            self._redis = Redis.from_url(
+                cfg.url, password=password, socket_timeout=1.0, socket_connect_timeout=1.0
+            )
+            client = self._redis
+            self.readiness.add_probe("redis", lambda: client.ping())  # type: ignore[no-any-return]
+        return self._redis
+
+    def channel(self, upstream: str) -> grpc.aio.Channel:
+        """The channel to a configured upstream service (created once, closed at shutdown)."""
+        if upstream not in self._channels:
+            try:
+                cfg = self.config.upstreams[upstream]
+            except KeyError:
+                raise RuntimeError(f"{self.config.name}: no [upstreams.{upstream}]") from None
+            self._channels[upstream] = secure_channel(
+                cfg.target,
+                self.config.tls,
+                cfg.service,
+                default_timeout=cfg.timeout_seconds,
+                tracer_provider=self.tracer_provider,
+            )
+        return self._channels[upstream]
+
+    def add_service(self, descriptor: ServiceDescriptor, servicer: Any, add: AddToServer) -> None:
+        self._services.append((descriptor, servicer, add))
+
+    # Lifecycle.
+
+    def _server_credentials(self) -> grpc.ServerCredentials:
+        tls = self.config.tls
+        return grpc.ssl_server_credentials(
+            [(read_secret_bytes(tls.key_file), Path(tls.cert_file).read_bytes())],
+            root_certificates=Path(tls.ca_file).read_bytes(),
+            require_client_auth=True,
+        )
+
+    async def start(self) -> None:
+        policies: dict[str, MethodAccess] = {}
+        for descriptor, _, _ in self._services:
+            policies.update(access_policies(descriptor))
+        options = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(
+            interceptors=[
+                aio_server_interceptor(tracer_provider=self.tracer_provider),
+                RuntimeServerInterceptor(
+                    self.config.name, policies, access_log=self.config.telemetry.access_log
+                ),
+            ],
+            options=options,
+        )
+        names = [d.full_name for d, _, _ in self._services]
+        for _, servicer, add in self._services:
+            add(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            server,
+        )
+        listen = self.config.listen
+        self.port = server.add_secure_port(f"{listen.host}:{listen.port}", self._server_credentials())
+        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, health_server)
+        self.health_port = health_server.add_insecure_port(f"{listen.host}:{listen.health_port}")
+        self.metrics_port = metrics.serve_metrics(listen.host, listen.metrics_port)
+
+        self.readiness.watch_services(names)
+        await self.readiness.check_once()
+        await health_server.start()
+        await server.start()
+        self._server, self._health_server = server, health_server
+        self._readiness_task = asyncio.create_task(self.readiness.run(), name="readiness")
+        self.log.info(
+            "service started",
+            port=self.port,
+            health_port=self.health_port,
+            metrics_port=self.metrics_port,
+            services=names,
+        )
+
+    async def stop(self) -> None:
+        """Graceful: report NOT_SERVING, refuse new calls, let in-flight calls finish within
+        the grace period, then release dependencies."""
+        shutdown = self.config.shutdown
+        self.log.info("shutting down", grace_seconds=shutdown.grace_seconds)
+        await self.readiness.shutting_down()
+        if shutdown.drain_seconds:
+            await asyncio.sleep(shutdown.drain_seconds)
+        if self._server is not None:
+            await self._server.stop(shutdown.grace_seconds)
+        if self._readiness_task is not None:
+            self._readiness_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._readiness_task
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+        for channel in self._channels.values():
+            await channel.close()
+        if self._engine is not None:
+            await self._engine.dispose()
+        if self._redis is not None:
+            await self._redis.aclose()
+        self.tracer_provider.shutdown()
+        self.log.info("stopped")
+
+    async def run_until_signalled(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        await self.stop()
+
+
+def run_service(build: Callable[[ServiceRuntime], Awaitable[None]]) -> None:
+    """Entry point of a service process: `python -m services.<name> --config FILE`."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", type=Path, required=True)
+    args = parser.parse_args()
+    config = load_config(args.config)
+
+    async def main() -> None:
+        runtime = ServiceRuntime(config)
+        await build(runtime)
+        await runtime.run_until_signalled()
+
+    asyncio.run(main())
+    sys.exit(0)
