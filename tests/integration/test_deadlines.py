@@ -1,0 +1,49 @@
+"""An outgoing call made while serving carries what is left of the incoming deadline."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import pytest
+
+from casino.echo.v1 import echo_pb2
+from tests.conftest import Pki
+from tests.support.clients import echo_client
+
+
+async def test_outer_deadline_is_visible_reduced_on_the_inner_call(launch, pki: Pki) -> None:
+    inner = launch()
+    # The upstream default timeout (5 s) is longer than the caller's budget, so only
+    # propagation can explain an inner deadline below the outer one.
+    outer = launch(upstream_port=inner.ports["port"])
+    async with echo_client(outer.ports["port"], pki.tls("games")) as client:
+        reply = await client.RelayEcho(
+            echo_pb2.RelayEchoRequest(request_id=uuid.uuid4().hex, message="m"), timeout=1.5
+        )
+    outer_ms, inner_ms = reply.deadline_remaining_ms, reply.downstream.deadline_remaining_ms
+    assert 0 < inner_ms <= outer_ms <= 1600
+    assert reply.downstream.caller == "echo"
+
+
+async def test_inner_call_fails_when_the_outer_budget_is_spent(launch, pki: Pki) -> None:
+    inner = launch()
+    outer = launch(upstream_port=inner.ports["port"])
+    async with echo_client(outer.ports["port"], pki.tls("games")) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await client.RelayEcho(
+                echo_pb2.RelayEchoRequest(request_id=uuid.uuid4().hex, message="m"),
+                timeout=0.001,
+            )
+    assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_call_without_deadline_gets_the_upstream_default(launch, pki: Pki) -> None:
+    inner = launch()
+    outer = launch(upstream_port=inner.ports["port"])
+    async with echo_client(outer.ports["port"], pki.tls("games")) as client:
+        reply = await client.RelayEcho(
+            echo_pb2.RelayEchoRequest(request_id=uuid.uuid4().hex, message="m"), timeout=None
+        )
+    assert reply.deadline_remaining_ms == 0
+    assert 0 < reply.downstream.deadline_remaining_ms <= 5000

@@ -1,0 +1,76 @@
+"""Readiness follows the dependencies, on the plaintext probe port and the mTLS port."""
+
+from __future__ import annotations
+
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.runtime.client import secure_channel
+from tests.conftest import Pki
+from tests.support.tcp_proxy import TcpProxy
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.fixture
+def db_proxy():
+    proxy = TcpProxy("127.0.0.1", 5432)
+    proxy.start()
+    yield proxy
+    proxy.close()
+
+
+async def test_health_goes_not_serving_while_database_is_unreachable_and_back(
+    launch, db_proxy: TcpProxy
+) -> None:
+    echo = launch(db_port=db_proxy.port)
+    await echo.wait_health(SERVING)
+    assert await echo.health("casino.echo.v1.EchoService") == SERVING
+
+    db_proxy.cut()
+    await echo.wait_health(NOT_SERVING)
+    assert await echo.health("casino.echo.v1.EchoService") == NOT_SERVING
+    assert any(
+        line.get("event") == "dependency down" and line.get("dependency") == "database"
+        for line in echo.log_lines()
+    )
+
+    db_proxy.start()
+    await echo.wait_health(SERVING)
+    assert await echo.health("casino.echo.v1.EchoService") == SERVING
+
+
+async def test_health_on_the_mtls_port_matches_the_probe_port(launch, pki: Pki) -> None:
+    echo = launch()
+    await echo.wait_health(SERVING)
+    async with secure_channel(f"127.0.0.1:{echo.ports['port']}", pki.tls("games"), "echo") as ch:
+        reply = await health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
+    assert reply.status == SERVING
+
+
+async def test_metrics_port_exports_per_rpc_counts_and_latency(launch, pki: Pki) -> None:
+    import urllib.request
+    import uuid
+
+    from casino.echo.v1 import echo_pb2
+    from tests.support.clients import echo_client
+
+    echo = launch()
+    async with echo_client(echo.ports["port"], pki.tls("games")) as client:
+        await client.Echo(echo_pb2.EchoRequest(request_id=uuid.uuid4().hex, message="m"), timeout=5)
+    async with echo_client(echo.ports["port"], pki.tls("wallet")) as client:
+        with pytest.raises(Exception):  # noqa: B017 - denial asserted in its own test
+            await client.Echo(echo_pb2.EchoRequest(request_id="x", message="m"), timeout=5)
+    body = urllib.request.urlopen(  # noqa: S310 - loopback
+        f"http://127.0.0.1:{echo.ports['metrics_port']}/metrics", timeout=5
+    ).read().decode()
+    assert (
+        'grpc_server_handled_total{grpc_code="OK",grpc_method="Echo",'
+        'grpc_service="casino.echo.v1.EchoService"} 1.0' in body
+    )
+    assert 'grpc_code="PERMISSION_DENIED",grpc_method="Echo"' in body
+    assert 'grpc_server_handling_seconds_bucket{grpc_method="Echo"' in body
+    assert 'casino_dependency_up{dependency="database"} 1.0' in body

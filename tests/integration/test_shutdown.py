@@ -1,0 +1,60 @@
+"""SIGTERM: in-flight RPCs finish, new ones are refused, the process exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from casino.echo.v1 import echo_pb2
+from tests.conftest import Pki
+from tests.support.clients import echo_client
+
+
+async def test_sigterm_during_a_slow_rpc_lets_it_finish_and_refuses_new_calls(
+    launch, pki: Pki
+) -> None:
+    echo = launch(grace_seconds=10)
+    await echo.wait_health(health_pb2.HealthCheckResponse.SERVING)
+    async with echo_client(echo.ports["port"], pki.tls("games")) as client:
+        slow = asyncio.ensure_future(
+            client.Echo(
+                echo_pb2.EchoRequest(request_id=uuid.uuid4().hex, message="slow", delay_ms=1500),
+                timeout=10,
+            )
+        )
+        await asyncio.sleep(0.3)  # the slow RPC is in its handler
+        echo.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.Echo(
+                echo_pb2.EchoRequest(request_id=uuid.uuid4().hex, message="late"), timeout=5
+            )
+        reply = await slow
+
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert reply.record.message == "slow"
+    assert await asyncio.to_thread(echo.proc.wait, 15) == 0
+    events = [line.get("event") for line in echo.log_lines()]
+    assert events.index("shutting down") < events.index("stopped")
+
+
+async def test_in_flight_rpc_longer_than_the_grace_period_is_cancelled(launch, pki: Pki) -> None:
+    echo = launch(grace_seconds=0.5)
+    async with echo_client(echo.ports["port"], pki.tls("games")) as client:
+        slow = asyncio.ensure_future(
+            client.Echo(
+                echo_pb2.EchoRequest(request_id=uuid.uuid4().hex, message="x", delay_ms=5000),
+                timeout=10,
+            )
+        )
+        await asyncio.sleep(0.3)
+        echo.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await slow
+    assert failure.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+    assert await asyncio.to_thread(echo.proc.wait, 15) == 0
