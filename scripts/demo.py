@@ -30,8 +30,10 @@ async def run(root: Path) -> None:
     async with secure_channel(ECHO, _tls(root, "games"), "echo") as channel:
         echo = echo_pb2_grpc.EchoServiceStub(channel)
         first = await echo.Echo(echo_pb2.EchoRequest(request_id=key, message="hello"), timeout=3)
-        print(f"\nEcho as games      -> {first.record.name} caller={first.caller} "
-              f"deadline_left={first.deadline_remaining_ms}ms trace={first.trace_id}")
+        print(
+            f"\nEcho as games      -> {first.record.name} caller={first.caller} "
+            f"deadline_left={first.deadline_remaining_ms}ms trace={first.trace_id}"
+        )
         again = await echo.Echo(echo_pb2.EchoRequest(request_id=key, message="hello"), timeout=3)
         print(f"same request_id    -> {again.record.name} replayed={again.replayed}")
         try:
@@ -41,12 +43,16 @@ async def run(root: Path) -> None:
         relay = await echo.RelayEcho(
             echo_pb2.RelayEchoRequest(request_id=uuid.uuid4().hex, message="via relay"), timeout=3
         )
-        print(f"RelayEcho          -> hop1 deadline_left={relay.deadline_remaining_ms}ms, "
-              f"hop2 deadline_left={relay.downstream.deadline_remaining_ms}ms caller="
-              f"{relay.downstream.caller}, one trace: {relay.trace_id == relay.downstream.trace_id}")
+        print(
+            f"RelayEcho          -> hop1 deadline_left={relay.deadline_remaining_ms}ms, "
+            f"hop2 deadline_left={relay.downstream.deadline_remaining_ms}ms caller="
+            f"{relay.downstream.caller}, one trace: {relay.trace_id == relay.downstream.trace_id}"
+        )
         page = await echo.ListEchoes(echo_pb2.ListEchoesRequest(page_size=2), timeout=3)
-        print(f"ListEchoes         -> {[e.name for e in page.echoes]} "
-              f"next_page_token={'yes' if page.next_page_token else 'no'}")
+        print(
+            f"ListEchoes         -> {[e.name for e in page.echoes]} "
+            f"next_page_token={'yes' if page.next_page_token else 'no'}"
+        )
     async with secure_channel(ECHO, _tls(root, "wallet"), "echo") as channel:
         try:
             await echo_pb2_grpc.EchoServiceStub(channel).Echo(

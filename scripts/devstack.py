@@ -47,8 +47,10 @@ async def main() -> int:
         for p in processes:
             ports = p.wait_started()
             await p.wait_health(SERVING)
-            print(f"{p.service:<12} SERVING  grpc(mTLS) :{ports['port']}  "
-                  f"health :{ports['health_port']}  metrics :{ports['metrics_port']}")
+            print(
+                f"{p.service:<12} SERVING  grpc(mTLS) :{ports['port']}  "
+                f"health :{ports['health_port']}  metrics :{ports['metrics_port']}"
+            )
         await demo.run(ROOT)
         if not args.once:
             print("\nPlatform running; logs in .dev/logs/, spans in .dev/traces/. Ctrl-C stops it.")

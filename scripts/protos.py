@@ -40,12 +40,17 @@ def generate_into(proto: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     wkt = Path(grpc_tools.__file__).parent / "_proto"
     cmd = [
-        sys.executable, "-m", "grpc_tools.protoc",
-        f"-I{proto}", f"-I{wkt}",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{proto}",
+        f"-I{wkt}",
         f"--plugin=protoc-gen-mypy={BIN / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={BIN / 'protoc-gen-mypy_grpc'}",
-        f"--python_out={out}", f"--grpc_python_out={out}",
-        f"--mypy_out={out}", f"--mypy_grpc_out={out}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        f"--mypy_out={out}",
+        f"--mypy_grpc_out={out}",
         *_contract_files(proto),
     ]
     result = subprocess.run(cmd, text=True, capture_output=True)
@@ -65,11 +70,14 @@ def build_image(proto: Path, out: Path) -> None:
 
 def _same_tree(a: Path, b: Path) -> list[str]:
     """Paths that differ between two directory trees (ignoring caches)."""
+
     def files(root: Path) -> set[str]:
         return {
-            str(p.relative_to(root)) for p in root.rglob("*")
+            str(p.relative_to(root))
+            for p in root.rglob("*")
             if p.is_file() and "__pycache__" not in p.parts
         }
+
     fa, fb = files(a), files(b)
     differ = sorted(fa ^ fb)
     differ += sorted(f for f in fa & fb if not filecmp.cmp(a / f, b / f, shallow=False))
@@ -135,7 +143,9 @@ def cmd_check(root: Path) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("command", choices=["generate", "check"])
     parser.add_argument("--root", type=Path, default=ROOT)
     parser.add_argument("--allow-breaking", action="store_true")

@@ -122,9 +122,7 @@ grace_seconds = {grace_seconds}
 
 
 @pytest.fixture
-def launch(
-    tmp_path: Path, pki: Pki, test_database: str
-) -> Iterator[Callable[..., ServiceProcess]]:
+def launch(tmp_path: Path, pki: Pki, test_database: str) -> Iterator[Callable[..., ServiceProcess]]:
     launcher = Launcher(tmp_path, pki, [])
     yield launcher
     for process in launcher.started:

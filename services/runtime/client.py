@@ -42,6 +42,6 @@ def secure_channel(
         ],
         interceptors=[
             DeadlinePropagation(default_timeout),
-            *aio_client_interceptors(tracer_provider=tracer_provider),
+            *aio_client_interceptors(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
         ],
     )

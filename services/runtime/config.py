@@ -137,7 +137,7 @@ def _convert(tp: Any, value: Any, where: str, base: Path) -> Any:
         return p if p.is_absolute() or not value else (base / p)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp is Any or isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+    if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         return value
     raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
 
@@ -149,7 +149,9 @@ def build(cls: type[T], data: dict[str, Any], where: str, base: Path) -> T:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
-    kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k, base) for k, v in data.items()}
+    kwargs = {
+        k: _convert(hints[k], v, f"{where}.{k}" if where else k, base) for k, v in data.items()
+    }
     try:
         return cls(**kwargs)
     except TypeError as exc:

@@ -63,7 +63,9 @@ def migrate(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_secrets = sub.add_parser("secrets")
     p_secrets.add_argument("--out", type=Path, default=Path(".dev/secrets"))
@@ -78,8 +80,9 @@ def main() -> None:
         ensure_secrets(args.out)
         print(args.out)
     else:
-        migrate(args.database, args.services, args.secrets, args.admin_url, recreate=args.recreate)
-        print(f"migrated {args.database}: {', '.join(args.services or migrations.migratable_services())}")
+        services = args.services or migrations.migratable_services()
+        migrate(args.database, services, args.secrets, args.admin_url, recreate=args.recreate)
+        print(f"migrated {args.database}: {', '.join(services)}")
 
 
 if __name__ == "__main__":

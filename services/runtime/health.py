@@ -63,7 +63,9 @@ class Readiness:
         except Exception as exc:
             ok = False
             if self._up.get(name, True):
-                log.warning("dependency down", dependency=name, error=str(exc) or type(exc).__name__)
+                log.warning(
+                    "dependency down", dependency=name, error=str(exc) or type(exc).__name__
+                )
         if ok and self._up.get(name) is False:
             log.info("dependency up", dependency=name)
         self._up[name] = ok

@@ -15,7 +15,8 @@ from typing import Any
 
 import grpc
 from opentelemetry import trace
-from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from services.runtime import metrics
 from services.runtime.access import MethodAccess
@@ -43,12 +44,13 @@ def peer_service(context: grpc.aio.ServicerContext) -> str | None:
 
 
 def _dependency_of(exc: BaseException) -> str | None:
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated or isinstance(
+    if (isinstance(exc, DBAPIError) and exc.connection_invalidated) or isinstance(
         exc, PoolTimeoutError
     ):
         return "database"
     if isinstance(exc, DBAPIError) and type(exc.orig).__name__ in {
-        "OperationalError", "InterfaceError",
+        "OperationalError",
+        "InterfaceError",
     }:
         return "database"
     if _REDIS_DOWN and isinstance(exc, _REDIS_DOWN):
@@ -202,7 +204,9 @@ class RuntimeServerInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(stream_stream, des, ser)
 
 
-class DeadlinePropagation(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+class DeadlinePropagation(
+    grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor
+):
     """An outgoing call made while serving an RPC gets at most the time left of that RPC's
     deadline; a call made outside any RPC gets the upstream's default timeout."""
 

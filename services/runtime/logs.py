@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
+
 def _add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     ctx = trace.get_current_span().get_span_context()
     if ctx.trace_id and "trace_id" not in event:
@@ -55,7 +56,7 @@ def configure_logging(service: str, level: str = "info") -> None:
             structlog.processors.JSONRenderer(sort_keys=False),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stdout)

@@ -34,8 +34,9 @@ def _quote_ident(name: str) -> str:
 
 
 def ensure_database(admin_url: URL, database: str, *, recreate: bool = False) -> None:
-    engine = create_engine(admin_url.set(database="postgres"), poolclass=NullPool,
-                           isolation_level="AUTOCOMMIT")
+    engine = create_engine(
+        admin_url.set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
     with engine.connect() as conn:
         if recreate:
             conn.execute(text(f"DROP DATABASE IF EXISTS {_quote_ident(database)} WITH (FORCE)"))
@@ -66,8 +67,11 @@ def provision_service(admin_url: URL, service: str, password: str) -> None:
         conn.execute(text(f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC"))
         conn.execute(text(f"GRANT USAGE ON SCHEMA {schema} TO {role}"))
         database = conn.execute(text("SELECT current_database()")).scalar_one()
-        conn.execute(text(f"ALTER ROLE {role} IN DATABASE {_quote_ident(database)} "
-                          f"SET search_path = {schema}"))
+        conn.execute(
+            text(
+                f"ALTER ROLE {role} IN DATABASE {_quote_ident(database)} SET search_path = {schema}"
+            )
+        )
     engine.dispose()
 
 

@@ -122,7 +122,7 @@ class ServiceRuntime:
         ]
         server = grpc.aio.server(
             interceptors=[
-                aio_server_interceptor(tracer_provider=self.tracer_provider),
+                aio_server_interceptor(tracer_provider=self.tracer_provider),  # type: ignore[no-untyped-call]
                 RuntimeServerInterceptor(
                     self.config.name, policies, access_log=self.config.telemetry.access_log
                 ),
@@ -134,12 +134,17 @@ class ServiceRuntime:
             add(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME],
+            [
+                *names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
             server,
         )
         listen = self.config.listen
-        self.port = server.add_secure_port(f"{listen.host}:{listen.port}", self._server_credentials())
+        self.port = server.add_secure_port(
+            f"{listen.host}:{listen.port}", self._server_credentials()
+        )
         health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(self._health, health_server)
         self.health_port = health_server.add_insecure_port(f"{listen.host}:{listen.health_port}")

@@ -45,7 +45,9 @@ async def abort(
 ) -> NoReturn:
     """End the RPC with `code`, `message` and an ErrorInfo carrying `reason` and `metadata`."""
     status = rich_status(code, reason, message, metadata)
-    await context.abort(code, message, trailing_metadata=((_DETAILS_KEY, status.SerializeToString()),))
+    await context.abort(
+        code, message, trailing_metadata=((_DETAILS_KEY, status.SerializeToString()),)
+    )
     raise AssertionError("unreachable: context.abort raises")
 
 
@@ -65,4 +67,3 @@ def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
                     detail.Unpack(info)
                     return info
     return None
-

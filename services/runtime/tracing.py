@@ -45,7 +45,9 @@ class JsonLinesSpanExporter(SpanExporter):
                         "name": span.name,
                         "trace_id": format(ctx.trace_id, "032x") if ctx else "",
                         "span_id": format(ctx.span_id, "016x") if ctx else "",
-                        "parent_span_id": format(span.parent.span_id, "016x") if span.parent else "",
+                        "parent_span_id": format(span.parent.span_id, "016x")
+                        if span.parent
+                        else "",
                         "kind": span.kind.name,
                         "service": span.resource.attributes.get("service.name"),
                         "start_unix_nano": span.start_time,
@@ -85,7 +87,9 @@ def _exporter(config: TelemetryConfig) -> SpanExporter | None:
 def configure_tracing(service: str, config: TelemetryConfig) -> TracerProvider:
     exporter = _exporter(config)
     sampler = (
-        ParentBased(ALWAYS_OFF) if exporter is None else ParentBased(TraceIdRatioBased(config.trace_sample_ratio))
+        ParentBased(ALWAYS_OFF)
+        if exporter is None
+        else ParentBased(TraceIdRatioBased(config.trace_sample_ratio))
     )
     provider = TracerProvider(
         resource=Resource.create({"service.name": service, "service.namespace": "casino"}),

@@ -57,9 +57,7 @@ async def test_client_without_certificate_fails_at_handshake(launch, pki: Pki) -
     assert not [line for line in echo.log_lines() if line.get("event") == "rpc finished"]
 
 
-async def test_certificate_from_another_ca_fails_at_handshake(
-    launch, rogue_pki: Pki
-) -> None:
+async def test_certificate_from_another_ca_fails_at_handshake(launch, rogue_pki: Pki) -> None:
     echo = launch()
     request_id = uuid.uuid4().hex
     async with echo_client(echo.ports["port"], rogue_pki.tls("games")) as client:
