@@ -65,25 +65,10 @@ class ServiceProcess:
         raise TimeoutError(f"{self.service} did not start within {timeout}s; see {self.log_file}")
 
     async def health(self, service: str = "") -> int:
-        """The status on the plaintext health port (what a Kubernetes probe sees)."""
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.ports['health_port']}") as ch:
-            reply = await health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=2
-            )
-            return int(reply.status)
+        return await health_status(self.ports["health_port"], service)
 
     async def wait_health(self, status: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            try:
-                last = await self.health()
-                if last == status:
-                    return
-            except grpc.aio.AioRpcError as exc:
-                last = exc.code()
-            await asyncio.sleep(0.1)
-        raise TimeoutError(f"{self.service} health is {last}, wanted {status}")
+        await wait_for_health(self.ports["health_port"], status, timeout)
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM, then wait; SIGKILL if it does not exit in time. Returns the exit code."""
@@ -95,3 +80,26 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+
+async def health_status(health_port: int, service: str = "") -> int:
+    """The status on a plaintext health port (what a Kubernetes probe sees)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{health_port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=2
+        )
+        return int(reply.status)
+
+
+async def wait_for_health(health_port: int, status: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = await health_status(health_port)
+            if last == status:
+                return
+        except grpc.aio.AioRpcError as exc:
+            last = exc.code()
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"health on :{health_port} is {last}, wanted {status}")

@@ -74,3 +74,45 @@ async def test_metrics_port_exports_per_rpc_counts_and_latency(launch, pki: Pki)
     assert 'grpc_code="PERMISSION_DENIED",grpc_method="Echo"' in body
     assert 'grpc_server_handling_seconds_bucket{grpc_method="Echo"' in body
     assert 'casino_dependency_up{dependency="database"} 1.0' in body
+
+
+async def test_redis_dependency_gates_readiness_like_the_database(pki: Pki) -> None:
+    # In-process runtime declaring only Redis, reached through a proxy the test can cut.
+    from services.runtime.config import HealthConfig, ListenConfig, RedisConfig, ServiceConfig
+    from services.runtime.process import wait_for_health
+    from services.runtime.server import ServiceRuntime
+
+    proxy = TcpProxy("127.0.0.1", 6379)
+    proxy.start()
+    runtime = ServiceRuntime(
+        ServiceConfig(
+            name="echo",
+            listen=ListenConfig(),
+            tls=pki.tls("echo"),
+            redis=RedisConfig(url=f"redis://127.0.0.1:{proxy.port}/0"),
+            health=HealthConfig(probe_interval_seconds=0.2),
+        )
+    )
+    runtime.redis()
+    await runtime.start()
+    try:
+        await wait_for_health(runtime.health_port, SERVING, timeout=10)
+        proxy.cut()
+        await wait_for_health(runtime.health_port, NOT_SERVING, timeout=10)
+        proxy.start()
+        await wait_for_health(runtime.health_port, SERVING, timeout=10)
+    finally:
+        await runtime.stop()
+        proxy.close()
+
+
+async def test_reflection_lists_the_services_to_an_authenticated_client(launch, pki) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    echo = launch()
+    async with secure_channel(f"127.0.0.1:{echo.ports['port']}", pki.tls("games"), "echo") as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        responses = [r async for r in stub.ServerReflectionInfo(iter([request]), timeout=5)]
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert {"casino.echo.v1.EchoService", "grpc.health.v1.Health"} <= names
