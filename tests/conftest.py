@@ -77,8 +77,11 @@ class Launcher:
         upstream_port: int | None = None,
         grace_seconds: float = 10.0,
         extra: str = "",
+        pki: Pki | None = None,
+        max_concurrent_rpcs: int = 1000,
     ) -> ServiceProcess:
         n = next(_counter)
+        pki = pki or self.pki
         trace_file = self.tmp / f"{service}-{n}.spans.jsonl"
         upstream = (
             f'[upstreams.echo]\ntarget = "127.0.0.1:{upstream_port}"\nservice = "echo"\n'
@@ -92,10 +95,11 @@ class Launcher:
 name = "{service}"
 [listen]
 host = "127.0.0.1"
+max_concurrent_rpcs = {max_concurrent_rpcs}
 [tls]
-ca_file = "{self.pki.folder / "ca.crt"}"
-cert_file = "{self.pki.folder / f"{service}.crt"}"
-key_file = "{self.pki.folder / f"{service}.key"}"
+ca_file = "{pki.folder / "ca.crt"}"
+cert_file = "{pki.folder / f"{service}.crt"}"
+key_file = "{pki.folder / f"{service}.key"}"
 [database]
 url = "{database_url(service, port=db_port)}"
 password_file = "{SECRETS / "postgres" / f"casino_{service}"}"

@@ -3,23 +3,13 @@ context, and inherit the remaining deadline of the RPC being served."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.trace import TracerProvider
 
 from services.runtime.config import TLSConfig
 from services.runtime.interceptors import DeadlinePropagation
-from services.runtime.secrets import read_secret_bytes
-
-
-def channel_credentials(tls: TLSConfig) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(
-        root_certificates=Path(tls.ca_file).read_bytes(),
-        private_key=read_secret_bytes(tls.key_file),
-        certificate_chain=Path(tls.cert_file).read_bytes(),
-    )
+from services.runtime.tls import channel_credentials
 
 
 def secure_channel(

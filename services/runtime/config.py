@@ -28,6 +28,9 @@ class ListenConfig:
     health_port: int = 0
     # Prometheus /metrics.
     metrics_port: int = 0
+    # Calls beyond this many in flight are refused at once with RESOURCE_EXHAUSTED rather
+    # than queued behind a backlog nobody will wait for. 0: no cap.
+    max_concurrent_rpcs: int = 1000
 
 
 @dataclass(frozen=True)

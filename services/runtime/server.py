@@ -29,7 +29,8 @@ from services.runtime.config import ServiceConfig, load_config
 from services.runtime.health import Readiness
 from services.runtime.interceptors import RuntimeServerInterceptor
 from services.runtime.logs import configure_logging, get_logger
-from services.runtime.secrets import read_secret, read_secret_bytes
+from services.runtime.secrets import read_secret
+from services.runtime.tls import ServerCertificates
 from services.runtime.tracing import configure_tracing
 
 AddToServer = Callable[[Any, grpc.aio.Server], None]
@@ -104,14 +105,6 @@ class ServiceRuntime:
 
     # Lifecycle.
 
-    def _server_credentials(self) -> grpc.ServerCredentials:
-        tls = self.config.tls
-        return grpc.ssl_server_credentials(
-            [(read_secret_bytes(tls.key_file), Path(tls.cert_file).read_bytes())],
-            root_certificates=Path(tls.ca_file).read_bytes(),
-            require_client_auth=True,
-        )
-
     async def start(self) -> None:
         policies: dict[str, MethodAccess] = {}
         for descriptor, _, _ in self._services:
@@ -128,6 +121,7 @@ class ServiceRuntime:
                 ),
             ],
             options=options,
+            maximum_concurrent_rpcs=self.config.listen.max_concurrent_rpcs or None,
         )
         names = [d.full_name for d, _, _ in self._services]
         for _, servicer, add in self._services:
@@ -143,7 +137,7 @@ class ServiceRuntime:
         )
         listen = self.config.listen
         self.port = server.add_secure_port(
-            f"{listen.host}:{listen.port}", self._server_credentials()
+            f"{listen.host}:{listen.port}", ServerCertificates(self.config.tls).credentials()
         )
         health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(self._health, health_server)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 
 import grpc
@@ -9,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from casino.echo.v1 import echo_pb2, echo_pb2_grpc
-from services.runtime.devpki import issue
+from services.runtime.devpki import ensure_pki, issue
 from services.runtime.status import error_info
 from tests.conftest import SECRETS, TEST_DATABASE, Pki
 from tests.support.clients import echo_client
@@ -117,3 +118,32 @@ async def test_platform_certificate_without_a_known_identity_is_denied(
             await c.Echo(echo_pb2.EchoRequest(request_id=uuid.uuid4().hex, message="m"), timeout=5)
     assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert error_info(failure.value).reason == "CALLER_NOT_ALLOWED"  # type: ignore[union-attr]
+
+
+async def test_rotated_certificates_are_used_for_new_connections_without_restart(
+    launch, tmp_path
+) -> None:
+    old = Pki(tmp_path / "old", ensure_pki(tmp_path / "old", ("echo", "games")))
+    new = Pki(tmp_path / "new", ensure_pki(tmp_path / "new", ("echo", "games")))
+    served = Pki(tmp_path / "served", old.authority)
+    shutil.copytree(old.folder, served.folder)
+    echo = launch(pki=served)
+    message = echo_pb2.EchoRequest(message="m")
+
+    async with echo_client(echo.ports["port"], old.tls("games")) as client:
+        await client.Echo(echo_pb2.EchoRequest(request_id=uuid.uuid4().hex, message="m"), timeout=5)
+
+    # Rotate in place, as cert-manager does: new CA bundle, new server certificate and key.
+    for name in ("ca.crt", "echo.crt", "echo.key"):
+        shutil.copy(new.folder / name, served.folder / name)
+
+    async with echo_client(echo.ports["port"], new.tls("games")) as client:
+        message.request_id = uuid.uuid4().hex
+        reply = await client.Echo(message, timeout=5)
+    assert reply.caller == "games"
+    async with echo_client(echo.ports["port"], old.tls("games")) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            message.request_id = uuid.uuid4().hex
+            await client.Echo(message, timeout=5)
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert any(line.get("event") == "certificates reloaded" for line in echo.log_lines())

@@ -58,3 +58,19 @@ async def test_in_flight_rpc_longer_than_the_grace_period_is_cancelled(launch, p
             await slow
     assert failure.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
     assert await asyncio.to_thread(echo.proc.wait, 15) == 0
+
+
+async def test_calls_beyond_the_concurrency_cap_are_shed_not_queued(launch, pki: Pki) -> None:
+    echo = launch(max_concurrent_rpcs=2)
+    async with echo_client(echo.ports["port"], pki.tls("games")) as client:
+        calls = [
+            client.Echo(
+                echo_pb2.EchoRequest(request_id=uuid.uuid4().hex, message="m", delay_ms=800),
+                timeout=10,
+            )
+            for _ in range(5)
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    shed = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(results) - len(shed) == 2
+    assert {e.code() for e in shed} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
