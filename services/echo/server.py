@@ -82,6 +82,11 @@ class EchoService(echo_pb2_grpc.EchoServiceServicer):
             downstream=downstream, deadline_remaining_ms=deadline_ms, trace_id=_trace_id()
         )
 
+    async def Ping(
+        self, request: echo_pb2.PingRequest, context: grpc.aio.ServicerContext
+    ) -> echo_pb2.PingResponse:
+        return echo_pb2.PingResponse(payload=request.payload)
+
     async def ListEchoes(
         self, request: echo_pb2.ListEchoesRequest, context: grpc.aio.ServicerContext
     ) -> echo_pb2.ListEchoesResponse:

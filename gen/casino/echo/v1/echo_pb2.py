@@ -28,7 +28,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61sino/echo/v1/echo.proto\x12\x0e\x63\x61sino.echo.v1\x1a\x1e\x63\x61sino/common/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n\x0b\x45\x63hoRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07message\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\x05\"\x8d\x01\n\x0c\x45\x63hoResponse\x12*\n\x06record\x18\x01 \x01(\x0b\x32\x1a.casino.echo.v1.EchoRecord\x12\x10\n\x08replayed\x18\x02 \x01(\x08\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x1d\n\x15\x64\x65\x61\x64line_remaining_ms\x18\x04 \x01(\x03\x12\x10\n\x08trace_id\x18\x05 \x01(\t\"\x80\x01\n\nEchoRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x10RelayEchoRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07message\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"v\n\x11RelayEchoResponse\x12\x30\n\ndownstream\x18\x01 \x01(\x0b\x32\x1c.casino.echo.v1.EchoResponse\x12\x1d\n\x15\x64\x65\x61\x64line_remaining_ms\x18\x02 \x01(\x03\x12\x10\n\x08trace_id\x18\x03 \x01(\t\"J\n\x11ListEchoesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\"Y\n\x12ListEchoesResponse\x12*\n\x06\x65\x63hoes\x18\x01 \x03(\x0b\x32\x1a.casino.echo.v1.EchoRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x86\x03\n\x0b\x45\x63hoService\x12q\n\x04\x45\x63ho\x12\x1b.casino.echo.v1.EchoRequest\x1a\x1c.casino.echo.v1.EchoResponse\".\xca\xf3\x18\x15\n\x04\x65\x64ge\n\x05games\n\x04\x65\x63ho\x10\x03\x82\xd3\xe4\x93\x02\x0f\"\n/v1/echoes:\x01*\x12\x80\x01\n\tRelayEcho\x12 .casino.echo.v1.RelayEchoRequest\x1a!.casino.echo.v1.RelayEchoResponse\".\xca\xf3\x18\x0f\n\x04\x65\x64ge\n\x05games\x10\x03\x82\xd3\xe4\x93\x02\x15\"\x10/v1/echoes:relay:\x01*\x12\x80\x01\n\nListEchoes\x12!.casino.echo.v1.ListEchoesRequest\x1a\".casino.echo.v1.ListEchoesResponse\"+\xca\xf3\x18\x15\n\x04\x65\x64ge\n\x05games\n\x04\x65\x63ho\x10\x03\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/echoesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61sino/echo/v1/echo.proto\x12\x0e\x63\x61sino.echo.v1\x1a\x1e\x63\x61sino/common/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n\x0b\x45\x63hoRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07message\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\x05\"\x8d\x01\n\x0c\x45\x63hoResponse\x12*\n\x06record\x18\x01 \x01(\x0b\x32\x1a.casino.echo.v1.EchoRecord\x12\x10\n\x08replayed\x18\x02 \x01(\x08\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x1d\n\x15\x64\x65\x61\x64line_remaining_ms\x18\x04 \x01(\x03\x12\x10\n\x08trace_id\x18\x05 \x01(\t\"\x80\x01\n\nEchoRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x10RelayEchoRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07message\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"v\n\x11RelayEchoResponse\x12\x30\n\ndownstream\x18\x01 \x01(\x0b\x32\x1c.casino.echo.v1.EchoResponse\x12\x1d\n\x15\x64\x65\x61\x64line_remaining_ms\x18\x02 \x01(\x03\x12\x10\n\x08trace_id\x18\x03 \x01(\t\"\x1e\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1f\n\x0cPingResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"J\n\x11ListEchoesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\"Y\n\x12ListEchoesResponse\x12*\n\x06\x65\x63hoes\x18\x01 \x03(\x0b\x32\x1a.casino.echo.v1.EchoRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xe2\x03\n\x0b\x45\x63hoService\x12q\n\x04\x45\x63ho\x12\x1b.casino.echo.v1.EchoRequest\x1a\x1c.casino.echo.v1.EchoResponse\".\xca\xf3\x18\x15\n\x04\x65\x64ge\n\x05games\n\x04\x65\x63ho\x10\x03\x82\xd3\xe4\x93\x02\x0f\"\n/v1/echoes:\x01*\x12\x80\x01\n\tRelayEcho\x12 .casino.echo.v1.RelayEchoRequest\x1a!.casino.echo.v1.RelayEchoResponse\".\xca\xf3\x18\x0f\n\x04\x65\x64ge\n\x05games\x10\x03\x82\xd3\xe4\x93\x02\x15\"\x10/v1/echoes:relay:\x01*\x12Z\n\x04Ping\x12\x1b.casino.echo.v1.PingRequest\x1a\x1c.casino.echo.v1.PingResponse\"\x17\xca\xf3\x18\x13\n\x04\x65\x64ge\n\x05games\n\x04\x65\x63ho\x12\x80\x01\n\nListEchoes\x12!.casino.echo.v1.ListEchoesRequest\x1a\".casino.echo.v1.ListEchoesResponse\"+\xca\xf3\x18\x15\n\x04\x65\x64ge\n\x05games\n\x04\x65\x63ho\x10\x03\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/echoesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,6 +47,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ECHOSERVICE'].methods_by_name['Echo']._serialized_options = b'\312\363\030\025\n\004edge\n\005games\n\004echo\020\003\202\323\344\223\002\017\"\n/v1/echoes:\001*'
   _globals['_ECHOSERVICE'].methods_by_name['RelayEcho']._loaded_options = None
   _globals['_ECHOSERVICE'].methods_by_name['RelayEcho']._serialized_options = b'\312\363\030\017\n\004edge\n\005games\020\003\202\323\344\223\002\025\"\020/v1/echoes:relay:\001*'
+  _globals['_ECHOSERVICE'].methods_by_name['Ping']._loaded_options = None
+  _globals['_ECHOSERVICE'].methods_by_name['Ping']._serialized_options = b'\312\363\030\023\n\004edge\n\005games\n\004echo'
   _globals['_ECHOSERVICE'].methods_by_name['ListEchoes']._loaded_options = None
   _globals['_ECHOSERVICE'].methods_by_name['ListEchoes']._serialized_options = b'\312\363\030\025\n\004edge\n\005games\n\004echo\020\003\202\323\344\223\002\014\022\n/v1/echoes'
   _globals['_ECHOREQUEST']._serialized_start=173
@@ -59,10 +61,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELAYECHOREQUEST']._serialized_end=597
   _globals['_RELAYECHORESPONSE']._serialized_start=599
   _globals['_RELAYECHORESPONSE']._serialized_end=717
-  _globals['_LISTECHOESREQUEST']._serialized_start=719
-  _globals['_LISTECHOESREQUEST']._serialized_end=793
-  _globals['_LISTECHOESRESPONSE']._serialized_start=795
-  _globals['_LISTECHOESRESPONSE']._serialized_end=884
-  _globals['_ECHOSERVICE']._serialized_start=887
-  _globals['_ECHOSERVICE']._serialized_end=1277
+  _globals['_PINGREQUEST']._serialized_start=719
+  _globals['_PINGREQUEST']._serialized_end=749
+  _globals['_PINGRESPONSE']._serialized_start=751
+  _globals['_PINGRESPONSE']._serialized_end=782
+  _globals['_LISTECHOESREQUEST']._serialized_start=784
+  _globals['_LISTECHOESREQUEST']._serialized_end=858
+  _globals['_LISTECHOESRESPONSE']._serialized_start=860
+  _globals['_LISTECHOESRESPONSE']._serialized_end=949
+  _globals['_ECHOSERVICE']._serialized_start=952
+  _globals['_ECHOSERVICE']._serialized_end=1434
 # @@protoc_insertion_point(module_scope)

@@ -47,6 +47,11 @@ class EchoServiceStub:
                 request_serializer=casino_dot_echo_dot_v1_dot_echo__pb2.RelayEchoRequest.SerializeToString,
                 response_deserializer=casino_dot_echo_dot_v1_dot_echo__pb2.RelayEchoResponse.FromString,
                 _registered_method=True)
+        self.Ping = channel.unary_unary(
+                '/casino.echo.v1.EchoService/Ping',
+                request_serializer=casino_dot_echo_dot_v1_dot_echo__pb2.PingRequest.SerializeToString,
+                response_deserializer=casino_dot_echo_dot_v1_dot_echo__pb2.PingResponse.FromString,
+                _registered_method=True)
         self.ListEchoes = channel.unary_unary(
                 '/casino.echo.v1.EchoService/ListEchoes',
                 request_serializer=casino_dot_echo_dot_v1_dot_echo__pb2.ListEchoesRequest.SerializeToString,
@@ -75,6 +80,14 @@ class EchoServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Ping(self, request, context):
+        """Answers the payload and touches nothing: what one RPC through the runtime costs with no
+        work at all (the baseline benchmarks compare services against).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListEchoes(self, request, context):
         """Lists recorded messages, newest first (AIP-158 paging).
         """
@@ -94,6 +107,11 @@ def add_EchoServiceServicer_to_server(servicer, server):
                     servicer.RelayEcho,
                     request_deserializer=casino_dot_echo_dot_v1_dot_echo__pb2.RelayEchoRequest.FromString,
                     response_serializer=casino_dot_echo_dot_v1_dot_echo__pb2.RelayEchoResponse.SerializeToString,
+            ),
+            'Ping': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ping,
+                    request_deserializer=casino_dot_echo_dot_v1_dot_echo__pb2.PingRequest.FromString,
+                    response_serializer=casino_dot_echo_dot_v1_dot_echo__pb2.PingResponse.SerializeToString,
             ),
             'ListEchoes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEchoes,
@@ -158,6 +176,33 @@ class EchoService:
             '/casino.echo.v1.EchoService/RelayEcho',
             casino_dot_echo_dot_v1_dot_echo__pb2.RelayEchoRequest.SerializeToString,
             casino_dot_echo_dot_v1_dot_echo__pb2.RelayEchoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casino.echo.v1.EchoService/Ping',
+            casino_dot_echo_dot_v1_dot_echo__pb2.PingRequest.SerializeToString,
+            casino_dot_echo_dot_v1_dot_echo__pb2.PingResponse.FromString,
             options,
             channel_credentials,
             insecure,

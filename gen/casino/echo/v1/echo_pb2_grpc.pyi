@@ -42,6 +42,10 @@ class EchoServiceStub:
     """Echoes through the configured downstream echo service: shows that the incoming
     deadline and trace context travel with the outgoing call.
     """
+    Ping: _grpc.UnaryUnaryMultiCallable[_echo_pb2.PingRequest, _echo_pb2.PingResponse]
+    """Answers the payload and touches nothing: what one RPC through the runtime costs with no
+    work at all (the baseline benchmarks compare services against).
+    """
     ListEchoes: _grpc.UnaryUnaryMultiCallable[_echo_pb2.ListEchoesRequest, _echo_pb2.ListEchoesResponse]
     """Lists recorded messages, newest first (AIP-158 paging)."""
 
@@ -58,6 +62,10 @@ class EchoServiceAsyncStub(EchoServiceStub):
     RelayEcho: _aio.UnaryUnaryMultiCallable[_echo_pb2.RelayEchoRequest, _echo_pb2.RelayEchoResponse]  # type: ignore[assignment]
     """Echoes through the configured downstream echo service: shows that the incoming
     deadline and trace context travel with the outgoing call.
+    """
+    Ping: _aio.UnaryUnaryMultiCallable[_echo_pb2.PingRequest, _echo_pb2.PingResponse]  # type: ignore[assignment]
+    """Answers the payload and touches nothing: what one RPC through the runtime costs with no
+    work at all (the baseline benchmarks compare services against).
     """
     ListEchoes: _aio.UnaryUnaryMultiCallable[_echo_pb2.ListEchoesRequest, _echo_pb2.ListEchoesResponse]  # type: ignore[assignment]
     """Lists recorded messages, newest first (AIP-158 paging)."""
@@ -84,6 +92,16 @@ class EchoServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_echo_pb2.RelayEchoResponse, _abc.Awaitable[_echo_pb2.RelayEchoResponse]]:
         """Echoes through the configured downstream echo service: shows that the incoming
         deadline and trace context travel with the outgoing call.
+        """
+
+    @_abc_1.abstractmethod
+    def Ping(
+        self,
+        request: _echo_pb2.PingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_echo_pb2.PingResponse, _abc.Awaitable[_echo_pb2.PingResponse]]:
+        """Answers the payload and touches nothing: what one RPC through the runtime costs with no
+        work at all (the baseline benchmarks compare services against).
         """
 
     @_abc_1.abstractmethod
