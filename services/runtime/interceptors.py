@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+import psycopg
+import redis.exceptions
 from opentelemetry import trace
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -28,15 +30,6 @@ from services.runtime.status import abort, abort_with_error
 
 log = get_logger()
 
-try:  # redis is optional for a service; its connection errors mean "dependency down"
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    _REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
-except ImportError:  # pragma: no cover
-    _REDIS_DOWN = ()
-
-
 def peer_service(context: grpc.aio.ServicerContext) -> str | None:
     """The caller's service identity from its verified client certificate's SPIFFE ID."""
     values = context.auth_context().get("peer_spiffe_id") or []
@@ -44,16 +37,22 @@ def peer_service(context: grpc.aio.ServicerContext) -> str | None:
 
 
 def _dependency_of(exc: BaseException) -> str | None:
-    if (isinstance(exc, DBAPIError) and exc.connection_invalidated) or isinstance(
-        exc, PoolTimeoutError
-    ):
+    """The dependency a failure means is unreachable, or None for any other failure.
+
+    Only connection-level database errors count (SQLSTATE class 08, admin shutdown 57P,
+    too many connections 53300, or no SQLSTATE at all): a serialization failure is an
+    OperationalError too, but it is the transaction's problem, not the database's."""
+    if isinstance(exc, PoolTimeoutError):
         return "database"
-    if isinstance(exc, DBAPIError) and type(exc.orig).__name__ in {
-        "OperationalError",
-        "InterfaceError",
-    }:
-        return "database"
-    if _REDIS_DOWN and isinstance(exc, _REDIS_DOWN):
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return "database"
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if isinstance(exc.orig, psycopg.OperationalError | psycopg.InterfaceError) and (
+            sqlstate is None or sqlstate.startswith(("08", "57P", "53300"))
+        ):
+            return "database"
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return "redis"
     return None
 
