@@ -30,6 +30,7 @@ from services.runtime.status import abort, abort_with_error
 
 log = get_logger()
 
+
 def peer_service(context: grpc.aio.ServicerContext) -> str | None:
     """The caller's service identity from its verified client certificate's SPIFFE ID."""
     values = context.auth_context().get("peer_spiffe_id") or []
