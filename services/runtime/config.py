@@ -128,6 +128,11 @@ def _convert(tp: Any, value: Any, where: str, base: Path) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table")
         return build(tp, value, where, base)  # type: ignore[arg-type]
+    if origin is list:
+        (it,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected an array")
+        return [_convert(it, v, f"{where}[{i}]", base) for i, v in enumerate(value)]
     if origin is dict:
         _, vt = typing.get_args(tp)
         if not isinstance(value, dict):

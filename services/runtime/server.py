@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -34,6 +34,15 @@ from services.runtime.tls import ServerCertificates
 from services.runtime.tracing import configure_tracing
 
 AddToServer = Callable[[Any, grpc.aio.Server], None]
+
+
+class BackgroundWorker(Protocol):
+    """A loop that runs beside the server (an outbox relay, a recovery sweeper)."""
+
+    async def run(self) -> None: ...
+
+    async def close(self) -> None: ...
+
 
 _MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -58,6 +67,8 @@ class ServiceRuntime:
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
         self._readiness_task: asyncio.Task[None] | None = None
+        self._workers: list[BackgroundWorker] = []
+        self._worker_tasks: list[asyncio.Task[None]] = []
         self.port = self.health_port = self.metrics_port = 0
 
     # Dependencies. Each one declared here is also a readiness probe.
@@ -71,7 +82,9 @@ class ServiceRuntime:
             self.readiness.add_probe("database", lambda: db.ping(engine))
         return self._engine
 
-    def redis(self) -> Redis:
+    def redis(self, *, required: bool = True) -> Redis:
+        """The service's Redis. `required=False` for a cache the service works without:
+        then Redis being down does not take the service out of rotation."""
         if self._redis is None:
             cfg = self.config.redis
             if not cfg.url:
@@ -81,7 +94,8 @@ class ServiceRuntime:
                 cfg.url, password=password, socket_timeout=1.0, socket_connect_timeout=1.0
             )
             client = self._redis
-            self.readiness.add_probe("redis", lambda: client.ping())  # type: ignore[no-any-return]
+            if required:
+                self.readiness.add_probe("redis", lambda: client.ping())  # type: ignore[no-any-return]
         return self._redis
 
     def channel(self, upstream: str) -> grpc.aio.Channel:
@@ -102,6 +116,11 @@ class ServiceRuntime:
 
     def add_service(self, descriptor: ServiceDescriptor, servicer: Any, add: AddToServer) -> None:
         self._services.append((descriptor, servicer, add))
+
+    def add_background(self, worker: BackgroundWorker) -> None:
+        """Run `worker.run()` while the service serves; cancelled and closed at shutdown,
+        after in-flight RPCs have finished."""
+        self._workers.append(worker)
 
     # Lifecycle.
 
@@ -150,6 +169,9 @@ class ServiceRuntime:
         await server.start()
         self._server, self._health_server = server, health_server
         self._readiness_task = asyncio.create_task(self.readiness.run(), name="readiness")
+        self._worker_tasks = [
+            asyncio.create_task(w.run(), name=type(w).__name__) for w in self._workers
+        ]
         self.log.info(
             "service started",
             port=self.port,
@@ -168,10 +190,13 @@ class ServiceRuntime:
             await asyncio.sleep(shutdown.drain_seconds)
         if self._server is not None:
             await self._server.stop(shutdown.grace_seconds)
-        if self._readiness_task is not None:
-            self._readiness_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._readiness_task
+        for task in [*self._worker_tasks, self._readiness_task]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for worker in self._workers:
+            await worker.close()
         if self._health_server is not None:
             await self._health_server.stop(0)
         for channel in self._channels.values():

@@ -42,6 +42,27 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Same idempotency key, different request: nothing was applied. Metadata: idempotency_key."""
     IDEMPOTENCY_KEY_REQUIRED: _ErrorReason.ValueType  # 7
     """A required idempotency key (request_id) was missing."""
+    INSUFFICIENT_FUNDS: _ErrorReason.ValueType  # 100
+    """Wallet.
+    Not enough available balance. Metadata: available_minor, posted_minor, reserved_minor,
+    currency_code.
+    """
+    ACCOUNT_NOT_FOUND: _ErrorReason.ValueType  # 101
+    """No account for this player in this currency. Metadata: player_id, currency_code."""
+    CURRENCY_NOT_SUPPORTED: _ErrorReason.ValueType  # 102
+    """The wallet holds no such currency. Metadata: currency_code."""
+    BET_ROLLED_BACK: _ErrorReason.ValueType  # 103
+    """The bet was rolled back (possibly before it arrived); final. Metadata: bet_request_id."""
+    ALREADY_SETTLED: _ErrorReason.ValueType  # 104
+    """The bet's round already has a win; it can no longer be rolled back. Final."""
+    BET_NOT_FOUND: _ErrorReason.ValueType  # 105
+    """A win or rollback refers to a bet the wallet never applied. Final for wins."""
+    WITHDRAWAL_NOT_FOUND: _ErrorReason.ValueType  # 106
+    """Commit or release of a reservation that does not exist. Metadata: withdrawal_id."""
+    WITHDRAWAL_ALREADY_FINALISED: _ErrorReason.ValueType  # 107
+    """The reservation was already committed or released. Metadata: withdrawal_id, state."""
+    WITHDRAWAL_ID_IN_USE: _ErrorReason.ValueType  # 108
+    """A second reservation under an existing withdrawal_id."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values the platform returns. A value's
@@ -71,4 +92,25 @@ IDEMPOTENCY_MISMATCH: ErrorReason.ValueType  # 6
 """Same idempotency key, different request: nothing was applied. Metadata: idempotency_key."""
 IDEMPOTENCY_KEY_REQUIRED: ErrorReason.ValueType  # 7
 """A required idempotency key (request_id) was missing."""
+INSUFFICIENT_FUNDS: ErrorReason.ValueType  # 100
+"""Wallet.
+Not enough available balance. Metadata: available_minor, posted_minor, reserved_minor,
+currency_code.
+"""
+ACCOUNT_NOT_FOUND: ErrorReason.ValueType  # 101
+"""No account for this player in this currency. Metadata: player_id, currency_code."""
+CURRENCY_NOT_SUPPORTED: ErrorReason.ValueType  # 102
+"""The wallet holds no such currency. Metadata: currency_code."""
+BET_ROLLED_BACK: ErrorReason.ValueType  # 103
+"""The bet was rolled back (possibly before it arrived); final. Metadata: bet_request_id."""
+ALREADY_SETTLED: ErrorReason.ValueType  # 104
+"""The bet's round already has a win; it can no longer be rolled back. Final."""
+BET_NOT_FOUND: ErrorReason.ValueType  # 105
+"""A win or rollback refers to a bet the wallet never applied. Final for wins."""
+WITHDRAWAL_NOT_FOUND: ErrorReason.ValueType  # 106
+"""Commit or release of a reservation that does not exist. Metadata: withdrawal_id."""
+WITHDRAWAL_ALREADY_FINALISED: ErrorReason.ValueType  # 107
+"""The reservation was already committed or released. Metadata: withdrawal_id, state."""
+WITHDRAWAL_ID_IN_USE: ErrorReason.ValueType  # 108
+"""A second reservation under an existing withdrawal_id."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -1,0 +1,211 @@
+"""The transactional outbox: events written in the same transaction as the change they
+describe, then published to RabbitMQ by a relay, at least once.
+
+A service's migration creates `<schema>.outbox` with `outbox_ddl`; its store calls
+`enqueue` inside the posting transaction; `OutboxRelay` runs beside the server and moves
+rows to the `casino.events` topic exchange (persistent messages, publisher confirms,
+mandatory routing), marking them published only after the broker confirmed. A relay killed
+at any point loses nothing: unconfirmed rows are published again, and consumers
+deduplicate by the message id (the event id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractRobustConnection
+from prometheus_client import Counter, Gauge
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.runtime.logs import get_logger
+
+EXCHANGE = "casino.events"
+# Messages no queue is bound for land here instead of vanishing; its depth is an alert.
+UNROUTED = "casino.events.unrouted"
+CONTENT_TYPE = "application/x-protobuf"
+
+PUBLISHED = Counter("casino_outbox_published_total", "Outbox events confirmed by the broker.")
+PENDING = Gauge("casino_outbox_pending", "Outbox events not yet confirmed by the broker.")
+
+log = get_logger()
+
+
+def outbox_ddl(schema: str, role: str) -> list[str]:
+    """Statements creating the outbox of a service schema (for its migration)."""
+    return [
+        f"""
+        CREATE TABLE {schema}.outbox (
+            id            bigint GENERATED ALWAYS AS IDENTITY,
+            -- Sharding key of the service's data (the player for the wallet), so the outbox
+            -- co-locates with the rows written in the same transaction.
+            shard_key     text        NOT NULL,
+            event_id      uuid        NOT NULL,
+            routing_key   text        NOT NULL,
+            message_type  text        NOT NULL,
+            payload       bytea       NOT NULL,
+            create_time   timestamptz NOT NULL DEFAULT now(),
+            publish_time  timestamptz,
+            PRIMARY KEY (shard_key, id)
+        )
+        """,
+        f"CREATE INDEX outbox_unpublished ON {schema}.outbox (id) WHERE publish_time IS NULL",
+        f"GRANT SELECT, INSERT ON {schema}.outbox TO {role}",
+        f"GRANT UPDATE (publish_time) ON {schema}.outbox TO {role}",
+    ]
+
+
+@dataclass(frozen=True)
+class Event:
+    routing_key: str
+    message_type: str
+    payload: bytes
+    shard_key: str
+    event_id: uuid.UUID
+
+
+async def enqueue(conn: AsyncConnection, schema: str, event: Event) -> None:
+    """Write the event in the caller's transaction: it exists if and only if the change does."""
+    await conn.execute(
+        text(
+            f"INSERT INTO {schema}.outbox (shard_key, event_id, routing_key, message_type, payload)"
+            " VALUES (:shard_key, :event_id, :routing_key, :message_type, :payload)"
+        ),
+        {
+            "shard_key": event.shard_key,
+            "event_id": event.event_id,
+            "routing_key": event.routing_key,
+            "message_type": event.message_type,
+            "payload": event.payload,
+        },
+    )
+
+
+async def declare_events_exchange(
+    channel: aio_pika.abc.AbstractChannel,
+) -> aio_pika.abc.AbstractExchange:
+    """The platform's event exchange, with an alternate exchange catching the unroutable."""
+    unrouted = await channel.declare_exchange(UNROUTED, aio_pika.ExchangeType.FANOUT, durable=True)
+    queue = await channel.declare_queue(UNROUTED, durable=True)
+    await queue.bind(unrouted)
+    return await channel.declare_exchange(
+        EXCHANGE,
+        aio_pika.ExchangeType.TOPIC,
+        durable=True,
+        arguments={"alternate-exchange": UNROUTED},
+    )
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        schema: str,
+        amqp_url: str,
+        *,
+        batch_size: int = 200,
+        idle_seconds: float = 0.05,
+    ) -> None:
+        self._engine = engine
+        self._schema = schema
+        self._amqp_url = amqp_url
+        self._batch_size = batch_size
+        self._idle = idle_seconds
+        self._connection: AbstractRobustConnection | None = None
+        self._exchange: aio_pika.abc.AbstractExchange | None = None
+
+    async def _exchange_ready(self) -> aio_pika.abc.AbstractExchange:
+        if self._exchange is None:
+            self._connection = await aio_pika.connect_robust(self._amqp_url, timeout=5)
+            channel = await self._connection.channel(publisher_confirms=True)
+            self._exchange = await declare_events_exchange(channel)
+        return self._exchange
+
+    async def publish_batch(self) -> int:
+        """Publish up to one batch; returns how many rows were confirmed and marked."""
+        exchange = await self._exchange_ready()
+        async with self._engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        f"SELECT shard_key, id, event_id, routing_key, message_type, payload"
+                        f" FROM {self._schema}.outbox WHERE publish_time IS NULL"
+                        " ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
+                    ),
+                    {"n": self._batch_size},
+                )
+            ).all()
+            if not rows:
+                return 0
+            # Confirms are awaited together: the broker acknowledges the batch, not one
+            # message per round trip. Any failure aborts the transaction: nothing is marked.
+            await asyncio.gather(
+                *(
+                    exchange.publish(
+                        aio_pika.Message(
+                            body=row.payload,
+                            message_id=str(row.event_id),
+                            type=row.message_type,
+                            content_type=CONTENT_TYPE,
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        ),
+                        routing_key=row.routing_key,
+                        mandatory=True,
+                    )
+                    for row in rows
+                )
+            )
+            await conn.execute(
+                text(
+                    f"UPDATE {self._schema}.outbox SET publish_time = now()"
+                    " WHERE (shard_key, id) IN (SELECT unnest(CAST(:keys AS text[])),"
+                    " unnest(CAST(:ids AS bigint[])))"
+                ),
+                {"keys": [r.shard_key for r in rows], "ids": [r.id for r in rows]},
+            )
+        PUBLISHED.inc(len(rows))
+        return len(rows)
+
+    async def pending(self) -> int:
+        async with self._engine.connect() as conn:
+            return int(
+                (
+                    await conn.execute(
+                        text(
+                            f"SELECT count(*) FROM {self._schema}.outbox WHERE publish_time IS NULL"
+                        )
+                    )
+                ).scalar_one()
+            )
+
+    async def run(self) -> None:
+        backoff = self._idle
+        while True:
+            try:
+                published = await self.publish_batch()
+                backoff = self._idle
+                if published < self._batch_size:
+                    PENDING.set(await self.pending())
+                    await asyncio.sleep(self._idle)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Broker or database away: the rows stay in the outbox; postings go on.
+                log.warning("outbox relay stalled", error=str(exc) or type(exc).__name__)
+                await self._reset()
+                backoff = min(backoff * 2, 5.0)
+                await asyncio.sleep(backoff)
+
+    async def _reset(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+        self._connection = None
+        self._exchange = None
+
+    async def close(self) -> None:
+        await self._reset()

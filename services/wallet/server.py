@@ -1,0 +1,388 @@
+"""RPC surface of the wallet: validates and maps protobuf to ledger requests and back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from casino.common.v1 import money_pb2
+from casino.wallet.v1 import events_pb2, wallet_pb2, wallet_pb2_grpc
+from services.runtime.call import current_call
+from services.runtime.config import domain_config
+from services.runtime.errors import InvalidArgument
+from services.runtime.outbox import OutboxRelay
+from services.runtime.pagination import decode_page_token, encode_page_token, page_size
+from services.runtime.server import ServiceRuntime
+from services.wallet import reconcile, store
+from services.wallet.cache import BalanceCache
+from services.wallet.ledger import (
+    AccountState,
+    Kind,
+    Request,
+    require_amount,
+    require_currency,
+    require_id,
+)
+from services.wallet.postings import PostingResult, Postings
+from services.wallet.store import StoredTransaction
+
+
+@dataclass(frozen=True)
+class WalletConfig:
+    currencies: list[str] = field(default_factory=lambda: ["EUR", "GBP", "USD"])
+    balance_cache_ttl_seconds: float = 5.0
+    # Publish the outbox from this process (one relay per deployment is enough; several
+    # are safe: rows are claimed with SKIP LOCKED).
+    outbox_relay: bool = True
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+_KIND_TO_PROTO = {
+    Kind.DEPOSIT: wallet_pb2.TRANSACTION_KIND_DEPOSIT,
+    Kind.WITHDRAWAL_RESERVE: wallet_pb2.TRANSACTION_KIND_WITHDRAWAL_RESERVE,
+    Kind.WITHDRAWAL_COMMIT: wallet_pb2.TRANSACTION_KIND_WITHDRAWAL_COMMIT,
+    Kind.WITHDRAWAL_RELEASE: wallet_pb2.TRANSACTION_KIND_WITHDRAWAL_RELEASE,
+    Kind.BET: wallet_pb2.TRANSACTION_KIND_BET,
+    Kind.WIN: wallet_pb2.TRANSACTION_KIND_WIN,
+    Kind.BET_ROLLBACK: wallet_pb2.TRANSACTION_KIND_BET_ROLLBACK,
+    Kind.ADJUSTMENT: wallet_pb2.TRANSACTION_KIND_ADJUSTMENT,
+}
+_PROTO_TO_KIND = {v: k for k, v in _KIND_TO_PROTO.items()}
+
+
+def _timestamp(value: dt.datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def balance_message(
+    player_id: str, currency: str, account: AccountState, cached: bool = False
+) -> wallet_pb2.Balance:
+    return wallet_pb2.Balance(
+        player_id=player_id,
+        currency_code=currency,
+        posted_minor=account.posted,
+        reserved_minor=account.reserved,
+        available_minor=account.available,
+        sequence=account.sequence,
+        cached=cached,
+    )
+
+
+def transaction_message(tx: StoredTransaction) -> wallet_pb2.Transaction:
+    return wallet_pb2.Transaction(
+        name=f"players/{tx.player_id}/transactions/{tx.request_id}",
+        request_id=tx.request_id,
+        player_id=tx.player_id,
+        kind=_KIND_TO_PROTO[tx.kind],
+        amount=money_pb2.Money(amount_minor=tx.amount, currency_code=tx.currency),
+        reserved_delta_minor=tx.reserved_delta,
+        sequence=tx.sequence or 0,
+        round_id=tx.round_id,
+        game_id=tx.game_id,
+        provider=tx.provider,
+        bet_request_id=tx.bet_request_id,
+        withdrawal_id=tx.withdrawal_id,
+        reason=tx.reason,
+        operator_id=tx.operator_id,
+        create_time=_timestamp(tx.create_time),
+    )
+
+
+def posting_message(result: PostingResult) -> wallet_pb2.Posting:
+    tx = result.transaction
+    return wallet_pb2.Posting(
+        transaction=transaction_message(tx),
+        balance=balance_message(tx.player_id, tx.currency, result.balance),
+        replayed=result.replayed,
+        nothing_to_undo=tx.nothing_to_undo,
+    )
+
+
+def encode_event(result: PostingResult, event_id: uuid.UUID) -> bytes:
+    posting = posting_message(result)
+    return events_pb2.TransactionPosted(
+        event_id=str(event_id), transaction=posting.transaction, balance=posting.balance
+    ).SerializeToString()
+
+
+def _caller() -> str:
+    call = current_call()
+    assert call is not None and call.caller is not None  # the runtime authorised the call
+    return call.caller
+
+
+class WalletService(wallet_pb2_grpc.WalletServiceServicer):
+    def __init__(self, engine: AsyncEngine, postings: Postings, currencies: frozenset[str]):
+        self._engine = engine
+        self._postings = postings
+        self._currencies = currencies
+
+    def _currency(self, code: str, field_name: str = "currency_code") -> str:
+        return require_currency(code, self._currencies, field_name)
+
+    def _money(self, money: money_pb2.Money, **rules: bool) -> tuple[int, str]:
+        amount = require_amount(money.amount_minor, "amount.amount_minor", **rules)
+        return amount, self._currency(money.currency_code, "amount.currency_code")
+
+    async def _post(self, request: Request) -> wallet_pb2.Posting:
+        return posting_message(await self._postings.post(request, _caller()))
+
+    async def OpenAccount(self, request, context):  # type: ignore[no-untyped-def]
+        player = require_id("player_id", request.player_id)
+        currency = self._currency(request.currency_code)
+        account, created = await self._postings.open_account(player, currency)
+        return wallet_pb2.OpenAccountResponse(
+            balance=balance_message(player, currency, account), created=created
+        )
+
+    async def GetBalance(self, request, context):  # type: ignore[no-untyped-def]
+        player = require_id("player_id", request.player_id)
+        currency = self._currency(request.currency_code)
+        account, cached = await self._postings.balance(
+            player, currency, allow_cached=request.allow_cached
+        )
+        return wallet_pb2.GetBalanceResponse(
+            balance=balance_message(player, currency, account, cached)
+        )
+
+    async def Deposit(self, request, context):  # type: ignore[no-untyped-def]
+        amount, currency = self._money(request.amount)
+        return wallet_pb2.DepositResponse(
+            posting=await self._post(
+                Request(
+                    Kind.DEPOSIT,
+                    require_id("player_id", request.player_id),
+                    require_id("request_id", request.request_id),
+                    currency,
+                    amount,
+                    payment_id=request.payment_id,
+                )
+            )
+        )
+
+    async def ReserveWithdrawal(self, request, context):  # type: ignore[no-untyped-def]
+        amount, currency = self._money(request.amount)
+        return wallet_pb2.ReserveWithdrawalResponse(
+            posting=await self._post(
+                Request(
+                    Kind.WITHDRAWAL_RESERVE,
+                    require_id("player_id", request.player_id),
+                    require_id("request_id", request.request_id),
+                    currency,
+                    amount,
+                    withdrawal_id=require_id("withdrawal_id", request.withdrawal_id),
+                )
+            )
+        )
+
+    async def _finalise(self, kind: Kind, request) -> wallet_pb2.Posting:  # type: ignore[no-untyped-def]
+        return await self._post(
+            Request(
+                kind,
+                require_id("player_id", request.player_id),
+                require_id("request_id", request.request_id),
+                self._currency(request.currency_code),
+                withdrawal_id=require_id("withdrawal_id", request.withdrawal_id),
+            )
+        )
+
+    async def CommitWithdrawal(self, request, context):  # type: ignore[no-untyped-def]
+        return wallet_pb2.CommitWithdrawalResponse(
+            posting=await self._finalise(Kind.WITHDRAWAL_COMMIT, request)
+        )
+
+    async def ReleaseWithdrawal(self, request, context):  # type: ignore[no-untyped-def]
+        return wallet_pb2.ReleaseWithdrawalResponse(
+            posting=await self._finalise(Kind.WITHDRAWAL_RELEASE, request)
+        )
+
+    async def PlaceBet(self, request, context):  # type: ignore[no-untyped-def]
+        amount, currency = self._money(request.amount)
+        return wallet_pb2.PlaceBetResponse(
+            posting=await self._post(
+                Request(
+                    Kind.BET,
+                    require_id("player_id", request.player_id),
+                    require_id("request_id", request.request_id),
+                    currency,
+                    amount,
+                    round_id=require_id("round_id", request.round_id),
+                    game_id=require_id("game_id", request.game_id),
+                    provider=require_id("provider", request.provider),
+                )
+            )
+        )
+
+    async def SettleWin(self, request, context):  # type: ignore[no-untyped-def]
+        amount, currency = self._money(request.amount, allow_zero=True)
+        return wallet_pb2.SettleWinResponse(
+            posting=await self._post(
+                Request(
+                    Kind.WIN,
+                    require_id("player_id", request.player_id),
+                    require_id("request_id", request.request_id),
+                    currency,
+                    amount,
+                    round_id=require_id("round_id", request.round_id),
+                    bet_request_id=require_id("bet_request_id", request.bet_request_id),
+                    game_id=request.game_id,
+                    provider=request.provider,
+                )
+            )
+        )
+
+    async def RollbackBet(self, request, context):  # type: ignore[no-untyped-def]
+        return wallet_pb2.RollbackBetResponse(
+            posting=await self._post(
+                Request(
+                    Kind.BET_ROLLBACK,
+                    require_id("player_id", request.player_id),
+                    require_id("request_id", request.request_id),
+                    self._currency(request.currency_code),
+                    bet_request_id=require_id("bet_request_id", request.bet_request_id),
+                    round_id=request.round_id,
+                    provider=request.provider,
+                )
+            )
+        )
+
+    async def AdjustBalance(self, request, context):  # type: ignore[no-untyped-def]
+        amount, currency = self._money(request.amount, signed=True)
+        return wallet_pb2.AdjustBalanceResponse(
+            posting=await self._post(
+                Request(
+                    Kind.ADJUSTMENT,
+                    require_id("player_id", request.player_id),
+                    require_id("request_id", request.request_id),
+                    currency,
+                    amount,
+                    reason=_required_text("reason", request.reason),
+                    operator_id=require_id("operator_id", request.operator_id),
+                )
+            )
+        )
+
+    async def ListTransactions(self, request, context):  # type: ignore[no-untyped-def]
+        player = require_id("player_id", request.player_id)
+        size = page_size(request.page_size)
+        try:
+            kinds = sorted(_PROTO_TO_KIND[k].value for k in request.kinds)
+        except KeyError:
+            raise InvalidArgument("kinds", "unknown transaction kind") from None
+        currency = self._currency(request.currency_code) if request.currency_code else None
+        start = request.start_time.ToDatetime(dt.UTC) if request.HasField("start_time") else None
+        end = request.end_time.ToDatetime(dt.UTC) if request.HasField("end_time") else None
+        filters = {
+            "player": player,
+            "kinds": kinds,
+            "currency": currency,
+            "start": start,
+            "end": end,
+        }
+        after = decode_page_token(request.page_token, filters)
+        before = None
+        if after:
+            try:
+                before = (dt.datetime.fromisoformat(after[0]), after[1])
+            except (ValueError, IndexError):
+                raise InvalidArgument("page_token", "page_token is corrupt") from None
+        async with self._engine.connect() as conn:
+            rows = await store.list_transactions(
+                conn,
+                player,
+                kinds=kinds,
+                currency=currency,
+                start=start,
+                end=end,
+                before=before,
+                limit=size + 1,
+            )
+        page, more = rows[:size], len(rows) > size
+        token = ""
+        if more:
+            last = page[-1]
+            token = encode_page_token(filters, [last.create_time.isoformat(), last.request_id])
+        return wallet_pb2.ListTransactionsResponse(
+            transactions=[transaction_message(t) for t in page], next_page_token=token
+        )
+
+    async def Reconcile(self, request, context):  # type: ignore[no-untyped-def]
+        player, currency = request.player_id, request.currency_code
+        if bool(player) != bool(currency):
+            raise InvalidArgument("player_id", "give both player_id and currency_code, or neither")
+        if currency:
+            self._currency(currency)
+        async with self._engine.connect() as conn:
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                accounts, entries = await store.reconcile_snapshot(
+                    conn, player or None, currency or None
+                )
+        report = reconcile.Report()
+        by_account: dict[tuple[str, str], list[reconcile.EntryRow]] = {}
+        for entry in entries:
+            by_account.setdefault((entry.player_id, entry.currency), []).append(entry)
+        for account in accounts:
+            reconcile.check_account(
+                account, by_account.pop((account.player_id, account.currency), []), report
+            )
+        for (orphan_player, orphan_currency), rows in by_account.items():
+            report.discrepancies.append(
+                reconcile.Discrepancy(
+                    reconcile.account_name(orphan_player, orphan_currency),
+                    "CHAIN_BROKEN",
+                    rows[0].sequence,
+                    "an account row",
+                    "entries without an account",
+                )
+            )
+        if not player:
+            reconcile.check_currency_sums(report)
+        return wallet_pb2.ReconcileResponse(
+            accounts_checked=report.accounts_checked,
+            entries_checked=report.entries_checked,
+            discrepancies=[
+                wallet_pb2.Discrepancy(
+                    account=d.account,
+                    kind=d.kind,
+                    sequence=d.sequence,
+                    expected=d.expected,
+                    actual=d.actual,
+                )
+                for d in report.discrepancies
+            ],
+            totals=[
+                wallet_pb2.CurrencyTotal(
+                    currency_code=c, sum_minor=total, house_minor=dict(report.house.get(c, {}))
+                )
+                for c, total in sorted(report.currency_sums.items())
+            ],
+        )
+
+
+def _required_text(field_name: str, value: str, limit: int = 500) -> str:
+    if not value.strip():
+        raise InvalidArgument(field_name, f"{field_name} is required")
+    if len(value) > limit:
+        raise InvalidArgument(field_name, f"{field_name} is longer than {limit} characters")
+    return value
+
+
+async def build(runtime: ServiceRuntime) -> None:
+    config = domain_config(runtime.config, WalletConfig)
+    engine = runtime.database()
+    redis = runtime.redis(required=False) if runtime.config.redis.url else None
+    postings = Postings(engine, BalanceCache(redis, config.balance_cache_ttl_seconds), encode_event)
+    runtime.add_service(
+        wallet_pb2.DESCRIPTOR.services_by_name["WalletService"],
+        WalletService(engine, postings, frozenset(config.currencies)),
+        wallet_pb2_grpc.add_WalletServiceServicer_to_server,
+    )
+    if config.outbox_relay:
+        runtime.add_background(OutboxRelay(engine, "wallet", config.amqp_url))
