@@ -108,6 +108,8 @@ class ServiceConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     upstreams: dict[str, UpstreamConfig] = field(default_factory=dict)
+    # Chaos-test failpoints (services.runtime.failpoints); empty in every real deployment.
+    failpoints: dict[str, str] = field(default_factory=dict)
     # The service's own section ([<name>] in the file), parsed by the service.
     domain: dict[str, Any] = field(default_factory=dict)
     # Folder of the file, against which relative paths resolve.

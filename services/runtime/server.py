@@ -22,7 +22,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.runtime import db, metrics
+from services.runtime import db, failpoints, metrics
 from services.runtime.access import MethodAccess, access_policies
 from services.runtime.client import secure_channel
 from services.runtime.config import ServiceConfig, load_config
@@ -52,6 +52,7 @@ class ServiceRuntime:
         self.config = config
         configure_logging(config.name, config.telemetry.log_level)
         self.tracer_provider = configure_tracing(config.name, config.telemetry)
+        failpoints.arm(config.failpoints)
         self.log = get_logger()
         self._services: list[tuple[ServiceDescriptor, Any, AddToServer]] = []
         self._health = health_aio.HealthServicer()

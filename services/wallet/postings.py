@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.runtime import failpoints
 from services.runtime.errors import IdempotencyMismatch
 from services.runtime.outbox import Event, enqueue
 from services.wallet import store
@@ -112,6 +113,7 @@ class Postings:
                         ),
                     )
         # Committed. Only now is the result true, and only now may anything see it.
+        failpoints.reached("wallet.after_commit")
         if not result.replayed and entry is not None:
             await self._cache.put(request.player_id, request.currency, after)
         if result.transaction.refusal is not None:
