@@ -1,9 +1,10 @@
 """Shared parts of the benchmarks: a throw-away PKI, services started as processes with
-benchmark settings, a closed-loop load driver, and percentiles."""
+benchmark settings, a closed-loop load driver, percentiles, and where the CPU went."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -82,3 +83,78 @@ def percentiles(latencies: list[float]) -> tuple[float, float, float]:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     return at(0.50), at(0.95), at(0.99)
+
+
+# --- CPU accounting (Linux /proc): where the cores went during a measurement -------------
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a live process (all its threads); None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+
+
+def pids_named(comm: str) -> list[int]:
+    """Processes whose command name (/proc/<pid>/comm) is exactly `comm`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == comm:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds spent not idle, summed over every core, since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / _CLOCK_TICKS  # user..steal (guest is inside user)
+
+
+class CpuSplit:
+    """Cores used per group of processes between `start()` and `stop()`, plus `other` (the
+    rest of the machine's busy time). Groups are resolved to pids at both ends: a process
+    started in between counts whole, one that exited in between is not counted."""
+
+    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+        self.groups = groups
+        self._before: dict[str, dict[int, float]] = {}
+        self._machine = 0.0
+        self._started = 0.0
+
+    def _snapshot(self) -> dict[str, dict[int, float]]:
+        taken: dict[str, dict[int, float]] = {}
+        for name, pids in self.groups.items():
+            taken[name] = {}
+            for pid in pids():
+                seconds = process_cpu_seconds(pid)
+                if seconds is not None:
+                    taken[name][pid] = seconds
+        return taken
+
+    def start(self) -> None:
+        self._before = self._snapshot()
+        self._machine = machine_busy_seconds()
+        self._started = time.perf_counter()
+
+    def stop(self) -> dict[str, float]:
+        after = self._snapshot()
+        elapsed = time.perf_counter() - self._started
+        machine = (machine_busy_seconds() - self._machine) / elapsed
+        cores = {
+            name: sum(now - self._before[name].get(pid, 0.0) for pid, now in pids.items())
+            / elapsed
+            for name, pids in after.items()
+        }
+        cores["other"] = max(0.0, machine - sum(cores.values()))
+        cores["machine"] = machine
+        return cores
