@@ -113,22 +113,24 @@ def pids_named(comm: str) -> list[int]:
     return found
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds spent not idle, summed over every core, since boot."""
+def machine_cpu_seconds() -> tuple[float, float]:
+    """CPU seconds since boot, summed over every core: (user + nice + system, irq + softirq).
+    Idle, iowait and steal (another VM's time) are left out."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return (sum(values[:8]) - idle) / _CLOCK_TICKS  # user..steal (guest is inside user)
+    user, nice, system, _idle, _iowait, irq, softirq = values[:7]
+    return (user + nice + system) / _CLOCK_TICKS, (irq + softirq) / _CLOCK_TICKS
 
 
 class CpuSplit:
-    """Cores used per group of processes between `start()` and `stop()`, plus `other` (the
-    rest of the machine's busy time). Groups are resolved to pids at both ends: a process
-    started in between counts whole, one that exited in between is not counted."""
+    """Cores used per group of processes between `start()` and `stop()`, plus `irq` (interrupt
+    and softirq time, e.g. loopback networking, charged to no process) and `other` (the rest
+    of the machine's busy time). Groups are resolved to pids at both ends: a process started
+    in between counts whole, one that exited in between is not counted."""
 
     def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
         self.groups = groups
         self._before: dict[str, dict[int, float]] = {}
-        self._machine = 0.0
+        self._machine = (0.0, 0.0)
         self._started = 0.0
 
     def _snapshot(self) -> dict[str, dict[int, float]]:
@@ -143,18 +145,21 @@ class CpuSplit:
 
     def start(self) -> None:
         self._before = self._snapshot()
-        self._machine = machine_busy_seconds()
+        self._machine = machine_cpu_seconds()
         self._started = time.perf_counter()
 
     def stop(self) -> dict[str, float]:
+        """Cores per group, `irq`, `other`, and `machine` (the total busy)."""
         after = self._snapshot()
+        tasks, interrupts = machine_cpu_seconds()
         elapsed = time.perf_counter() - self._started
-        machine = (machine_busy_seconds() - self._machine) / elapsed
         cores = {
-            name: sum(now - self._before[name].get(pid, 0.0) for pid, now in pids.items())
-            / elapsed
+            name: sum(now - self._before[name].get(pid, 0.0) for pid, now in pids.items()) / elapsed
             for name, pids in after.items()
         }
-        cores["other"] = max(0.0, machine - sum(cores.values()))
-        cores["machine"] = machine
+        tasks_cores = (tasks - self._machine[0]) / elapsed
+        irq = (interrupts - self._machine[1]) / elapsed
+        cores["other"] = max(0.0, tasks_cores - sum(cores.values()))
+        cores["irq"] = irq
+        cores["machine"] = tasks_cores + irq
         return cores

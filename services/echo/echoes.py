@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from services.runtime.errors import InvalidArgument
+from services.runtime.errors import IdempotencyKeyRequired, InvalidArgument
 
 MAX_MESSAGE_CHARS = 1024
 MAX_DELAY_MS = 10_000
@@ -34,7 +34,7 @@ class Echo:
 
 def echo_command(request_id: str, message: str, delay_ms: int = 0) -> EchoCommand:
     if not request_id:
-        raise InvalidArgument("request_id", "request_id is required (an idempotency key)")
+        raise IdempotencyKeyRequired("request_id")
     if len(request_id) > MAX_REQUEST_ID_CHARS:
         raise InvalidArgument("request_id", f"request_id is longer than {MAX_REQUEST_ID_CHARS}")
     if not message:

@@ -58,6 +58,17 @@ class InvalidArgument(DomainError):
         self.field = field
 
 
+class IdempotencyKeyRequired(DomainError):
+    code = Code.INVALID_ARGUMENT
+
+    def __init__(self, field: str = "request_id") -> None:
+        super().__init__(
+            "IDEMPOTENCY_KEY_REQUIRED",
+            f"{field} is required: the idempotency key of this mutating request",
+            {"field": field},
+        )
+
+
 class NotFound(DomainError):
     code = Code.NOT_FOUND
 
@@ -81,4 +92,17 @@ class DependencyUnavailable(DomainError):
             "DEPENDENCY_UNAVAILABLE",
             f"{dependency} is unavailable; retry with the same request_id",
             {"dependency": dependency},
+        )
+
+
+class Overloaded(DomainError):
+    """The service's own capacity (a connection pool) is exhausted; nothing was applied."""
+
+    code = Code.UNAVAILABLE
+
+    def __init__(self, resource: str) -> None:
+        super().__init__(
+            "OVERLOADED",
+            f"{resource} is exhausted; retry with the same request_id after a backoff",
+            {"resource": resource},
         )

@@ -23,7 +23,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from services.runtime import metrics
 from services.runtime.access import MethodAccess
 from services.runtime.call import CallInfo, current_call, enter_call, leave_call
-from services.runtime.errors import DependencyUnavailable, DomainError
+from services.runtime.errors import DependencyUnavailable, DomainError, Overloaded
 from services.runtime.identity import service_from_spiffe_id
 from services.runtime.logs import get_logger
 from services.runtime.status import abort, abort_with_error
@@ -37,24 +37,24 @@ def peer_service(context: grpc.aio.ServicerContext) -> str | None:
     return service_from_spiffe_id(values[0].decode()) if values else None
 
 
-def _dependency_of(exc: BaseException) -> str | None:
-    """The dependency a failure means is unreachable, or None for any other failure.
+def _unavailable(exc: BaseException) -> DomainError | None:
+    """The retryable refusal a failure of a dependency means, or None for anything else.
 
     Only connection-level database errors count (SQLSTATE class 08, admin shutdown 57P,
     too many connections 53300, or no SQLSTATE at all): a serialization failure is an
     OperationalError too, but it is the transaction's problem, not the database's."""
     if isinstance(exc, PoolTimeoutError):
-        return "database"
+        return Overloaded("database connection pool")
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
-            return "database"
+            return DependencyUnavailable("database")
         sqlstate = getattr(exc.orig, "sqlstate", None)
         if isinstance(exc.orig, psycopg.OperationalError | psycopg.InterfaceError) and (
             sqlstate is None or sqlstate.startswith(("08", "57P", "53300"))
         ):
-            return "database"
+            return DependencyUnavailable("database")
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
-        return "redis"
+        return DependencyUnavailable("redis")
     return None
 
 
@@ -116,11 +116,11 @@ class _RpcScope:
             if isinstance(exc, DomainError):
                 self.code = grpc.StatusCode[exc.code.value]
                 await abort_with_error(self.context, exc)
-            dependency = _dependency_of(exc)
-            if dependency is not None:
+            unavailable = _unavailable(exc)
+            if unavailable is not None:
                 self.code = grpc.StatusCode.UNAVAILABLE
-                self.log.warning("dependency unavailable", dependency=dependency, error=str(exc))
-                await abort_with_error(self.context, DependencyUnavailable(dependency))
+                self.log.warning(unavailable.message, reason=unavailable.reason, error=str(exc))
+                await abort_with_error(self.context, unavailable)
             self.code = grpc.StatusCode.INTERNAL
             trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
             self.log.error("unhandled exception in handler", exc_info=exc)

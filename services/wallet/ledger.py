@@ -16,7 +16,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 
-from services.runtime.errors import Code, DomainError, InvalidArgument
+from services.runtime.errors import Code, DomainError, IdempotencyKeyRequired, InvalidArgument
 
 GENESIS_HASH = bytes(32)
 # Far below int64: no sum of realistic postings can overflow a bigint balance.
@@ -341,6 +341,8 @@ def next_entry(request: Request, account: AccountState, effect: Effect, now: dt.
 
 def require_id(field_name: str, value: str) -> str:
     if not value:
+        if field_name == "request_id":
+            raise IdempotencyKeyRequired(field_name)
         raise InvalidArgument(field_name, f"{field_name} is required")
     if len(value) > _MAX_ID:
         raise InvalidArgument(field_name, f"{field_name} is longer than {_MAX_ID} characters")

@@ -6,7 +6,7 @@ from cryptography import x509
 
 from services.echo.echoes import MAX_MESSAGE_CHARS, echo_command
 from services.runtime.devpki import ensure_pki
-from services.runtime.errors import Code, DomainError, InvalidArgument
+from services.runtime.errors import Code, DomainError
 from services.runtime.identity import service_from_spiffe_id, spiffe_id
 from services.runtime.secrets import SecretFileError, read_secret
 from services.runtime.status import error_info, rich_status
@@ -82,7 +82,9 @@ def test_echo_rules_refuse_bad_input_by_field() -> None:
         "delay_ms": ("r", "m", -1),
     }
     for field, args in cases.items():
-        with pytest.raises(InvalidArgument) as refused:
+        with pytest.raises(DomainError) as refused:
             echo_command(*args)
-        assert refused.value.field == field
+        assert refused.value.metadata["field"] == field
         assert refused.value.code is Code.INVALID_ARGUMENT
+    with pytest.raises(DomainError, match="idempotency key"):
+        echo_command("", "m")

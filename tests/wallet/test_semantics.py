@@ -366,6 +366,8 @@ async def test_missing_request_id_is_refused(clients, player) -> None:
     request = bet(p, 1)
     request.request_id = ""
     error = await refused(clients.games.PlaceBet(request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason(error) == "IDEMPOTENCY_KEY_REQUIRED"
     assert error_info(error).metadata["field"] == "request_id"
 
 

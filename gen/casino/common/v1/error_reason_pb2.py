@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#casino/common/v1/error_reason.proto\x12\x10\x63\x61sino.common.v1*\xb7\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41LLER_NOT_ALLOWED\x10\x01\x12\x14\n\x10INVALID_ARGUMENT\x10\x02\x12\x16\n\x12INVALID_PAGE_TOKEN\x10\x03\x12\x12\n\x0eINTERNAL_ERROR\x10\x04\x12\x1a\n\x16\x44\x45PENDENCY_UNAVAILABLE\x10\x05\x12\x18\n\x14IDEMPOTENCY_MISMATCH\x10\x06\x12\x1c\n\x18IDEMPOTENCY_KEY_REQUIRED\x10\x07\x12\x16\n\x12INSUFFICIENT_FUNDS\x10\x64\x12\x15\n\x11\x41\x43\x43OUNT_NOT_FOUND\x10\x65\x12\x1a\n\x16\x43URRENCY_NOT_SUPPORTED\x10\x66\x12\x13\n\x0f\x42\x45T_ROLLED_BACK\x10g\x12\x13\n\x0f\x41LREADY_SETTLED\x10h\x12\x11\n\rBET_NOT_FOUND\x10i\x12\x18\n\x14WITHDRAWAL_NOT_FOUND\x10j\x12 \n\x1cWITHDRAWAL_ALREADY_FINALISED\x10k\x12\x18\n\x14WITHDRAWAL_ID_IN_USE\x10lb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#casino/common/v1/error_reason.proto\x12\x10\x63\x61sino.common.v1*\xc7\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41LLER_NOT_ALLOWED\x10\x01\x12\x14\n\x10INVALID_ARGUMENT\x10\x02\x12\x16\n\x12INVALID_PAGE_TOKEN\x10\x03\x12\x12\n\x0eINTERNAL_ERROR\x10\x04\x12\x1a\n\x16\x44\x45PENDENCY_UNAVAILABLE\x10\x05\x12\x18\n\x14IDEMPOTENCY_MISMATCH\x10\x06\x12\x1c\n\x18IDEMPOTENCY_KEY_REQUIRED\x10\x07\x12\x0e\n\nOVERLOADED\x10\t\x12\x16\n\x12INSUFFICIENT_FUNDS\x10\x64\x12\x15\n\x11\x41\x43\x43OUNT_NOT_FOUND\x10\x65\x12\x1a\n\x16\x43URRENCY_NOT_SUPPORTED\x10\x66\x12\x13\n\x0f\x42\x45T_ROLLED_BACK\x10g\x12\x13\n\x0f\x41LREADY_SETTLED\x10h\x12\x11\n\rBET_NOT_FOUND\x10i\x12\x18\n\x14WITHDRAWAL_NOT_FOUND\x10j\x12 \n\x1cWITHDRAWAL_ALREADY_FINALISED\x10k\x12\x18\n\x14WITHDRAWAL_ID_IN_USE\x10lb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'casino.common.v1.error_reas
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERRORREASON']._serialized_start=58
-  _globals['_ERRORREASON']._serialized_end=497
+  _globals['_ERRORREASON']._serialized_end=513
 # @@protoc_insertion_point(module_scope)

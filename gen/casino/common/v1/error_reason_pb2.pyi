@@ -42,6 +42,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Same idempotency key, different request: nothing was applied. Metadata: idempotency_key."""
     IDEMPOTENCY_KEY_REQUIRED: _ErrorReason.ValueType  # 7
     """A required idempotency key (request_id) was missing."""
+    OVERLOADED: _ErrorReason.ValueType  # 9
+    """The service's own capacity (e.g. its database connection pool) is exhausted; nothing
+    was applied; retry after a backoff with the same request_id. Metadata: resource.
+    """
     INSUFFICIENT_FUNDS: _ErrorReason.ValueType  # 100
     """Wallet.
     Not enough available balance. Metadata: available_minor, posted_minor, reserved_minor,
@@ -92,6 +96,10 @@ IDEMPOTENCY_MISMATCH: ErrorReason.ValueType  # 6
 """Same idempotency key, different request: nothing was applied. Metadata: idempotency_key."""
 IDEMPOTENCY_KEY_REQUIRED: ErrorReason.ValueType  # 7
 """A required idempotency key (request_id) was missing."""
+OVERLOADED: ErrorReason.ValueType  # 9
+"""The service's own capacity (e.g. its database connection pool) is exhausted; nothing
+was applied; retry after a backoff with the same request_id. Metadata: resource.
+"""
 INSUFFICIENT_FUNDS: ErrorReason.ValueType  # 100
 """Wallet.
 Not enough available balance. Metadata: available_minor, posted_minor, reserved_minor,

@@ -1,0 +1,138 @@
+"""Crashes at the worst moments: between the commit and the reply, and in the middle of
+publishing the outbox. Nothing is lost and nothing is applied twice."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+
+import aio_pika
+import grpc
+import psycopg
+import pytest
+
+from casino.wallet.v1 import events_pb2
+from casino.wallet.v1 import wallet_pb2 as w
+from services.runtime.outbox import declare_events_exchange
+from tests.conftest import Launcher, Pki
+from tests.wallet.conftest import WalletClients, admin_dsn, eur, new_id, wallet_extra
+
+AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+@pytest.fixture
+def launcher(tmp_path, pki: Pki, test_database: str):
+    launcher = Launcher(tmp_path, pki, [])
+    yield launcher
+    for process in launcher.started:
+        process.terminate()
+
+
+async def test_kill_between_commit_and_reply_then_retry_returns_the_original_once(
+    launcher, pki
+) -> None:
+    doomed = launcher("wallet", extra=wallet_extra(failpoints={"wallet.after_commit": "kill"}))
+    # Accounts are opened without a posting, so the failpoint does not fire yet.
+    clients = WalletClients(doomed.ports["port"], pki)
+    player = new_id("player")
+    await clients.identity.OpenAccount(w.OpenAccountRequest(player_id=player, currency_code="EUR"))
+    deposit = w.DepositRequest(request_id=new_id("psp-tx"), player_id=player, amount=eur(700))
+    with pytest.raises(grpc.aio.AioRpcError) as lost:
+        await clients.payments.Deposit(deposit)
+    assert lost.value.code() == grpc.StatusCode.UNAVAILABLE  # the reply never came
+    assert await asyncio.to_thread(doomed.proc.wait, 10) == -signal.SIGKILL
+    await clients.close()
+
+    healthy = launcher("wallet", extra=wallet_extra())
+    clients = WalletClients(healthy.ports["port"], pki)
+    retried = await clients.payments.Deposit(deposit)
+    await clients.close()
+    assert retried.posting.replayed
+    assert retried.posting.balance.posted_minor == 700
+    assert retried.posting.transaction.sequence == 1
+    with psycopg.connect(admin_dsn()) as conn:
+        entries = conn.execute(
+            "SELECT count(*) FROM wallet.entries WHERE player_id = %s AND leg = 0", [player]
+        ).fetchone()
+        outbox = conn.execute(
+            "SELECT count(*) FROM wallet.outbox WHERE shard_key = %s", [player]
+        ).fetchone()
+    assert entries == (1,)
+    assert outbox == (1,)
+
+
+async def _consume_into(queue: aio_pika.abc.AbstractQueue, seen: list[str]) -> None:
+    async with queue.iterator() as messages:
+        async for message in messages:
+            async with message.process():
+                assert message.type == "casino.wallet.v1.TransactionPosted"
+                event = events_pb2.TransactionPosted.FromString(message.body)
+                assert message.message_id == event.event_id
+                seen.append(event.event_id)
+
+
+async def test_every_committed_posting_reaches_a_consumer_with_the_relay_killed_mid_batch(
+    launcher, pki
+) -> None:
+    connection = await aio_pika.connect_robust(AMQP)
+    channel = await connection.channel()
+    exchange = await declare_events_exchange(channel)
+    queue = await channel.declare_queue(f"test.{new_id('q')}", exclusive=True)
+    await queue.bind(exchange, routing_key="wallet.transaction.#")
+    seen: list[str] = []
+    consumer = asyncio.create_task(_consume_into(queue, seen))
+
+    # Postings made while no relay runs: they wait in the outbox.
+    writer = launcher("wallet", extra=wallet_extra(relay=False))
+    clients = WalletClients(writer.ports["port"], pki)
+    players = [new_id("player") for _ in range(20)]
+    for p in players:
+        await clients.identity.OpenAccount(w.OpenAccountRequest(player_id=p, currency_code="EUR"))
+    gate = asyncio.Semaphore(16)
+
+    async def deposit(p: str, amount: int) -> None:
+        async with gate:
+            await clients.payments.Deposit(
+                w.DepositRequest(request_id=new_id("d"), player_id=p, amount=eur(amount))
+            )
+
+    await asyncio.gather(*(deposit(p, 10 + i) for p in players for i in range(60)))
+    await clients.close()
+    with psycopg.connect(admin_dsn()) as conn:
+        expected = {
+            str(event_id)
+            for (event_id,) in conn.execute(
+                "SELECT event_id FROM wallet.outbox WHERE shard_key = ANY(%s)", [players]
+            )
+        }
+    assert len(expected) == 1200
+
+    # Relays started and SIGKILLed at random moments until the outbox is drained.
+    rng = random.Random(7)
+    kills = 0
+    while True:
+        relay = launcher("wallet", extra=wallet_extra(relay=True))
+        await asyncio.sleep(rng.uniform(0.05, 0.4))
+        with psycopg.connect(admin_dsn()) as conn:
+            (left,) = conn.execute(
+                "SELECT count(*) FROM wallet.outbox WHERE shard_key = ANY(%s)"
+                " AND publish_time IS NULL",
+                [players],
+            ).fetchone()
+        if left == 0 or kills >= 8:
+            break
+        relay.proc.send_signal(signal.SIGKILL)
+        relay.proc.wait()
+        kills += 1
+
+    for _ in range(200):
+        if expected <= set(seen):
+            break
+        await asyncio.sleep(0.1)
+    consumer.cancel()
+    await connection.close()
+    assert kills >= 1, "the relay was never killed mid-way"
+    missing = expected - set(seen)
+    assert not missing, f"{len(missing)} committed postings never reached the consumer"
+    assert len(seen) >= len(expected)  # duplicates allowed (at least once), losses not
