@@ -1,8 +1,9 @@
 """The platform's main job, driven over its real contracts with real service identities.
 
-Until the money services land this exercises the chassis through the echo example: an
-authorised call, an idempotent replay, a relayed call carrying deadline and trace to a
-second hop, a paged listing, and a caller the contract does not allow.
+The money path as the wallet serves it (account, deposit, bet, win, a retried request, a
+refusal, a rollback tombstone, reconciliation), then the chassis through the echo example:
+an idempotent replay, a relayed call carrying deadline and trace to a second hop, a paged
+listing, and a caller the contract does not allow.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from pathlib import Path
 
 import grpc
 
+from casino.common.v1.money_pb2 import Money
 from casino.echo.v1 import echo_pb2, echo_pb2_grpc
+from casino.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.client import secure_channel
 from services.runtime.config import TLSConfig
 from services.runtime.status import error_info
 
 ECHO = "127.0.0.1:50100"
+WALLET = "127.0.0.1:50110"
 
 
 def _tls(root: Path, identity: str) -> TLSConfig:
@@ -25,32 +29,132 @@ def _tls(root: Path, identity: str) -> TLSConfig:
     return TLSConfig(pki / "ca.crt", pki / f"{identity}.crt", pki / f"{identity}.key")
 
 
+def _eur(amount: int) -> Money:
+    return Money(amount_minor=amount, currency_code="EUR")
+
+
+async def wallet_job(root: Path) -> None:
+    player = f"player-{uuid.uuid4().hex[:8]}"
+
+    def stub(identity: str) -> wallet_pb2_grpc.WalletServiceStub:
+        return wallet_pb2_grpc.WalletServiceStub(
+            secure_channel(WALLET, _tls(root, identity), "wallet")
+        )
+
+    identity, payments, games = stub("identity"), stub("payments"), stub("games")
+    backoffice = stub("backoffice")
+    await identity.OpenAccount(wallet_pb2.OpenAccountRequest(player_id=player, currency_code="EUR"))
+    print(f"\nWallet: opened {player} EUR")
+    deposit = wallet_pb2.DepositRequest(
+        request_id=f"psp-{uuid.uuid4().hex}", player_id=player, amount=_eur(10_000)
+    )
+    balance = (await payments.Deposit(deposit)).posting.balance
+    print(
+        f"deposit 100.00       -> posted {balance.posted_minor} available "
+        f"{balance.available_minor} seq {balance.sequence}"
+    )
+    again = (await payments.Deposit(deposit)).posting
+    print(
+        f"PSP retries it       -> replayed={again.replayed} posted "
+        f"{again.balance.posted_minor} (credited once)"
+    )
+    bet = wallet_pb2.PlaceBetRequest(
+        request_id=f"bet-{uuid.uuid4().hex}",
+        player_id=player,
+        amount=_eur(2_500),
+        round_id=f"round-{uuid.uuid4().hex}",
+        game_id="dice",
+        provider="inhouse",
+    )
+    balance = (await games.PlaceBet(bet)).posting.balance
+    print(f"bet 25.00            -> posted {balance.posted_minor}")
+    win = wallet_pb2.SettleWinRequest(
+        request_id=f"win-{uuid.uuid4().hex}",
+        player_id=player,
+        amount=_eur(6_000),
+        round_id=bet.round_id,
+        bet_request_id=bet.request_id,
+    )
+    balance = (await games.SettleWin(win)).posting.balance
+    print(f"win 60.00            -> posted {balance.posted_minor}")
+    try:
+        await games.PlaceBet(
+            wallet_pb2.PlaceBetRequest(
+                request_id=f"bet-{uuid.uuid4().hex}",
+                player_id=player,
+                amount=_eur(1_000_000),
+                round_id="r",
+                game_id="dice",
+                provider="inhouse",
+            )
+        )
+    except grpc.aio.AioRpcError as exc:
+        info = error_info(exc)
+        print(
+            f"bet 10000.00         -> {exc.code().name} {info.reason if info else ''} "
+            f"(available {info.metadata['available_minor'] if info else '?'})"
+        )
+    ghost = f"bet-{uuid.uuid4().hex}"
+    undone = (
+        await games.RollbackBet(
+            wallet_pb2.RollbackBetRequest(
+                request_id=f"rb-{uuid.uuid4().hex}",
+                player_id=player,
+                currency_code="EUR",
+                bet_request_id=ghost,
+            )
+        )
+    ).posting
+    print(f"rollback unseen bet  -> nothing_to_undo={undone.nothing_to_undo}")
+    try:
+        await games.PlaceBet(
+            wallet_pb2.PlaceBetRequest(
+                request_id=ghost,
+                player_id=player,
+                amount=_eur(100),
+                round_id="r2",
+                game_id="dice",
+                provider="inhouse",
+            )
+        )
+    except grpc.aio.AioRpcError as exc:
+        print(f"that bet arrives     -> {exc.code().name} {error_info(exc).reason}")  # type: ignore[union-attr]
+    report = await backoffice.Reconcile(
+        wallet_pb2.ReconcileRequest(player_id=player, currency_code="EUR")
+    )
+    print(
+        f"reconcile            -> {report.entries_checked} entries, "
+        f"{len(report.discrepancies)} discrepancies"
+    )
+
+
 async def run(root: Path) -> None:
+    await wallet_job(root)
     key = uuid.uuid4().hex
     async with secure_channel(ECHO, _tls(root, "games"), "echo") as channel:
         echo = echo_pb2_grpc.EchoServiceStub(channel)
         first = await echo.Echo(echo_pb2.EchoRequest(request_id=key, message="hello"), timeout=3)
         print(
-            f"\nEcho as games      -> {first.record.name} caller={first.caller} "
+            f"\nEcho as games        -> {first.record.name} caller={first.caller} "
             f"deadline_left={first.deadline_remaining_ms}ms trace={first.trace_id}"
         )
         again = await echo.Echo(echo_pb2.EchoRequest(request_id=key, message="hello"), timeout=3)
-        print(f"same request_id    -> {again.record.name} replayed={again.replayed}")
+        print(f"same request_id      -> {again.record.name} replayed={again.replayed}")
         try:
             await echo.Echo(echo_pb2.EchoRequest(request_id=key, message="other"), timeout=3)
         except grpc.aio.AioRpcError as exc:
-            print(f"same id, new body  -> {exc.code().name} {error_info(exc).reason}")  # type: ignore[union-attr]
+            print(f"same id, new body    -> {exc.code().name} {error_info(exc).reason}")  # type: ignore[union-attr]
         relay = await echo.RelayEcho(
             echo_pb2.RelayEchoRequest(request_id=uuid.uuid4().hex, message="via relay"), timeout=3
         )
         print(
-            f"RelayEcho          -> hop1 deadline_left={relay.deadline_remaining_ms}ms, "
+            f"RelayEcho            -> hop1 deadline_left={relay.deadline_remaining_ms}ms, "
             f"hop2 deadline_left={relay.downstream.deadline_remaining_ms}ms caller="
             f"{relay.downstream.caller}, one trace: {relay.trace_id == relay.downstream.trace_id}"
         )
         page = await echo.ListEchoes(echo_pb2.ListEchoesRequest(page_size=2), timeout=3)
         print(
-            f"ListEchoes         -> {[e.name for e in page.echoes]} "
+            f"ListEchoes           -> {[e.name for e in page.echoes]} "
             f"next_page_token={'yes' if page.next_page_token else 'no'}"
         )
     async with secure_channel(ECHO, _tls(root, "wallet"), "echo") as channel:
@@ -60,4 +164,4 @@ async def run(root: Path) -> None:
             )
         except grpc.aio.AioRpcError as exc:
             info = error_info(exc)
-            print(f"Echo as wallet     -> {exc.code().name} {info.reason if info else ''}")
+            print(f"Echo as wallet       -> {exc.code().name} {info.reason if info else ''}")
