@@ -1,11 +1,14 @@
 """Balance display cache in Redis: written through after each commit, read only by callers
-that ask for it, never used to decide a posting. If Redis is down, postings go on."""
+that ask for it, never used to decide a posting. If Redis is down, postings go on: every
+cache call is bounded by a short timeout and a circuit breaker, so a dead or blackholed
+Redis costs a posting at most that timeout, and nothing once the breaker is open."""
 
 from __future__ import annotations
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from services.runtime.breaker import AsyncBreaker, CircuitOpen
 from services.runtime.logs import get_logger
 from services.wallet.ledger import AccountState
 
@@ -23,10 +26,15 @@ return 1
 
 
 class BalanceCache:
-    def __init__(self, redis: Redis | None, ttl_seconds: float) -> None:
+    def __init__(
+        self, redis: Redis | None, ttl_seconds: float, *, call_timeout: float = 0.05
+    ) -> None:
         self._redis = redis
         self._ttl_ms = int(ttl_seconds * 1000)
         self._script = redis.register_script(_WRITE_IF_NEWER) if redis is not None else None
+        self._breaker = AsyncBreaker(
+            "wallet-balance-cache", fail_max=3, reset_timeout=2.0, call_timeout=call_timeout
+        )
 
     @staticmethod
     def _key(player_id: str, currency: str) -> str:
@@ -36,21 +44,29 @@ class BalanceCache:
     async def put(self, player_id: str, currency: str, account: AccountState) -> None:
         if self._script is None:
             return
+        script = self._script
         try:
-            await self._script(
-                keys=[self._key(player_id, currency)],
-                args=[account.sequence, account.posted, account.reserved, self._ttl_ms],
+            await self._breaker.call(
+                lambda: script(
+                    keys=[self._key(player_id, currency)],
+                    args=[account.sequence, account.posted, account.reserved, self._ttl_ms],
+                )
             )
-        except RedisError as exc:
-            log.warning("balance cache write failed", error=str(exc))
+        except CircuitOpen:
+            pass
+        except (RedisError, TimeoutError) as exc:
+            log.warning("balance cache write failed", error=str(exc) or type(exc).__name__)
 
     async def get(self, player_id: str, currency: str) -> AccountState | None:
-        if self._redis is None:
+        redis = self._redis
+        if redis is None:
             return None
         try:
-            raw = await self._redis.hgetall(self._key(player_id, currency))
-        except RedisError as exc:
-            log.warning("balance cache read failed", error=str(exc))
+            raw = await self._breaker.call(lambda: redis.hgetall(self._key(player_id, currency)))
+        except CircuitOpen:
+            return None
+        except (RedisError, TimeoutError) as exc:
+            log.warning("balance cache read failed", error=str(exc) or type(exc).__name__)
             return None
         if not raw:
             return None

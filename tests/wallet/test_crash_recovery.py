@@ -136,3 +136,35 @@ async def test_every_committed_posting_reaches_a_consumer_with_the_relay_killed_
     missing = expected - set(seen)
     assert not missing, f"{len(missing)} committed postings never reached the consumer"
     assert len(seen) >= len(expected)  # duplicates allowed (at least once), losses not
+
+
+async def test_wallet_keeps_posting_and_serving_with_redis_down(launcher, pki) -> None:
+    from grpc_health.v1 import health_pb2
+
+    from tests.support.tcp_proxy import TcpProxy
+
+    redis = TcpProxy("127.0.0.1", 6379)
+    redis.start()
+    extra = wallet_extra().replace("127.0.0.1:6379", f"127.0.0.1:{redis.port}")
+    wallet = launcher("wallet", extra=extra)
+    clients = WalletClients(wallet.ports["port"], pki)
+    try:
+        player = new_id("player")
+        await clients.identity.OpenAccount(
+            w.OpenAccountRequest(player_id=player, currency_code="EUR")
+        )
+        redis.cut()
+        posted = await clients.payments.Deposit(
+            w.DepositRequest(request_id=new_id("d"), player_id=player, amount=eur(500))
+        )
+        assert posted.posting.balance.posted_minor == 500
+        # A display read that accepts the cache falls back to the database.
+        shown = await clients.edge.GetBalance(
+            w.GetBalanceRequest(player_id=player, currency_code="EUR", allow_cached=True)
+        )
+        assert (shown.balance.posted_minor, shown.balance.cached) == (500, False)
+        await wallet.wait_health(health_pb2.HealthCheckResponse.SERVING, timeout=5)
+        assert any(line.get("event") == "balance cache write failed" for line in wallet.log_lines())
+    finally:
+        await clients.close()
+        redis.close()
