@@ -47,6 +47,9 @@ class DatabaseConfig:
     password_file: Path | None = None
     pool_size: int = 10
     connect_timeout_seconds: float = 3.0
+    # How long a call may queue for a pooled connection before OVERLOADED. Calls also give
+    # up when their own deadline passes (grpc cancels the handler), whichever is first.
+    pool_timeout_seconds: float = 10.0
 
 
 @dataclass(frozen=True)

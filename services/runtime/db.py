@@ -26,7 +26,7 @@ def create_engine(config: DatabaseConfig, application_name: str) -> AsyncEngine:
         pool_size=config.pool_size,
         max_overflow=0,
         pool_pre_ping=True,
-        pool_timeout=config.connect_timeout_seconds,
+        pool_timeout=config.pool_timeout_seconds,
         connect_args={
             "connect_timeout": max(1, round(config.connect_timeout_seconds)),
             "application_name": application_name,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from services.wallet.ledger import GENESIS_HASH, Entry, Kind, chain_hash
@@ -65,8 +64,21 @@ def account_name(player_id: str, currency: str) -> str:
     return f"players/{player_id}/accounts/{currency}"
 
 
-def check_account(account: AccountRow, legs: Iterable[EntryRow], report: Report) -> None:
-    """Walk one account's entries in sequence order (both legs of each)."""
+def check_account(account: AccountRow | None, legs: list[EntryRow], report: Report) -> None:
+    """Walk one account's entries in sequence order (both legs of each). `account` is None
+    for entries whose account row is missing."""
+    if account is None:
+        first = legs[0]
+        report.discrepancies.append(
+            Discrepancy(
+                account_name(first.player_id, first.currency),
+                "ACCOUNT_MISSING",
+                first.sequence,
+                "an account row",
+                "entries without one",
+            )
+        )
+        return
     name = account_name(account.player_id, account.currency)
     report.accounts_checked += 1
     by_sequence: dict[int, dict[int, EntryRow]] = defaultdict(dict)

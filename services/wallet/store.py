@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -396,51 +396,69 @@ async def list_transactions(
     return [_stored(row) for row in rows]
 
 
-async def reconcile_snapshot(
+async def stream_ledger(
     conn: AsyncConnection, player_id: str | None, currency: str | None
-) -> tuple[list[AccountRow], list[EntryRow]]:
-    """Accounts and entries (both legs, in account/sequence order) read in the caller's
-    snapshot; the caller runs this in a REPEATABLE READ transaction."""
+) -> AsyncIterator[tuple[AccountRow | None, list[EntryRow]]]:
+    """Each account with its entries (both legs, in sequence order), one account at a time
+    from a server-side cursor, so memory holds one account's history, not the ledger's. A
+    FULL JOIN so entries without an account row surface too (as account None). Run it in a
+    REPEATABLE READ transaction: one snapshot for the whole walk."""
     where, params = "", {}
     if player_id:
-        where = " WHERE player_id = :p AND currency = :c"
+        where = " WHERE coalesce(a.player_id, e.player_id) = :p"
+        where += " AND coalesce(a.currency, e.currency) = :c"
         params = {"p": player_id, "c": currency}
-    accounts = [
-        AccountRow(
-            r.player_id, r.currency, r.posted, r.reserved, r.last_sequence, bytes(r.last_hash)
-        )
-        for r in await conn.execute(
-            text(
-                "SELECT player_id, currency, posted, reserved, last_sequence, last_hash"
-                f" FROM wallet.accounts{where} ORDER BY player_id, currency"
-            ),
-            params,
-        )
-    ]
-    entries = [
-        EntryRow(
-            r.player_id,
-            r.currency,
-            r.sequence,
-            r.leg,
-            r.account,
-            r.request_id,
-            r.kind,
-            r.amount,
-            r.reserved_delta,
-            r.balance_after,
-            r.reserved_after,
-            bytes(r.prev_hash) if r.prev_hash is not None else None,
-            bytes(r.hash) if r.hash is not None else None,
-            r.create_time,
-        )
-        for r in await conn.execute(
-            text(
-                "SELECT player_id, currency, sequence, leg, account, request_id, kind, amount,"
-                " reserved_delta, balance_after, reserved_after, prev_hash, hash, create_time"
-                f" FROM wallet.entries{where} ORDER BY player_id, currency, sequence, leg"
-            ),
-            params,
-        )
-    ]
-    return accounts, entries
+    result = await conn.stream(
+        text(
+            "SELECT coalesce(a.player_id, e.player_id) AS key_player,"
+            " coalesce(a.currency, e.currency) AS key_currency, a.player_id AS a_player,"
+            " a.posted, a.reserved, a.last_sequence, a.last_hash, e.player_id AS e_player,"
+            " e.sequence, e.leg, e.account, e.request_id, e.kind, e.amount, e.reserved_delta,"
+            " e.balance_after, e.reserved_after, e.prev_hash, e.hash, e.create_time"
+            " FROM wallet.accounts a FULL JOIN wallet.entries e"
+            " ON e.player_id = a.player_id AND e.currency = a.currency"
+            f"{where} ORDER BY key_player, key_currency, e.sequence, e.leg"
+        ),
+        params,
+    )
+    key: tuple[str, str] | None = None
+    account: AccountRow | None = None
+    entries: list[EntryRow] = []
+    async for r in result:
+        if (r.key_player, r.key_currency) != key:
+            if key is not None:
+                yield account, entries
+            key, entries = (r.key_player, r.key_currency), []
+            account = (
+                AccountRow(
+                    r.key_player,
+                    r.key_currency,
+                    r.posted,
+                    r.reserved,
+                    r.last_sequence,
+                    bytes(r.last_hash),
+                )
+                if r.a_player is not None
+                else None
+            )
+        if r.e_player is not None:
+            entries.append(
+                EntryRow(
+                    r.key_player,
+                    r.key_currency,
+                    r.sequence,
+                    r.leg,
+                    r.account,
+                    r.request_id,
+                    r.kind,
+                    r.amount,
+                    r.reserved_delta,
+                    r.balance_after,
+                    r.reserved_after,
+                    bytes(r.prev_hash) if r.prev_hash is not None else None,
+                    bytes(r.hash) if r.hash is not None else None,
+                    r.create_time,
+                )
+            )
+    if key is not None:
+        yield account, entries

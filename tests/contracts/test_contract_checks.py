@@ -3,6 +3,7 @@ passes; a stale gen/ or a breaking change to a published proto fails it."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -104,6 +105,11 @@ def test_breaking_change_fails_even_with_gen_regenerated(tree: Path) -> None:
 
 def test_the_test_command_stops_on_a_stale_gen(tree: Path) -> None:
     # The README's test command itself, on the copy (sharing this checkout's virtualenv).
+    # Its bootstrap reinstalls only when pyproject.toml changed since the last install;
+    # that must not happen here, or the shared virtualenv would point at the copy.
+    installed = (ROOT / ".venv" / ".installed").read_text().strip()
+    current = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    assert installed == current, "the virtualenv is stale: run scripts/test, not bare pytest"
     (tree / ".venv").symlink_to(ROOT / ".venv")
     shutil.copytree(ROOT / ".dev" / "secrets", tree / ".dev" / "secrets")
     _edit(tree, "  string caller = 3;\n}", "  string caller = 3;\n  string tag = 4;\n}")

@@ -823,7 +823,7 @@ class Discrepancy(_message.Message):
     """players/{player_id}/accounts/{currency_code}, or currencies/{code} for a sum check."""
     kind: _builtins.str
     """BALANCE_MISMATCH, RESERVED_MISMATCH, RUNNING_BALANCE_MISMATCH, CHAIN_BROKEN,
-    SEQUENCE_GAP, CURRENCY_NOT_BALANCED, NEGATIVE_BALANCE.
+    SEQUENCE_GAP, CURRENCY_NOT_BALANCED, NEGATIVE_BALANCE, ACCOUNT_MISSING.
     """
     sequence: _builtins.int
     expected: _builtins.str
