@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aio_pika
@@ -68,19 +69,25 @@ class Event:
     event_id: uuid.UUID
 
 
-async def enqueue(conn: AsyncConnection, schema: str, event: Event) -> None:
-    """Write the event in the caller's transaction: it exists if and only if the change does."""
+async def enqueue(conn: AsyncConnection, schema: str, events: Sequence[Event]) -> None:
+    """Write the events in the caller's transaction: each exists if and only if the change
+    it describes does."""
+    if not events:
+        return
     await conn.execute(
         text(
-            f"INSERT INTO {schema}.outbox (shard_key, event_id, routing_key, message_type, payload)"
-            " VALUES (:shard_key, :event_id, :routing_key, :message_type, :payload)"
+            f"INSERT INTO {schema}.outbox"
+            " (shard_key, event_id, routing_key, message_type, payload)"
+            " SELECT * FROM unnest(CAST(:shard_keys AS text[]), CAST(:event_ids AS uuid[]),"
+            " CAST(:routing_keys AS text[]), CAST(:message_types AS text[]),"
+            " CAST(:payloads AS bytea[]))"
         ),
         {
-            "shard_key": event.shard_key,
-            "event_id": event.event_id,
-            "routing_key": event.routing_key,
-            "message_type": event.message_type,
-            "payload": event.payload,
+            "shard_keys": [e.shard_key for e in events],
+            "event_ids": [e.event_id for e in events],
+            "routing_keys": [e.routing_key for e in events],
+            "message_types": [e.message_type for e in events],
+            "payloads": [e.payload for e in events],
         },
     )
 

@@ -1,13 +1,20 @@
-"""Posting a request to the ledger: the one place a wallet transaction begins and commits.
+"""Posting requests to the ledger: the one place wallet transactions begin and commit.
 
-The order inside the transaction is the invariant: lock the account row, read the facts,
-decide (pure), record the outcome under the idempotency key (the primary key decides),
-and only if this request is new, append the entry, move the account and enqueue the
-event. The answer is built after the commit.
+Concurrent requests are coalesced: a worker takes what is queued (at most one request per
+player, so no request's facts depend on another in the same transaction) and posts them
+all in one transaction, answering each only after that commit. The order inside the
+transaction is the invariant: lock the accounts (in key order), read what the keys and the
+referenced bets and withdrawals already hold, decide each request (pure), record every
+outcome under its idempotency key (the primary key decides: a key that turns out to exist
+sends the batch back to be posted one request at a time), then append the entries, move
+the accounts and enqueue the events. A batch that fails for any other reason is also
+retried one request at a time, so one bad request never fails its neighbours.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import datetime as dt
 import uuid
 from collections.abc import Callable
@@ -16,7 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.runtime import failpoints
-from services.runtime.errors import IdempotencyMismatch
+from services.runtime.errors import DomainError, IdempotencyMismatch
 from services.runtime.outbox import Event, enqueue
 from services.wallet import store
 from services.wallet.cache import BalanceCache
@@ -24,6 +31,7 @@ from services.wallet.ledger import (
     AccountNotFound,
     AccountState,
     Effect,
+    Entry,
     Refusal,
     ReplayOf,
     Request,
@@ -50,81 +58,192 @@ class PostingResult:
 # the RPC surface so this module stays free of generated code.
 EncodeEvent = Callable[[PostingResult, uuid.UUID], bytes]
 
+Outcome = PostingResult | DomainError
+
+
+@dataclass
+class _Pending:
+    request: Request
+    caller: str
+    future: asyncio.Future[PostingResult]
+
+
+class _KeyRaced(Exception):
+    """A key expected to be new existed at insert time (a concurrent request under another
+    account's lock): the batch is rolled back and posted again one request at a time."""
+
+
+def _replay(request: Request, existing: StoredTransaction) -> Outcome:
+    if existing.fingerprint != request.fingerprint():
+        return IdempotencyMismatch(request.request_id)
+    if existing.refusal is not None:
+        return existing.refusal.error()  # sticky: the same refusal again
+    return PostingResult(existing, replayed=True)
+
 
 class Postings:
-    def __init__(self, engine: AsyncEngine, cache: BalanceCache, encode_event: EncodeEvent):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        cache: BalanceCache,
+        encode_event: EncodeEvent,
+        *,
+        max_batch: int = 64,
+        workers: int = 2,
+    ) -> None:
         self._engine = engine
         self._cache = cache
         self._encode_event = encode_event
+        self._max_batch = max_batch
+        self._workers = workers
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._busy_players: set[str] = set()
+        self._wake = asyncio.Event()
 
     async def post(self, request: Request, caller: str) -> PostingResult:
-        """Apply `request` once. Raises the recorded refusal (sticky), IdempotencyMismatch,
-        or AccountNotFound; returns the original result for a replay."""
-        now = dt.datetime.now(dt.UTC)
-        async with self._engine.begin() as conn:
-            account = await store.read_account(conn, request.player_id, request.currency, lock=True)
-            if account is None:
-                raise AccountNotFound(request.player_id, request.currency)
-            facts = await store.load_facts(conn, request)
-            decision = decide(request, account, facts)
+        """Apply `request` once; returns after the commit. Raises the recorded refusal
+        (sticky), IdempotencyMismatch or AccountNotFound; a replay returns the original."""
+        future: asyncio.Future[PostingResult] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(request, caller, future))
+        self._wake.set()
+        return await future
 
-            if isinstance(decision, ReplayOf):
-                original = await store.get_transaction(conn, request.player_id, decision.request_id)
-                assert original is not None
-                return PostingResult(original, replayed=True)
+    # The batch workers (a BackgroundWorker of the service runtime).
 
-            refusal = decision if isinstance(decision, Refusal) else None
-            effect = decision if isinstance(decision, Effect) else Effect(0)
-            entry = next_entry(request, account, effect, now) if effect.writes_entry else None
-            after = (
-                AccountState(entry.balance_after, entry.reserved_after, entry.sequence, entry.hash)
-                if entry
-                else account
-            )
-            tx = store.new_transaction(
-                request,
-                caller=caller,
-                effect=effect,
-                refusal=refusal,
-                sequence=entry.sequence if entry else None,
-                after=after,
-                create_time=now,
-            )
-            if not await store.insert_transaction(conn, tx):
-                # The key was used before: nothing of this attempt is written.
-                existing = await store.get_transaction(conn, request.player_id, request.request_id)
-                assert existing is not None
-                result = self._replay(request, existing)
+    async def run(self) -> None:
+        await asyncio.gather(*(self._work() for _ in range(self._workers)))
+
+    async def close(self) -> None:
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.cancel()
+
+    async def _work(self) -> None:
+        while True:
+            batch = self._take()
+            if not batch:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                await self._post_batch(batch)
+            finally:
+                self._busy_players.difference_update(p.request.player_id for p in batch)
+                self._wake.set()  # players released: another worker may take their requests
+
+    def _take(self) -> list[_Pending]:
+        """Up to max_batch queued requests of distinct, idle players, in arrival order."""
+        batch: list[_Pending] = []
+        kept: collections.deque[_Pending] = collections.deque()
+        taken: set[str] = set()
+        while self._queue:
+            pending = self._queue.popleft()
+            player = pending.request.player_id
+            if pending.future.done():  # the caller gave up before we started
+                continue
+            if (
+                len(batch) < self._max_batch
+                and player not in taken
+                and (player not in self._busy_players)
+            ):
+                batch.append(pending)
+                taken.add(player)
             else:
-                if entry is not None:
-                    await store.append_entry(conn, entry)
-                result = PostingResult(tx, replayed=False)
-                if refusal is None:
-                    event_id = uuid.uuid4()
-                    await enqueue(
-                        conn,
-                        "wallet",
-                        Event(
-                            routing_key=f"wallet.transaction.{request.kind.value.lower()}",
-                            message_type=EVENT_TYPE,
-                            payload=self._encode_event(result, event_id),
-                            shard_key=request.player_id,
-                            event_id=event_id,
-                        ),
-                    )
-        # Committed. Only now is the result true, and only now may anything see it.
-        failpoints.reached("wallet.after_commit")
-        if not result.replayed and entry is not None:
-            await self._cache.put(request.player_id, request.currency, after)
-        if result.transaction.refusal is not None:
-            raise result.transaction.refusal.error()
-        return result
+                kept.append(pending)
+        self._queue = kept
+        self._busy_players |= taken
+        return batch
 
-    @staticmethod
-    def _replay(request: Request, existing: StoredTransaction) -> PostingResult:
-        if existing.fingerprint != request.fingerprint():
-            raise IdempotencyMismatch(request.request_id)
-        return PostingResult(existing, replayed=True)
+    async def _post_batch(self, batch: list[_Pending]) -> None:
+        requests, callers = [p.request for p in batch], [p.caller for p in batch]
+        try:
+            try:
+                outcomes = await self._apply(requests, callers)
+            except _KeyRaced:
+                if len(batch) > 1:
+                    raise
+                # Once more, alone: the raced key is now read as existing and replayed.
+                outcomes = await self._apply(requests, callers)
+        except Exception as exc:
+            if len(batch) > 1:
+                for pending in batch:
+                    await self._post_batch([pending])
+                return
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
+            return
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if pending.future.done():
+                continue
+            if isinstance(outcome, DomainError):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
+
+    async def _apply(self, requests: list[Request], callers: list[str]) -> list[Outcome]:
+        now = dt.datetime.now(dt.UTC)
+        outcomes: list[Outcome | None] = [None] * len(requests)
+        fresh: list[StoredTransaction] = []
+        entries: list[Entry] = []
+        async with self._engine.begin() as conn:
+            accounts = await store.lock_accounts(
+                conn, sorted({(r.player_id, r.currency) for r in requests})
+            )
+            known = await store.read_known(conn, requests)
+            for i, (r, facts) in enumerate(zip(requests, known.facts, strict=True)):
+                account = accounts.get((r.player_id, r.currency))
+                if account is None:
+                    outcomes[i] = AccountNotFound(r.player_id, r.currency)
+                    continue
+                if (found := known.existing.get((r.player_id, r.request_id))) is not None:
+                    outcomes[i] = _replay(r, found)
+                    continue
+                decision = decide(r, account, facts)
+                if isinstance(decision, ReplayOf):
+                    original = known.related[(r.player_id, decision.request_id)]
+                    outcomes[i] = PostingResult(original, replayed=True)
+                    continue
+                refusal = decision if isinstance(decision, Refusal) else None
+                effect = decision if isinstance(decision, Effect) else Effect(0)
+                entry = next_entry(r, account, effect, now) if effect.writes_entry else None
+                tx = store.new_transaction(
+                    r,
+                    caller=callers[i],
+                    effect=effect,
+                    refusal=refusal,
+                    sequence=entry.sequence if entry else None,
+                    after=_after(entry) if entry else account,
+                    create_time=now,
+                )
+                fresh.append(tx)
+                if entry is not None:
+                    entries.append(entry)
+                outcomes[i] = refusal.error() if refusal else PostingResult(tx, replayed=False)
+            if fresh:
+                if not await store.write_postings(conn, fresh, entries):
+                    # A key expected to be new exists: a concurrent request under another
+                    # account's lock (same player, other currency) took it first.
+                    raise _KeyRaced
+                await enqueue(conn, "wallet", [self._event(tx) for tx in fresh if not tx.refusal])
+        # Committed. Only now are the results true, and only now may anything see them.
+        failpoints.reached("wallet.after_commit")
+        await asyncio.gather(
+            *(self._cache.put(e.player_id, e.currency, _after(e)) for e in entries)
+        )
+        assert all(o is not None for o in outcomes)
+        return outcomes  # type: ignore[return-value]
+
+    def _event(self, tx: StoredTransaction) -> Event:
+        event_id = uuid.uuid4()
+        return Event(
+            routing_key=f"wallet.transaction.{tx.kind.value.lower()}",
+            message_type=EVENT_TYPE,
+            payload=self._encode_event(PostingResult(tx, replayed=False), event_id),
+            shard_key=tx.player_id,
+            event_id=event_id,
+        )
+
+    # Reads and account opening need no coalescing.
 
     async def open_account(self, player_id: str, currency: str) -> tuple[AccountState, bool]:
         async with self._engine.begin() as conn:
@@ -147,3 +266,7 @@ class Postings:
             raise AccountNotFound(player_id, currency)
         await self._cache.put(player_id, currency, account)
         return account, False
+
+
+def _after(entry: Entry) -> AccountState:
+    return AccountState(entry.balance_after, entry.reserved_after, entry.sequence, entry.hash)

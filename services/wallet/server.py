@@ -37,6 +37,9 @@ from services.wallet.store import StoredTransaction
 class WalletConfig:
     currencies: list[str] = field(default_factory=lambda: ["EUR", "GBP", "USD"])
     balance_cache_ttl_seconds: float = 5.0
+    # Postings coalesced into one transaction at most, and batches in flight at once.
+    max_batch: int = 64
+    batch_workers: int = 2
     # Publish the outbox from this process (one relay per deployment is enough; several
     # are safe: rows are claimed with SKIP LOCKED).
     outbox_relay: bool = True
@@ -399,7 +402,14 @@ async def build(runtime: ServiceRuntime) -> None:
     config = domain_config(runtime.config, WalletConfig)
     engine = runtime.database()
     redis = runtime.redis(required=False) if runtime.config.redis.url else None
-    postings = Postings(engine, BalanceCache(redis, config.balance_cache_ttl_seconds), encode_event)
+    postings = Postings(
+        engine,
+        BalanceCache(redis, config.balance_cache_ttl_seconds),
+        encode_event,
+        max_batch=config.max_batch,
+        workers=config.batch_workers,
+    )
+    runtime.add_background(postings)
     runtime.add_service(
         wallet_pb2.DESCRIPTOR.services_by_name["WalletService"],
         WalletService(engine, postings, frozenset(config.currencies)),

@@ -151,16 +151,13 @@ async def open_account(conn: AsyncConnection, player_id: str, currency: str) -> 
     return result.first() is not None
 
 
-async def read_account(
-    conn: AsyncConnection, player_id: str, currency: str, *, lock: bool = False
-) -> AccountState | None:
-    """The account's balances; with lock=True, FOR UPDATE: every posting to this account
-    serialises here, inside its transaction."""
+async def read_account(conn: AsyncConnection, player_id: str, currency: str) -> AccountState | None:
+    """The account's balances, one row: a consistent snapshot."""
     row = (
         await conn.execute(
             text(
                 "SELECT posted, reserved, last_sequence, last_hash FROM wallet.accounts"
-                " WHERE player_id = :p AND currency = :c" + (" FOR UPDATE" if lock else "")
+                " WHERE player_id = :p AND currency = :c"
             ),
             {"p": player_id, "c": currency},
         )
@@ -170,7 +167,7 @@ async def read_account(
     return AccountState(row.posted, row.reserved, row.last_sequence, bytes(row.last_hash))
 
 
-def _prior(row: Any) -> Prior:
+def _prior(row: StoredTransaction) -> Prior:
     return Prior(
         request_id=row.request_id,
         kind=Kind(row.kind),
@@ -182,179 +179,313 @@ def _prior(row: Any) -> Prior:
     )
 
 
-_FACT_COLUMNS = "request_id, kind, outcome, currency, amount, reserved_delta, round_id"
+_LOCK_ACCOUNTS = text(
+    "SELECT a.player_id, a.currency, a.posted, a.reserved, a.last_sequence, a.last_hash"
+    " FROM wallet.accounts a"
+    " JOIN unnest(CAST(:players AS text[]), CAST(:currencies AS text[])) AS k(p, c)"
+    " ON a.player_id = k.p AND a.currency = k.c"
+    " ORDER BY a.player_id, a.currency FOR UPDATE OF a"
+)
 
 
-async def load_facts(conn: AsyncConnection, request: Request) -> Facts:
-    """The related transactions a decision needs, in one round trip per request."""
-    kind = request.kind
-    if kind in (Kind.BET, Kind.WIN, Kind.BET_ROLLBACK):
-        bet_id = request.request_id if kind is Kind.BET else request.bet_request_id
-        rows = (
-            await conn.execute(
-                text(
-                    f"SELECT 'bet' AS role, {_FACT_COLUMNS} FROM wallet.transactions"
-                    " WHERE player_id = :p AND request_id = :bet AND kind = 'BET'"
-                    f" UNION ALL SELECT 'rollback', {_FACT_COLUMNS} FROM wallet.transactions"
-                    " WHERE player_id = :p AND bet_request_id = :bet"
-                    " AND kind = 'BET_ROLLBACK' AND outcome = 'applied'"
-                    f" UNION ALL (SELECT 'win', {_FACT_COLUMNS} FROM wallet.transactions w"
-                    " WHERE w.player_id = :p AND w.kind = 'WIN' AND w.outcome = 'applied'"
-                    " AND w.round_id = (SELECT b.round_id FROM wallet.transactions b"
-                    "   WHERE b.player_id = :p AND b.request_id = :bet AND b.kind = 'BET')"
-                    " LIMIT 1)"
-                ),
-                {"p": request.player_id, "bet": bet_id},
-            )
-        ).all()
-        by_role = {row.role: _prior(row) for row in rows}
-        return Facts(
-            bet=by_role.get("bet") if kind is not Kind.BET else None,
-            rollback=by_role.get("rollback"),
-            round_settled="win" in by_role,
-        )
-    if kind in (Kind.WITHDRAWAL_RESERVE, Kind.WITHDRAWAL_COMMIT, Kind.WITHDRAWAL_RELEASE):
-        rows = (
-            await conn.execute(
-                text(
-                    f"SELECT {_FACT_COLUMNS} FROM wallet.transactions"
-                    " WHERE player_id = :p AND withdrawal_id = :w AND outcome = 'applied'"
-                ),
-                {"p": request.player_id, "w": request.withdrawal_id},
-            )
-        ).all()
-        priors = [_prior(row) for row in rows]
-        return Facts(
-            reservation=next((p for p in priors if p.kind is Kind.WITHDRAWAL_RESERVE), None),
-            finalisation=next(
-                (p for p in priors if p.kind in (Kind.WITHDRAWAL_COMMIT, Kind.WITHDRAWAL_RELEASE)),
-                None,
-            ),
-        )
-    return Facts()
-
-
-async def insert_transaction(conn: AsyncConnection, tx: StoredTransaction) -> bool:
-    """Record a request's outcome under its key. False when the key exists already: the
-    primary key decides, in this transaction, never a read before the write."""
-    refusal_metadata = (
-        json.dumps({**tx.refusal.metadata, "_message": tx.refusal.message}) if tx.refusal else None
+async def lock_accounts(
+    conn: AsyncConnection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], AccountState]:
+    """Lock the accounts' rows FOR UPDATE, in key order (so two transactions locking
+    overlapping sets never deadlock): every posting to an account serialises here. A
+    statement of its own: what is read after it sees everything committed before the lock
+    was granted."""
+    rows = await conn.execute(
+        _LOCK_ACCOUNTS,
+        {"players": [k[0] for k in keys], "currencies": [k[1] for k in keys]},
     )
-    result = await conn.execute(
-        text(
-            f"INSERT INTO wallet.transactions ({_TX_COLUMNS}) VALUES (:player_id, :request_id,"
-            " :kind, :currency, :amount, :reserved_delta, :fingerprint, :outcome,"
-            " :refusal_reason, CAST(:refusal_metadata AS jsonb), :nothing_to_undo, :sequence,"
-            " :posted_after, :reserved_after, :sequence_after, :round_id, :game_id, :provider,"
-            " :bet_request_id, :withdrawal_id, :payment_id, :reason, :operator_id, :caller,"
-            " :create_time)"
-            " ON CONFLICT (player_id, request_id) DO NOTHING RETURNING request_id"
-        ),
+    return {
+        (r.player_id, r.currency): AccountState(
+            r.posted, r.reserved, r.last_sequence, bytes(r.last_hash)
+        )
+        for r in rows
+    }
+
+
+# Everything a batch of decisions reads, in one statement: the rows already under the
+# requests' own keys, and the bets and withdrawals the requests refer to.
+_READ_KNOWN = text(
+    "WITH k AS (SELECT * FROM unnest(CAST(:k_players AS text[]), CAST(:k_ids AS text[]))"
+    "   AS k(player_id, ref)),"
+    " b AS (SELECT * FROM unnest(CAST(:b_players AS text[]), CAST(:b_ids AS text[]))"
+    "   AS b(player_id, ref)),"
+    " w AS (SELECT * FROM unnest(CAST(:w_players AS text[]), CAST(:w_ids AS text[]))"
+    "   AS w(player_id, ref))"
+    " SELECT 'key' AS role, k.ref, t.* FROM k JOIN wallet.transactions t"
+    "   ON t.player_id = k.player_id AND t.request_id = k.ref"
+    " UNION ALL SELECT 'bet', b.ref, t.* FROM b JOIN wallet.transactions t"
+    "   ON t.player_id = b.player_id AND t.request_id = b.ref AND t.kind = 'BET'"
+    " UNION ALL SELECT 'rollback', b.ref, t.* FROM b JOIN wallet.transactions t"
+    "   ON t.player_id = b.player_id AND t.bet_request_id = b.ref"
+    "   AND t.kind = 'BET_ROLLBACK' AND t.outcome = 'applied'"
+    " UNION ALL SELECT 'win', b.ref, t.* FROM b JOIN wallet.transactions bet"
+    "   ON bet.player_id = b.player_id AND bet.request_id = b.ref AND bet.kind = 'BET'"
+    "   CROSS JOIN LATERAL (SELECT * FROM wallet.transactions x WHERE x.player_id = b.player_id"
+    "     AND x.kind = 'WIN' AND x.outcome = 'applied' AND x.round_id = bet.round_id LIMIT 1) t"
+    " UNION ALL SELECT 'withdrawal', w.ref, t.* FROM w JOIN wallet.transactions t"
+    "   ON t.player_id = w.player_id AND t.withdrawal_id = w.ref AND t.outcome = 'applied'"
+)
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the ledger already holds for a batch of requests (read under their locks)."""
+
+    existing: dict[tuple[str, str], StoredTransaction]  # under the requests' own keys
+    facts: list[Facts]  # per request, in order
+    related: dict[tuple[str, str], StoredTransaction]  # every referenced transaction
+
+
+def _bet_ref(request: Request) -> str | None:
+    if request.kind is Kind.BET:
+        return request.request_id
+    if request.kind in (Kind.WIN, Kind.BET_ROLLBACK):
+        return request.bet_request_id
+    return None
+
+
+async def read_known(conn: AsyncConnection, requests: Sequence[Request]) -> Known:
+    bets = [(r.player_id, ref) for r in requests if (ref := _bet_ref(r))]
+    wds = [(r.player_id, r.withdrawal_id) for r in requests if r.withdrawal_id]
+    rows = await conn.execute(
+        _READ_KNOWN,
         {
-            "player_id": tx.player_id,
-            "request_id": tx.request_id,
-            "kind": tx.kind.value,
-            "currency": tx.currency,
-            "amount": tx.amount,
-            "reserved_delta": tx.reserved_delta,
-            "fingerprint": tx.fingerprint,
-            "outcome": tx.outcome,
-            "refusal_reason": tx.refusal.reason if tx.refusal else None,
-            "refusal_metadata": refusal_metadata,
-            "nothing_to_undo": tx.nothing_to_undo,
-            "sequence": tx.sequence,
-            "posted_after": tx.posted_after,
-            "reserved_after": tx.reserved_after,
-            "sequence_after": tx.sequence_after,
-            "round_id": tx.round_id or None,
-            "game_id": tx.game_id or None,
-            "provider": tx.provider or None,
-            "bet_request_id": tx.bet_request_id or None,
-            "withdrawal_id": tx.withdrawal_id or None,
-            "payment_id": tx.payment_id or None,
-            "reason": tx.reason or None,
-            "operator_id": tx.operator_id or None,
-            "caller": tx.caller,
-            "create_time": tx.create_time,
+            "k_players": [r.player_id for r in requests],
+            "k_ids": [r.request_id for r in requests],
+            "b_players": [k[0] for k in bets],
+            "b_ids": [k[1] for k in bets],
+            "w_players": [k[0] for k in wds],
+            "w_ids": [k[1] for k in wds],
         },
     )
-    return result.first() is not None
+    existing: dict[tuple[str, str], StoredTransaction] = {}
+    related: dict[tuple[str, str], StoredTransaction] = {}
+    found: dict[tuple[str, str, str], list[Prior]] = {}
+    for row in rows:
+        tx = _stored(row)
+        if row.role == "key":
+            existing[(tx.player_id, tx.request_id)] = tx
+            continue
+        related[(tx.player_id, tx.request_id)] = tx
+        found.setdefault((row.role, tx.player_id, row.ref), []).append(_prior(tx))
+    facts = []
+    for r in requests:
+        ref = _bet_ref(r)
+        if ref is not None:
+
+            def one(role: str, player: str = r.player_id, bet: str = ref) -> Prior | None:
+                return next(iter(found.get((role, player, bet), [])), None)
+
+            facts.append(
+                Facts(
+                    bet=one("bet") if r.kind is not Kind.BET else None,
+                    rollback=one("rollback"),
+                    round_settled=one("win") is not None,
+                )
+            )
+        elif r.withdrawal_id:
+            priors = found.get(("withdrawal", r.player_id, r.withdrawal_id), [])
+            facts.append(
+                Facts(
+                    reservation=next(
+                        (p for p in priors if p.kind is Kind.WITHDRAWAL_RESERVE), None
+                    ),
+                    finalisation=next(
+                        (
+                            p
+                            for p in priors
+                            if p.kind in (Kind.WITHDRAWAL_COMMIT, Kind.WITHDRAWAL_RELEASE)
+                        ),
+                        None,
+                    ),
+                )
+            )
+        else:
+            facts.append(Facts())
+    return Known(existing, facts, related)
 
 
-async def get_transaction(
-    conn: AsyncConnection, player_id: str, request_id: str
-) -> StoredTransaction | None:
-    row = (
-        await conn.execute(
-            text(
-                f"SELECT {_TX_COLUMNS} FROM wallet.transactions"
-                " WHERE player_id = :p AND request_id = :r"
-            ),
-            {"p": player_id, "r": request_id},
+_TX_ARRAY_TYPES = (
+    ("player_id", "text"),
+    ("request_id", "text"),
+    ("kind", "text"),
+    ("currency", "text"),
+    ("amount", "bigint"),
+    ("reserved_delta", "bigint"),
+    ("fingerprint", "bytea"),
+    ("outcome", "text"),
+    ("refusal_reason", "text"),
+    ("refusal_metadata", "text"),
+    ("nothing_to_undo", "boolean"),
+    ("sequence", "bigint"),
+    ("posted_after", "bigint"),
+    ("reserved_after", "bigint"),
+    ("sequence_after", "bigint"),
+    ("round_id", "text"),
+    ("game_id", "text"),
+    ("provider", "text"),
+    ("bet_request_id", "text"),
+    ("withdrawal_id", "text"),
+    ("payment_id", "text"),
+    ("reason", "text"),
+    ("operator_id", "text"),
+    ("caller", "text"),
+    ("create_time", "timestamptz"),
+)
+
+
+def _tx_values(tx: StoredTransaction) -> dict[str, Any]:
+    refusal = tx.refusal
+    return {
+        "player_id": tx.player_id,
+        "request_id": tx.request_id,
+        "kind": tx.kind.value,
+        "currency": tx.currency,
+        "amount": tx.amount,
+        "reserved_delta": tx.reserved_delta,
+        "fingerprint": tx.fingerprint,
+        "outcome": tx.outcome,
+        "refusal_reason": refusal.reason if refusal else None,
+        "refusal_metadata": (
+            json.dumps({**refusal.metadata, "_message": refusal.message}) if refusal else None
+        ),
+        "nothing_to_undo": tx.nothing_to_undo,
+        "sequence": tx.sequence,
+        "posted_after": tx.posted_after,
+        "reserved_after": tx.reserved_after,
+        "sequence_after": tx.sequence_after,
+        "round_id": tx.round_id or None,
+        "game_id": tx.game_id or None,
+        "provider": tx.provider or None,
+        "bet_request_id": tx.bet_request_id or None,
+        "withdrawal_id": tx.withdrawal_id or None,
+        "payment_id": tx.payment_id or None,
+        "reason": tx.reason or None,
+        "operator_id": tx.operator_id or None,
+        "caller": tx.caller,
+        "create_time": tx.create_time,
+    }
+
+
+_ENTRY_ARRAY_TYPES = (
+    ("player_id", "text"),
+    ("currency", "text"),
+    ("sequence", "bigint"),
+    ("leg", "smallint"),
+    ("account", "text"),
+    ("request_id", "text"),
+    ("kind", "text"),
+    ("amount", "bigint"),
+    ("reserved_delta", "bigint"),
+    ("balance_after", "bigint"),
+    ("reserved_after", "bigint"),
+    ("prev_hash", "bytea"),
+    ("hash", "bytea"),
+    ("create_time", "timestamptz"),
+)
+
+
+def _unnest(types: Sequence[tuple[str, str]], prefix: str) -> str:
+    columns = ", ".join(name for name, _ in types)
+    arrays = ", ".join(f"CAST(:{prefix}{name} AS {kind}[])" for name, kind in types)
+    return f"unnest({arrays}) AS v({columns})"
+
+
+# One statement writes a batch: the outcome rows under their keys, and only if every key
+# was new (the primary key decides), the entries and the account balances. A key that
+# existed leaves `all_new` false and the caller rolls the transaction back.
+_TX_NAMES = ", ".join(name for name, _ in _TX_ARRAY_TYPES)
+_WRITE_POSTINGS = text(
+    f"WITH tx AS (INSERT INTO wallet.transactions ({_TX_NAMES})"
+    f" SELECT {_TX_NAMES.replace('refusal_metadata', 'CAST(refusal_metadata AS jsonb)')}"
+    f" FROM {_unnest(_TX_ARRAY_TYPES, 't_')}"
+    " ON CONFLICT (player_id, request_id) DO NOTHING RETURNING 1),"
+    " go AS (SELECT count(*) = :expected AS all_new FROM tx),"
+    " entries AS (INSERT INTO wallet.entries"
+    f" ({', '.join(name for name, _ in _ENTRY_ARRAY_TYPES)})"
+    f" SELECT v.* FROM {_unnest(_ENTRY_ARRAY_TYPES, 'e_')} WHERE (SELECT all_new FROM go)),"
+    " moved AS (UPDATE wallet.accounts a SET posted = v.posted, reserved = v.reserved,"
+    " last_sequence = v.sequence, last_hash = v.hash"
+    " FROM unnest(CAST(:a_players AS text[]), CAST(:a_currencies AS text[]),"
+    " CAST(:a_posted AS bigint[]), CAST(:a_reserved AS bigint[]),"
+    " CAST(:a_sequences AS bigint[]), CAST(:a_hashes AS bytea[]))"
+    " AS v(player_id, currency, posted, reserved, sequence, hash)"
+    " WHERE a.player_id = v.player_id AND a.currency = v.currency"
+    " AND (SELECT all_new FROM go) RETURNING 1)"
+    " SELECT (SELECT all_new FROM go) AS all_new"
+)
+
+
+def _legs(e: Entry) -> list[tuple[Any, ...]]:
+    legs: list[tuple[Any, ...]] = [
+        (
+            e.player_id,
+            e.currency,
+            e.sequence,
+            0,
+            "player",
+            e.request_id,
+            e.kind.value,
+            e.amount,
+            e.reserved_delta,
+            e.balance_after,
+            e.reserved_after,
+            e.prev_hash,
+            e.hash,
+            e.create_time,
         )
-    ).first()
-    return _stored(row) if row is not None else None
-
-
-async def append_entry(conn: AsyncConnection, entry: Entry) -> None:
-    """Both legs of the posting, then the account row moved to the entry's balances."""
-    legs: list[dict[str, Any]] = [
-        {
-            "player_id": entry.player_id,
-            "currency": entry.currency,
-            "sequence": entry.sequence,
-            "leg": 0,
-            "account": "player",
-            "request_id": entry.request_id,
-            "kind": entry.kind.value,
-            "amount": entry.amount,
-            "reserved_delta": entry.reserved_delta,
-            "balance_after": entry.balance_after,
-            "reserved_after": entry.reserved_after,
-            "prev_hash": entry.prev_hash,
-            "hash": entry.hash,
-            "create_time": entry.create_time,
-        }
     ]
-    if entry.house_account:
+    if e.house_account:
         legs.append(
-            {
-                **legs[0],
-                "leg": 1,
-                "account": entry.house_account,
-                "amount": entry.house_amount,
-                "reserved_delta": 0,
-                "balance_after": None,
-                "reserved_after": None,
-                "prev_hash": None,
-                "hash": None,
-            }
+            (
+                e.player_id,
+                e.currency,
+                e.sequence,
+                1,
+                e.house_account,
+                e.request_id,
+                e.kind.value,
+                e.house_amount,
+                0,
+                None,
+                None,
+                None,
+                None,
+                e.create_time,
+            )
         )
-    await conn.execute(
-        text(
-            "INSERT INTO wallet.entries (player_id, currency, sequence, leg, account, request_id,"
-            " kind, amount, reserved_delta, balance_after, reserved_after, prev_hash, hash,"
-            " create_time) VALUES (:player_id, :currency, :sequence, :leg, :account,"
-            " :request_id, :kind, :amount, :reserved_delta, :balance_after, :reserved_after,"
-            " :prev_hash, :hash, :create_time)"
-        ),
-        legs,
+    return legs
+
+
+async def write_postings(
+    conn: AsyncConnection, txs: Sequence[StoredTransaction], entries: Sequence[Entry]
+) -> bool:
+    """Record every outcome and, if all their keys were new, both legs of each entry and
+    each account moved to its entry's balances. False (nothing usable written: roll back)
+    when some key existed already."""
+    values = [_tx_values(tx) for tx in txs]
+    legs = [leg for e in entries for leg in _legs(e)]
+    params: dict[str, Any] = {"expected": len(txs)}
+    params.update({f"t_{name}": [v[name] for v in values] for name, _ in _TX_ARRAY_TYPES})
+    params.update(
+        {f"e_{name}": [leg[i] for leg in legs] for i, (name, _) in enumerate(_ENTRY_ARRAY_TYPES)}
     )
-    await conn.execute(
-        text(
-            "UPDATE wallet.accounts SET posted = :posted, reserved = :reserved,"
-            " last_sequence = :sequence, last_hash = :hash"
-            " WHERE player_id = :p AND currency = :c"
-        ),
+    params.update(
         {
-            "posted": entry.balance_after,
-            "reserved": entry.reserved_after,
-            "sequence": entry.sequence,
-            "hash": entry.hash,
-            "p": entry.player_id,
-            "c": entry.currency,
-        },
+            "a_players": [e.player_id for e in entries],
+            "a_currencies": [e.currency for e in entries],
+            "a_posted": [e.balance_after for e in entries],
+            "a_reserved": [e.reserved_after for e in entries],
+            "a_sequences": [e.sequence for e in entries],
+            "a_hashes": [e.hash for e in entries],
+        }
     )
+    return bool((await conn.execute(_WRITE_POSTINGS, params)).scalar_one())
 
 
 async def list_transactions(
