@@ -36,6 +36,14 @@ def bench_pki(tmp: Path) -> BenchPki:
 
 
 def start_service(service: str, tmp: Path, pki: BenchPki, extra: str = "") -> ServiceProcess:
+    return start_services(service, tmp, pki, extra)[0]
+
+
+def start_services(
+    service: str, tmp: Path, pki: BenchPki, extra: str = "", processes: int = 1
+) -> list[ServiceProcess]:
+    """`processes` copies of the service from one config; more than one needs
+    `reuse_port = true` and a fixed `port` under [listen] in `extra`."""
     dbsetup.migrate(DATABASE, [], SECRETS)
     config = tmp / f"{service}.toml"
     config.write_text(f"""
@@ -51,10 +59,14 @@ pool_size = 16
 access_log = false
 {extra}
 """)
-    process = ServiceProcess(service, config, tmp / f"{service}.log", cwd=ROOT)
-    process.start()
-    process.wait_started()
-    return process
+    started = []
+    for i in range(processes):
+        process = ServiceProcess(service, config, tmp / f"{service}-{i}.log", cwd=ROOT)
+        process.start()
+        started.append(process)
+    for process in started:
+        process.wait_started()
+    return started
 
 
 async def drive(

@@ -32,11 +32,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import glob
 import os
 import random
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -61,6 +63,7 @@ from bench.harness import (  # noqa: E402
     percentiles,
     pids_named,
     start_service,
+    start_services,
 )
 from casino.common.v1.money_pb2 import Money  # noqa: E402
 from casino.echo.v1 import echo_pb2, echo_pb2_grpc  # noqa: E402
@@ -139,16 +142,17 @@ class Recorder:
 class BetsAndWins:
     """One round: a bet on a player's account and, one time in three, a win against it."""
 
-    def __init__(self, games: wallet_pb2_grpc.WalletServiceStub, players: list[str]) -> None:
-        self.games = games
+    def __init__(self, games: list[wallet_pb2_grpc.WalletServiceStub], players: list[str]) -> None:
+        self.stubs = games
         self.players = players
         self.recorder = Recorder()
 
     async def round(self) -> None:
         player = random.choice(self.players)
+        games = random.choice(self.stubs)
         bet_id, round_id = uid(), uid()
         placed = await self.recorder.call(
-            self.games.PlaceBet,
+            games.PlaceBet,
             wallet_pb2.PlaceBetRequest(
                 request_id=bet_id,
                 player_id=player,
@@ -160,7 +164,7 @@ class BetsAndWins:
         )
         if placed and random.random() < WIN_PROBABILITY:
             await self.recorder.call(
-                self.games.SettleWin,
+                games.SettleWin,
                 wallet_pb2.SettleWinRequest(
                     request_id=uid(),
                     player_id=player,
@@ -192,9 +196,15 @@ async def open_funded_accounts(
     await asyncio.gather(*(one(p) for p in players))
 
 
-def _cpu_groups(service_pid: int) -> dict[str, Callable[[], list[int]]]:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cpu_groups(service_pids: list[int]) -> dict[str, Callable[[], list[int]]]:
     return {
-        "service": lambda: [service_pid],
+        "service": lambda: service_pids,
         "postgres": lambda: pids_named("postgres"),
         "rabbitmq": lambda: pids_named("beam.smp"),
         "redis": lambda: pids_named("redis-server"),
@@ -203,21 +213,39 @@ def _cpu_groups(service_pid: int) -> dict[str, Callable[[], list[int]]]:
 
 
 async def measure_wallet(
-    tmp: Path, pki: BenchPki, concurrency: list[int], seconds: float, accounts: int
+    tmp: Path,
+    pki: BenchPki,
+    concurrency: list[int],
+    seconds: float,
+    accounts: int,
+    processes: int,
 ) -> dict[str, list[Measurement]]:
-    wallet = start_service("wallet", tmp, pki, WALLET_EXTRA)
-    assert wallet.proc is not None
+    extra = WALLET_EXTRA
+    if processes > 1:
+        extra = extra.replace("[listen]\n", f"[listen]\nport = {free_port()}\nreuse_port = true\n")
+    wallets = start_services("wallet", tmp, pki, extra, processes)
+    pids = [w.proc.pid for w in wallets if w.proc is not None]
     results: dict[str, list[Measurement]] = {"mixed": [], "hot": []}
-    target = f"127.0.0.1:{wallet.ports['port']}"
+    target = f"127.0.0.1:{wallets[0].ports['port']}"
     try:
-        async with (
-            secure_channel(target, pki.tls("identity"), "wallet", default_timeout=5) as c_id,
-            secure_channel(target, pki.tls("payments"), "wallet", default_timeout=5) as c_pay,
-            secure_channel(target, pki.tls("games"), "wallet", default_timeout=5) as c_games,
-        ):
-            identity = wallet_pb2_grpc.WalletServiceStub(c_id)
-            payments = wallet_pb2_grpc.WalletServiceStub(c_pay)
-            games = wallet_pb2_grpc.WalletServiceStub(c_games)
+        async with contextlib.AsyncExitStack() as stack:
+
+            async def stub(identity: str, n: int = 0) -> wallet_pb2_grpc.WalletServiceStub:
+                # A distinct channel argument forces a connection of its own, which the
+                # kernel hands to one of the processes sharing the port.
+                channel = secure_channel(
+                    target,
+                    pki.tls(identity),
+                    "wallet",
+                    default_timeout=5,
+                    options=[("casino.bench.connection", n)],
+                )
+                await stack.enter_async_context(channel)
+                return wallet_pb2_grpc.WalletServiceStub(channel)
+
+            identity = await stub("identity")
+            payments = await stub("payments")
+            games = [await stub("games", n) for n in range(4 * processes)]
             run = uid()[:8]
             players = [f"bench-{run}-{i}" for i in range(accounts)]
             hot = [f"bench-{run}-hot"]
@@ -240,7 +268,7 @@ async def measure_wallet(
             for n in concurrency:
                 for label, pool in (("mixed", players), ("hot", hot)):
                     load = BetsAndWins(games, pool)
-                    cpu = CpuSplit(_cpu_groups(wallet.proc.pid))
+                    cpu = CpuSplit(_cpu_groups(pids))
                     cpu.start()
                     _, elapsed = await drive(load.round, n, seconds)
                     cores = cpu.stop()
@@ -252,8 +280,8 @@ async def measure_wallet(
                     results[label].append(m)
                     print_wallet_row(m)
     finally:
-        code = wallet.terminate()
-        report_log(wallet, code)
+        for wallet in wallets:
+            report_log(wallet, wallet.terminate())
     return results
 
 
@@ -285,7 +313,7 @@ async def measure_echo(
             for _ in range(500):  # warm-up, as rpc_baseline.py
                 await stub.Ping(request)
             for n in concurrency:
-                cpu = CpuSplit(_cpu_groups(echo.proc.pid))
+                cpu = CpuSplit(_cpu_groups([echo.proc.pid]))
                 cpu.start()
                 latencies, elapsed = await drive(lambda: stub.Ping(request), n, seconds)
                 cores = cpu.stop()
@@ -488,6 +516,12 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="wallet processes sharing the port (SO_REUSEPORT)",
+    )
     args = parser.parse_args()
     print(
         f"{os.cpu_count()} cores; {args.seconds:g} s per measurement; cores columns are CPU "
@@ -497,7 +531,9 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         pki = bench_pki(tmp)
-        wallet = await measure_wallet(tmp, pki, args.concurrency, args.seconds, args.accounts)
+        wallet = await measure_wallet(
+            tmp, pki, args.concurrency, args.seconds, args.accounts, args.processes
+        )
         print_header("ceiling 1: pgbench TPC-B on the same PostgreSQL", "tps")
         pgbench = measure_pgbench(args.concurrency, args.seconds, tmp)
         print_header("ceiling 2: bare echo Ping through the same runtime and client", "calls/s")

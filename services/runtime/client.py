@@ -3,6 +3,9 @@ context, and inherit the remaining deadline of the RPC being served."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.trace import TracerProvider
@@ -19,6 +22,7 @@ def secure_channel(
     *,
     default_timeout: float | None = 5.0,
     tracer_provider: TracerProvider | None = None,
+    options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Channel:
     """A channel to `target` that only accepts a server holding `upstream_service`'s
     certificate (its DNS SAN is the service name), authenticating as the identity in `tls`."""
@@ -29,6 +33,7 @@ def secure_channel(
             ("grpc.ssl_target_name_override", upstream_service),
             ("grpc.default_authority", upstream_service),
             ("grpc.keepalive_time_ms", 30_000),
+            *options,
         ],
         interceptors=[
             DeadlinePropagation(default_timeout),

@@ -31,6 +31,10 @@ class ListenConfig:
     # Calls beyond this many in flight are refused at once with RESOURCE_EXHAUSTED rather
     # than queued behind a backlog nobody will wait for. 0: no cap.
     max_concurrent_rpcs: int = 1000
+    # Let several processes of the service share `port` (SO_REUSEPORT; the kernel spreads
+    # connections): one Python process per core on a bare host. Give each its own
+    # health_port and metrics_port (0 picks free ones).
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,7 @@ class ServiceRuntime:
             policies.update(access_policies(descriptor))
         options = [
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if self.config.listen.reuse_port else 0),
         ]
         server = grpc.aio.server(
             interceptors=[
