@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -140,6 +141,18 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         amount = require_amount(money.amount_minor, "amount.amount_minor", **rules)
         return amount, self._currency(money.currency_code, "amount.currency_code")
 
+    @staticmethod
+    def _request(kind: Kind, request: Any, currency: str, amount: int = 0, **refs: str) -> Request:
+        """The ledger request of any mutating RPC: its player, its key, its money."""
+        return Request(
+            kind,
+            require_id("player_id", request.player_id),
+            require_id("request_id", request.request_id),
+            currency,
+            amount,
+            **refs,
+        )
+
     async def _post(self, request: Request) -> wallet_pb2.Posting:
         return posting_message(await self._postings.post(request, _caller()))
 
@@ -171,10 +184,9 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         amount, currency = self._money(request.amount)
         return wallet_pb2.DepositResponse(
             posting=await self._post(
-                Request(
+                self._request(
                     Kind.DEPOSIT,
-                    require_id("player_id", request.player_id),
-                    require_id("request_id", request.request_id),
+                    request,
                     currency,
                     amount,
                     payment_id=request.payment_id,
@@ -188,10 +200,9 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         amount, currency = self._money(request.amount)
         return wallet_pb2.ReserveWithdrawalResponse(
             posting=await self._post(
-                Request(
+                self._request(
                     Kind.WITHDRAWAL_RESERVE,
-                    require_id("player_id", request.player_id),
-                    require_id("request_id", request.request_id),
+                    request,
                     currency,
                     amount,
                     withdrawal_id=require_id("withdrawal_id", request.withdrawal_id),
@@ -205,10 +216,9 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         request: wallet_pb2.CommitWithdrawalRequest | wallet_pb2.ReleaseWithdrawalRequest,
     ) -> wallet_pb2.Posting:
         return await self._post(
-            Request(
+            self._request(
                 kind,
-                require_id("player_id", request.player_id),
-                require_id("request_id", request.request_id),
+                request,
                 self._currency(request.currency_code),
                 withdrawal_id=require_id("withdrawal_id", request.withdrawal_id),
             )
@@ -234,10 +244,9 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         amount, currency = self._money(request.amount)
         return wallet_pb2.PlaceBetResponse(
             posting=await self._post(
-                Request(
+                self._request(
                     Kind.BET,
-                    require_id("player_id", request.player_id),
-                    require_id("request_id", request.request_id),
+                    request,
                     currency,
                     amount,
                     round_id=require_id("round_id", request.round_id),
@@ -253,10 +262,9 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         amount, currency = self._money(request.amount, allow_zero=True)
         return wallet_pb2.SettleWinResponse(
             posting=await self._post(
-                Request(
+                self._request(
                     Kind.WIN,
-                    require_id("player_id", request.player_id),
-                    require_id("request_id", request.request_id),
+                    request,
                     currency,
                     amount,
                     round_id=require_id("round_id", request.round_id),
@@ -272,10 +280,9 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
     ) -> wallet_pb2.RollbackBetResponse:
         return wallet_pb2.RollbackBetResponse(
             posting=await self._post(
-                Request(
+                self._request(
                     Kind.BET_ROLLBACK,
-                    require_id("player_id", request.player_id),
-                    require_id("request_id", request.request_id),
+                    request,
                     self._currency(request.currency_code),
                     bet_request_id=require_id("bet_request_id", request.bet_request_id),
                     round_id=request.round_id,
@@ -290,10 +297,9 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         amount, currency = self._money(request.amount, signed=True)
         return wallet_pb2.AdjustBalanceResponse(
             posting=await self._post(
-                Request(
+                self._request(
                     Kind.ADJUSTMENT,
-                    require_id("player_id", request.player_id),
-                    require_id("request_id", request.request_id),
+                    request,
                     currency,
                     amount,
                     reason=_required_text("reason", request.reason),
