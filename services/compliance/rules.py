@@ -1,0 +1,390 @@
+"""Compliance rules: pure decisions from a player's compliance state, the request and the
+configuration. No I/O: the store reads the state, these functions say ALLOW or DENY and
+why, and the verdict log records it.
+
+Defaults follow the UK Gambling Commission (RTS 12-14, LCCP 3.5, MLR 2017); every number is
+configuration."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from services.runtime.errors import DomainError, InvalidArgument
+
+RULE_VERSION = "compliance-rules/2026.11.1"
+
+
+class Action(enum.StrEnum):
+    REGISTRATION = "REGISTRATION"
+    DEPOSIT = "DEPOSIT"
+    BET = "BET"
+    WITHDRAWAL = "WITHDRAWAL"
+    GAME_LAUNCH = "GAME_LAUNCH"
+    LIMIT_CHANGE = "LIMIT_CHANGE"
+    EXCLUSION = "EXCLUSION"
+    KYC_UPDATE = "KYC_UPDATE"
+    ENROLMENT = "ENROLMENT"
+
+
+class LimitKind(enum.StrEnum):
+    DEPOSIT = "DEPOSIT"
+    LOSS = "LOSS"
+    STAKE = "STAKE"
+
+
+class Period(enum.StrEnum):
+    DAY = "DAY"
+    WEEK = "WEEK"
+    MONTH = "MONTH"
+
+    @property
+    def length(self) -> dt.timedelta:
+        return {
+            "DAY": dt.timedelta(days=1),
+            "WEEK": dt.timedelta(days=7),
+            "MONTH": dt.timedelta(days=30),
+        }[self.value]
+
+
+@dataclass(frozen=True)
+class ComplianceConfig:
+    """Per jurisdiction. Amounts are minor units of `currency`."""
+
+    allowed_countries: list[str] = field(default_factory=lambda: ["GB", "IE", "MT"])
+    minimum_age: int = 18
+    limit_cooling_off_hours: int = 24
+    timeout_min_hours: int = 24
+    timeout_max_hours: int = 24 * 7 * 6
+    self_exclusion_min_days: int = 183
+    currency: str = "GBP"
+    slot_stake_cap_minor: int = 500
+    young_adult_slot_stake_cap_minor: int = 200
+    young_adult_max_age: int = 24
+    # Customer due diligence: single or linked (rolling 24 h) deposits at or above this.
+    cdd_threshold_minor: int = 200_000
+
+    @property
+    def version(self) -> str:
+        canonical = json.dumps(asdict(self), sort_keys=True).encode()
+        return "config/" + hashlib.sha256(canonical).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Reason:
+    reason: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allow: bool
+    reasons: list[Reason]
+
+    @property
+    def verdict(self) -> str:
+        return "ALLOW" if self.allow else "DENY"
+
+
+def age_on(birth_date: dt.date, day: dt.date) -> int:
+    before_birthday = (day.month, day.day) < (birth_date.month, birth_date.day)
+    return day.year - birth_date.year - before_birthday
+
+
+@dataclass(frozen=True)
+class Applicant:
+    given_name: str
+    family_name: str
+    birth_date: dt.date
+    email: str
+    postcode: str
+    country: str
+
+    def duplicate_key(self) -> tuple[str, str, str]:
+        """Same name, date of birth and postcode: likely the same person."""
+        name = f"{self.given_name} {self.family_name}".casefold().strip()
+        return name, self.birth_date.isoformat(), self.postcode.replace(" ", "").casefold()
+
+
+def registration(
+    applicant: Applicant,
+    *,
+    today: dt.date,
+    request_country: str,
+    excluded_internally: bool,
+    register_status: str,
+    register_request_id: str,
+    config: ComplianceConfig,
+) -> Decision:
+    """`register_status` is the national register's answer: EXCLUDED, NOT_EXCLUDED,
+    PREVIOUSLY_EXCLUDED or UNAVAILABLE (which denies: fail closed)."""
+    reasons = []
+    age = age_on(applicant.birth_date, today)
+    if age < config.minimum_age:
+        reasons.append(Reason("UNDER_AGE", {"minimum_age": str(config.minimum_age)}))
+    for country in {applicant.country, request_country} - {""}:
+        if country not in config.allowed_countries:
+            reasons.append(Reason("JURISDICTION_BLOCKED", {"country": country}))
+    if excluded_internally:
+        reasons.append(Reason("LIKELY_DUPLICATE_OF_EXCLUDED"))
+    if register_status == "EXCLUDED":
+        reasons.append(Reason("REGISTER_EXCLUDED", {"register_request_id": register_request_id}))
+    elif register_status == "UNAVAILABLE":
+        reasons.append(Reason("REGISTER_UNAVAILABLE", {"detail": register_request_id}))
+    return Decision(not reasons, reasons)
+
+
+@dataclass(frozen=True)
+class PlayerState:
+    player_id: str
+    birth_date: dt.date
+    country: str
+    name_verified: bool
+    address_verified: bool
+    birth_date_verified: bool
+    cdd_required: bool
+    excluded_until: dt.datetime | None
+    excluded_indefinitely: bool
+    exclusion_kind: str | None  # TIMEOUT | SELF_EXCLUSION
+
+    def excluded_at(self, now: dt.datetime) -> bool:
+        return self.excluded_indefinitely or (
+            self.excluded_until is not None and now < self.excluded_until
+        )
+
+
+@dataclass(frozen=True)
+class LimitState:
+    kind: LimitKind
+    period: Period
+    amount_minor: int | None  # in force
+    pending_minor: int | None
+    pending_requested_at: dt.datetime | None
+    update_time: dt.datetime
+
+    def confirmable_at(self, cooling_off: dt.timedelta) -> dt.datetime | None:
+        if self.pending_requested_at is None:
+            return None
+        return self.pending_requested_at + cooling_off
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Allowed deposits and stakes (and credited wins) of the player, newest last."""
+
+    action: str  # DEPOSIT | BET | WIN
+    amount_minor: int
+    at: dt.datetime
+
+
+def _window_total(usage: list[Usage], actions: set[str], since: dt.datetime) -> int:
+    return sum(u.amount_minor for u in usage if u.action in actions and u.at > since)
+
+
+def _resets_at(
+    usage: list[Usage], actions: set[str], period: Period, now: dt.datetime
+) -> dt.datetime:
+    """A rolling window frees up when its oldest counted entry leaves it."""
+    inside = [u.at for u in usage if u.action in actions and u.at > now - period.length]
+    return (min(inside) if inside else now) + period.length
+
+
+def action_check(
+    state: PlayerState | None,
+    action: Action,
+    *,
+    amount_minor: int,
+    slots: bool,
+    request_country: str,
+    limits: list[LimitState],
+    usage: list[Usage],
+    now: dt.datetime,
+    config: ComplianceConfig,
+) -> Decision:
+    """Deposit, bet, withdrawal or game launch. Every failing rule is listed, not just the
+    first, so the player sees all that stands in the way."""
+    if state is None:
+        return Decision(False, [Reason("PLAYER_UNKNOWN")])
+    reasons: list[Reason] = []
+    if state.excluded_at(now):
+        until = "indefinite" if state.excluded_indefinitely else state.excluded_until.isoformat()  # type: ignore[union-attr]
+        reasons.append(
+            Reason(
+                "SELF_EXCLUDED", {"until": until, "kind": state.exclusion_kind or "SELF_EXCLUSION"}
+            )
+        )
+    missing = [
+        name
+        for name, ok in (
+            ("name", state.name_verified),
+            ("address", state.address_verified),
+            ("birth_date", state.birth_date_verified),
+        )
+        if not ok
+    ]
+    if missing:
+        reasons.append(Reason("KYC_REQUIRED", {"missing": ",".join(missing)}))
+    for country in {state.country, request_country} - {""}:
+        if country not in config.allowed_countries:
+            reasons.append(Reason("JURISDICTION_BLOCKED", {"country": country}))
+    if state.cdd_required:
+        reasons.append(Reason("CDD_REQUIRED"))
+
+    for limit in limits:
+        if limit.amount_minor is None:
+            continue
+        since = now - limit.period.length
+        if limit.kind is LimitKind.DEPOSIT and action is Action.DEPOSIT:
+            used, actions = _window_total(usage, {"DEPOSIT"}, since), {"DEPOSIT"}
+        elif limit.kind is LimitKind.STAKE and action is Action.BET:
+            used, actions = _window_total(usage, {"BET"}, since), {"BET"}
+        elif limit.kind is LimitKind.LOSS and action is Action.BET:
+            # Net loss: stakes minus credited wins; the new stake could all be lost.
+            used = _window_total(usage, {"BET"}, since) - _window_total(usage, {"WIN"}, since)
+            actions = {"BET"}
+        else:
+            continue
+        if used + amount_minor > limit.amount_minor:
+            reasons.append(
+                Reason(
+                    "LIMIT_EXCEEDED",
+                    {
+                        "limit_kind": limit.kind.value,
+                        "period": limit.period.value,
+                        "limit_minor": str(limit.amount_minor),
+                        "used_minor": str(max(used, 0)),
+                        "resets_at": _resets_at(usage, actions, limit.period, now).isoformat(),
+                    },
+                )
+            )
+    if action is Action.BET and slots:
+        young = age_on(state.birth_date, now.date()) <= config.young_adult_max_age
+        cap = config.young_adult_slot_stake_cap_minor if young else config.slot_stake_cap_minor
+        if amount_minor > cap:
+            reasons.append(Reason("STAKE_CAP_EXCEEDED", {"cap_minor": str(cap)}))
+    return Decision(not reasons, reasons)
+
+
+def crosses_cdd_threshold(
+    action: Action,
+    amount_minor: int,
+    usage: list[Usage],
+    now: dt.datetime,
+    config: ComplianceConfig,
+) -> bool:
+    """A deposit or withdrawal that, alone or linked with the last 24 h's, reaches the
+    customer-due-diligence threshold."""
+    if action is not Action.DEPOSIT:
+        return amount_minor >= config.cdd_threshold_minor and action is Action.WITHDRAWAL
+    linked = _window_total(usage, {"DEPOSIT"}, now - dt.timedelta(days=1))
+    return linked + amount_minor >= config.cdd_threshold_minor
+
+
+# Limits and exclusions: what a change request does.
+
+
+@dataclass(frozen=True)
+class LimitChange:
+    amount_minor: int | None  # in force after the change
+    pending_minor: int | None
+    pending_requested_at: dt.datetime | None
+    effective_at: dt.datetime | None  # when the new value applies (None: not yet)
+    change: str  # SET | DECREASE | INCREASE_PENDING | CONFIRMED
+
+
+def set_limit(current: LimitState | None, requested_minor: int, now: dt.datetime) -> LimitChange:
+    """A first limit or a decrease applies at once; an increase waits for cooling-off and a
+    confirmation after it (and the limit in force stays until then)."""
+    if requested_minor <= 0:
+        raise InvalidArgument("amount.amount_minor", "a limit must be positive")
+    in_force = current.amount_minor if current else None
+    if in_force is None:
+        return LimitChange(requested_minor, None, None, now, "SET")
+    if requested_minor <= in_force:
+        # A decrease also cancels any pending increase.
+        return LimitChange(requested_minor, None, None, now, "DECREASE")
+    return LimitChange(in_force, requested_minor, now, None, "INCREASE_PENDING")
+
+
+class CoolingOffNotOver(DomainError):
+    def __init__(self, confirmable_at: dt.datetime) -> None:
+        super().__init__(
+            "COOLING_OFF_NOT_OVER",
+            "the increase can be confirmed only after its cooling-off period",
+            {"confirmable_at": confirmable_at.isoformat()},
+        )
+
+
+class NothingPending(DomainError):
+    def __init__(self) -> None:
+        super().__init__("NO_PENDING_INCREASE", "there is no pending increase to confirm")
+
+
+def confirm_increase(
+    current: LimitState | None, now: dt.datetime, cooling_off: dt.timedelta
+) -> LimitChange:
+    if current is None or current.pending_minor is None:
+        raise NothingPending()
+    confirmable = current.confirmable_at(cooling_off)
+    assert confirmable is not None
+    if now < confirmable:
+        raise CoolingOffNotOver(confirmable)
+    return LimitChange(current.pending_minor, None, None, now, "CONFIRMED")
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    kind: str  # TIMEOUT | SELF_EXCLUSION
+    until: dt.datetime | None  # None: indefinite
+
+
+class ExclusionTooShort(DomainError):
+    def __init__(self, current_until: str) -> None:
+        super().__init__(
+            "EXCLUSION_CANNOT_BE_SHORTENED",
+            "an exclusion in force can be extended but never shortened",
+            {"until": current_until},
+        )
+
+
+def exclude(
+    state: PlayerState,
+    *,
+    timeout_hours: int | None,
+    self_exclusion_days: int | None,
+    indefinite: bool,
+    now: dt.datetime,
+    config: ComplianceConfig,
+) -> Exclusion:
+    if timeout_hours is not None:
+        if not config.timeout_min_hours <= timeout_hours <= config.timeout_max_hours:
+            raise InvalidArgument(
+                "timeout_hours",
+                f"a time-out lasts {config.timeout_min_hours} to {config.timeout_max_hours} hours",
+            )
+        wanted = Exclusion("TIMEOUT", now + dt.timedelta(hours=timeout_hours))
+    elif self_exclusion_days is not None:
+        if self_exclusion_days < config.self_exclusion_min_days:
+            raise InvalidArgument(
+                "self_exclusion_days",
+                f"self-exclusion lasts at least {config.self_exclusion_min_days} days",
+            )
+        wanted = Exclusion("SELF_EXCLUSION", now + dt.timedelta(days=self_exclusion_days))
+    elif indefinite:
+        wanted = Exclusion("SELF_EXCLUSION", None)
+    else:
+        raise InvalidArgument("length", "give timeout_hours, self_exclusion_days or indefinite")
+    if state.excluded_at(now):
+        current_end = None if state.excluded_indefinitely else state.excluded_until
+        shorter = current_end is None or (wanted.until is not None and wanted.until < current_end)
+        if shorter:
+            raise ExclusionTooShort(
+                "indefinite" if current_end is None else current_end.isoformat()
+            )
+        # A time-out extended into a self-exclusion becomes a self-exclusion.
+        if state.exclusion_kind == "SELF_EXCLUSION":
+            wanted = Exclusion("SELF_EXCLUSION", wanted.until)
+    return wanted
