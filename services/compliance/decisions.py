@@ -1,0 +1,437 @@
+"""Compliance decisions with their records: each public operation is one transaction that
+reads the player's state (locked when the decision changes or counts something), asks the
+pure rules, writes what changed and appends the verdict to the log, so a decision exists
+if and only if its verdict does."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.compliance import rules, store, verdict_log
+from services.compliance.rules import (
+    Action,
+    Applicant,
+    ComplianceConfig,
+    Decision,
+    LimitKind,
+    LimitState,
+    Period,
+    Reason,
+)
+from services.runtime.call import current_call
+from services.runtime.errors import Code, DomainError
+from services.runtime.outbox import Event, enqueue
+
+SCHEMA = "compliance"
+
+
+class RegisterAnswerLike(Protocol):
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def request_id(self) -> str: ...
+
+    @property
+    def detail(self) -> str: ...
+
+
+class NationalRegister(Protocol):
+    """The national self-exclusion register (services.compliance.register)."""
+
+    async def check(
+        self,
+        *,
+        given_name: str,
+        family_name: str,
+        birth_date: dt.date,
+        email: str,
+        postcode: str = "",
+        mobile: str = "",
+        timeout: float | None = None,
+    ) -> RegisterAnswerLike: ...
+
+
+class PlayerUnknown(DomainError):
+    code = Code.NOT_FOUND
+
+    def __init__(self, player_id: str) -> None:
+        super().__init__(
+            "PLAYER_UNKNOWN", f"no compliance profile for {player_id}", {"player_id": player_id}
+        )
+
+
+# Builds the PlayerExcluded event payload; supplied by the RPC surface (no generated code
+# in this module).
+EncodeExcluded = Callable[[str, str, rules.Exclusion, uuid.UUID], bytes]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    verdict: verdict_log.StoredVerdict
+    decision: Decision
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class Compliance:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        config: ComplianceConfig,
+        register: NationalRegister,
+        encode_excluded: EncodeExcluded,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self._engine = engine
+        self._config = config
+        self._register = register
+        self._encode_excluded = encode_excluded
+        self._now = clock
+
+    async def _record(
+        self,
+        conn: AsyncConnection,
+        *,
+        player_id: str | None,
+        action: Action,
+        decision: Decision,
+        inputs: dict[str, Any],
+        caller: str,
+        now: dt.datetime,
+    ) -> Recorded:
+        stored = await verdict_log.append(
+            conn,
+            SCHEMA,
+            verdict_log.Verdict(
+                verdict_id=uuid.uuid4(),
+                player_id=player_id,
+                action=action.value,
+                decision=decision.verdict,
+                reasons=[{"reason": r.reason, "metadata": r.metadata} for r in decision.reasons],
+                inputs=_json_safe(inputs),
+                rule_version=rules.RULE_VERSION,
+                config_version=self._config.version,
+                caller=caller,
+                create_time=now,
+            ),
+        )
+        return Recorded(stored, decision)
+
+    async def check_registration(
+        self, applicant: Applicant, request_country: str, caller: str
+    ) -> Recorded:
+        # The register is asked before the transaction: a slow register must not hold
+        # locks. Its answer (or its absence) is part of the recorded inputs.
+        call = current_call()
+        remaining = call.time_remaining() if call else None
+        answer = await self._register.check(
+            given_name=applicant.given_name,
+            family_name=applicant.family_name,
+            birth_date=applicant.birth_date,
+            email=applicant.email,
+            postcode=applicant.postcode,
+            # Leave part of the caller's deadline for the transaction after it.
+            timeout=None if remaining is None else max(remaining * 0.6, 0.05),
+        )
+        now = self._now()
+        async with self._engine.begin() as conn:
+            lookalike = await store.excluded_lookalike(conn, applicant, now)
+            decision = rules.registration(
+                applicant,
+                today=now.date(),
+                request_country=request_country,
+                excluded_internally=lookalike,
+                register_status=answer.status,
+                register_request_id=answer.request_id or answer.detail,
+                config=self._config,
+            )
+            return await self._record(
+                conn,
+                player_id=None,
+                action=Action.REGISTRATION,
+                decision=decision,
+                inputs={
+                    "applicant": asdict(applicant),
+                    "request_country": request_country,
+                    "register": {
+                        "status": answer.status,
+                        "request_id": answer.request_id,
+                        "detail": answer.detail,
+                    },
+                    "excluded_lookalike": lookalike,
+                },
+                caller=caller,
+                now=now,
+            )
+
+    async def enrol(self, player_id: str, applicant: Applicant, caller: str) -> Recorded:
+        now = self._now()
+        async with self._engine.begin() as conn:
+            created = await store.enrol(conn, player_id, applicant)
+            return await self._record(
+                conn,
+                player_id=player_id,
+                action=Action.ENROLMENT,
+                decision=Decision(True, [] if created else [Reason("ALREADY_ENROLLED")]),
+                inputs={"applicant": asdict(applicant)},
+                caller=caller,
+                now=now,
+            )
+
+    async def check_action(
+        self,
+        player_id: str,
+        action: Action,
+        *,
+        amount_minor: int,
+        slots: bool,
+        request_country: str,
+        request_id: str,
+        caller: str,
+    ) -> Recorded:
+        now = self._now()
+        longest = max(p.length for p in Period)
+        async with self._engine.begin() as conn:
+            state = await store.player(conn, player_id, lock=True)
+            limits = await store.limits(conn, player_id) if state else []
+            usage = await store.usage_since(conn, player_id, now - longest) if state else []
+            decision = rules.action_check(
+                state,
+                action,
+                amount_minor=amount_minor,
+                slots=slots,
+                request_country=request_country,
+                limits=limits,
+                usage=usage,
+                now=now,
+                config=self._config,
+            )
+            if decision.allow and action in (Action.DEPOSIT, Action.BET):
+                await store.record_usage(
+                    conn, player_id, request_id, action.value, amount_minor, now
+                )
+            cdd = (
+                state is not None
+                and decision.allow
+                and rules.crosses_cdd_threshold(action, amount_minor, usage, now, self._config)
+            )
+            if cdd:
+                # This action goes through; the next ones wait for due diligence.
+                await store.require_cdd(conn, player_id, now)
+            return await self._record(
+                conn,
+                player_id=player_id,
+                action=action,
+                decision=decision,
+                inputs={
+                    "amount_minor": amount_minor,
+                    "slots": slots,
+                    "request_country": request_country,
+                    "request_id": request_id,
+                    "state": asdict(state) if state else None,
+                    "limits": [asdict(limit) for limit in limits],
+                    "usage_in_windows": len(usage),
+                    "cdd_gate_set": cdd,
+                },
+                caller=caller,
+                now=now,
+            )
+
+    async def _require_player(self, conn: AsyncConnection, player_id: str) -> rules.PlayerState:
+        state = await store.player(conn, player_id, lock=True)
+        if state is None:
+            raise PlayerUnknown(player_id)
+        return state
+
+    async def update_verification(
+        self,
+        player_id: str,
+        *,
+        name: bool,
+        address: bool,
+        birth_date: bool,
+        cdd_cleared: bool,
+        verified_by: str,
+        caller: str,
+    ) -> Recorded:
+        now = self._now()
+        async with self._engine.begin() as conn:
+            await self._require_player(conn, player_id)
+            await store.update_verification(
+                conn,
+                player_id,
+                name=name,
+                address=address,
+                birth_date=birth_date,
+                cdd_cleared=cdd_cleared,
+                now=now,
+            )
+            return await self._record(
+                conn,
+                player_id=player_id,
+                action=Action.KYC_UPDATE,
+                decision=Decision(True, []),
+                inputs={
+                    "name": name,
+                    "address": address,
+                    "birth_date": birth_date,
+                    "cdd_cleared": cdd_cleared,
+                    "verified_by": verified_by,
+                },
+                caller=caller,
+                now=now,
+            )
+
+    async def _change_limit(
+        self,
+        player_id: str,
+        kind: LimitKind,
+        period: Period,
+        caller: str,
+        change: Callable[[LimitState | None, dt.datetime], rules.LimitChange],
+    ) -> tuple[LimitState, Recorded]:
+        now = self._now()
+        async with self._engine.begin() as conn:
+            await self._require_player(conn, player_id)
+            current = next(
+                (
+                    limit
+                    for limit in await store.limits(conn, player_id)
+                    if limit.kind is kind and limit.period is period
+                ),
+                None,
+            )
+            changed = change(current, now)
+            limit = await store.write_limit(conn, player_id, kind, period, changed, now)
+            recorded = await self._record(
+                conn,
+                player_id=player_id,
+                action=Action.LIMIT_CHANGE,
+                decision=Decision(True, [Reason(changed.change)]),
+                inputs={
+                    "kind": kind.value,
+                    "period": period.value,
+                    "before": asdict(current) if current else None,
+                    "after": asdict(changed),
+                },
+                caller=caller,
+                now=now,
+            )
+        return limit, recorded
+
+    async def set_limit(
+        self, player_id: str, kind: LimitKind, period: Period, amount_minor: int, caller: str
+    ) -> tuple[LimitState, Recorded]:
+        return await self._change_limit(
+            player_id,
+            kind,
+            period,
+            caller,
+            lambda current, now: rules.set_limit(current, amount_minor, now),
+        )
+
+    async def confirm_increase(
+        self, player_id: str, kind: LimitKind, period: Period, caller: str
+    ) -> tuple[LimitState, Recorded]:
+        cooling_off = dt.timedelta(hours=self._config.limit_cooling_off_hours)
+        return await self._change_limit(
+            player_id,
+            kind,
+            period,
+            caller,
+            lambda current, now: rules.confirm_increase(current, now, cooling_off),
+        )
+
+    async def limits(self, player_id: str) -> list[LimitState]:
+        async with self._engine.connect() as conn:
+            return await store.limits(conn, player_id)
+
+    @property
+    def cooling_off(self) -> dt.timedelta:
+        return dt.timedelta(hours=self._config.limit_cooling_off_hours)
+
+    async def exclude(
+        self,
+        player_id: str,
+        *,
+        timeout_hours: int | None,
+        self_exclusion_days: int | None,
+        indefinite: bool,
+        caller: str,
+    ) -> tuple[rules.Exclusion, Recorded]:
+        now = self._now()
+        async with self._engine.begin() as conn:
+            state = await self._require_player(conn, player_id)
+            exclusion = rules.exclude(
+                state,
+                timeout_hours=timeout_hours,
+                self_exclusion_days=self_exclusion_days,
+                indefinite=indefinite,
+                now=now,
+                config=self._config,
+            )
+            await store.write_exclusion(conn, player_id, exclusion, now)
+            event_id = uuid.uuid4()
+            await enqueue(
+                conn,
+                SCHEMA,
+                [
+                    Event(
+                        routing_key="compliance.player.excluded",
+                        message_type="casino.compliance.v1.PlayerExcluded",
+                        payload=self._encode_excluded(
+                            str(event_id), player_id, exclusion, event_id
+                        ),
+                        shard_key=player_id,
+                        event_id=event_id,
+                    )
+                ],
+            )
+            recorded = await self._record(
+                conn,
+                player_id=player_id,
+                action=Action.EXCLUSION,
+                decision=Decision(True, [Reason(exclusion.kind)]),
+                inputs={
+                    "timeout_hours": timeout_hours,
+                    "self_exclusion_days": self_exclusion_days,
+                    "indefinite": indefinite,
+                    "until": exclusion.until,
+                },
+                caller=caller,
+                now=now,
+            )
+        return exclusion, recorded
+
+    async def explain(self, verdict_id: uuid.UUID) -> verdict_log.StoredVerdict | None:
+        async with self._engine.connect() as conn:
+            return await verdict_log.get(conn, SCHEMA, verdict_id)
+
+    async def verify_log(
+        self, signer: verdict_log.CheckpointSigner, public_key: Path, checkpoints: Path
+    ) -> tuple[verdict_log.VerifyReport, Path | None]:
+        """Verify the whole chain against the newest checkpoint; only an intact chain gets a
+        new signed checkpoint of its head (a rewritten log is never signed)."""
+        async with self._engine.connect() as conn:
+            report = await verdict_log.verify(
+                conn, SCHEMA, public_key, verdict_log.latest_checkpoint(checkpoints)
+            )
+            if not report.ok:
+                return report, None
+            return report, await verdict_log.checkpoint(conn, SCHEMA, signer, checkpoints)

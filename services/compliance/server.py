@@ -1,0 +1,335 @@
+"""RPC surface of the compliance service: validates and maps protobuf to the rules'
+types and back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from casino.common.v1 import money_pb2
+from casino.compliance.v1 import compliance_pb2 as pb
+from casino.compliance.v1 import compliance_pb2_grpc, events_pb2
+from services.compliance import rules, verdict_log
+from services.compliance.decisions import Compliance, Recorded
+from services.compliance.register import SelfExclusionRegister
+from services.runtime.call import current_call
+from services.runtime.config import domain_config
+from services.runtime.errors import InvalidArgument
+from services.runtime.outbox import OutboxRelay
+from services.runtime.server import ServiceRuntime
+
+
+@dataclass(frozen=True)
+class ComplianceSettings:
+    rules: rules.ComplianceConfig = field(default_factory=rules.ComplianceConfig)
+    register_url: str = "http://127.0.0.1:50130"
+    register_api_key_file: Path = Path(".dev/secrets/register-api-key")
+    register_timeout_seconds: float = 2.0
+    # Ed25519 key signing verdict-log checkpoints, and where checkpoints are written
+    # (outside the database, e.g. a write-once bucket mounted as a folder).
+    signing_key_file: Path = Path(".dev/secrets/verdict-signing.key")
+    public_key_file: Path = Path(".dev/secrets/verdict-signing.pub")
+    checkpoint_dir: Path = Path(".dev/checkpoints")
+    outbox_relay: bool = True
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+_DECISION = {"ALLOW": pb.DECISION_ALLOW, "DENY": pb.DECISION_DENY, "RECORDED": pb.DECISION_RECORDED}
+_ACTION = {
+    pb.ACTION_DEPOSIT: rules.Action.DEPOSIT,
+    pb.ACTION_BET: rules.Action.BET,
+    pb.ACTION_WITHDRAWAL: rules.Action.WITHDRAWAL,
+    pb.ACTION_GAME_LAUNCH: rules.Action.GAME_LAUNCH,
+}
+_KIND = {
+    pb.LIMIT_KIND_DEPOSIT: rules.LimitKind.DEPOSIT,
+    pb.LIMIT_KIND_LOSS: rules.LimitKind.LOSS,
+    pb.LIMIT_KIND_STAKE: rules.LimitKind.STAKE,
+}
+_PERIOD = {
+    pb.LIMIT_PERIOD_DAY: rules.Period.DAY,
+    pb.LIMIT_PERIOD_WEEK: rules.Period.WEEK,
+    pb.LIMIT_PERIOD_MONTH: rules.Period.MONTH,
+}
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+
+
+def _ts(value: dt.datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def verdict_message(stored: verdict_log.StoredVerdict) -> pb.Verdict:
+    return pb.Verdict(
+        name=f"verdicts/{stored.verdict_id}",
+        verdict_id=str(stored.verdict_id),
+        decision=_DECISION[stored.decision],
+        reasons=[
+            pb.Reason(reason=r["reason"], metadata=r.get("metadata", {})) for r in stored.reasons
+        ],
+        sequence=stored.seq,
+        rule_version=stored.rule_version,
+        config_version=stored.config_version,
+        create_time=_ts(stored.create_time),
+    )
+
+
+def _verdict(recorded: Recorded) -> pb.Verdict:
+    return verdict_message(recorded.verdict)
+
+
+def _required(field_name: str, value: str) -> str:
+    if not value.strip():
+        raise InvalidArgument(field_name, f"{field_name} is required")
+    if len(value) > 200:
+        raise InvalidArgument(field_name, f"{field_name} is too long")
+    return value.strip()
+
+
+def _country(field_name: str, value: str, *, required: bool = True) -> str:
+    if not value and not required:
+        return ""
+    if not _COUNTRY.match(value):
+        raise InvalidArgument(field_name, f"{field_name} must be an ISO 3166-1 alpha-2 code")
+    return value
+
+
+def applicant(person: pb.Person) -> rules.Applicant:
+    d = person.birth_date
+    try:
+        birth = dt.date(d.year, d.month, d.day)
+    except ValueError:
+        raise InvalidArgument("person.birth_date", "birth_date is not a date") from None
+    return rules.Applicant(
+        given_name=_required("person.given_name", person.given_name),
+        family_name=_required("person.family_name", person.family_name),
+        birth_date=birth,
+        email=_required("person.email", person.email),
+        postcode=person.postcode.strip(),
+        country=_country("person.country_code", person.country_code),
+    )
+
+
+E = TypeVar("E")
+
+
+def _enum(mapping: Mapping[Any, E], value: int, field_name: str) -> E:
+    try:
+        return mapping[value]
+    except KeyError:
+        raise InvalidArgument(field_name, f"{field_name} is required") from None
+
+
+def limit_message(limit: rules.LimitState, currency: str, cooling_off: dt.timedelta) -> pb.Limit:
+    message = pb.Limit(
+        kind={v: k for k, v in _KIND.items()}[limit.kind],
+        period={v: k for k, v in _PERIOD.items()}[limit.period],
+        update_time=_ts(limit.update_time),
+    )
+    if limit.amount_minor is not None:
+        message.amount.CopyFrom(
+            money_pb2.Money(amount_minor=limit.amount_minor, currency_code=currency)
+        )
+    if limit.pending_minor is not None:
+        message.pending_amount.CopyFrom(
+            money_pb2.Money(amount_minor=limit.pending_minor, currency_code=currency)
+        )
+        confirmable = limit.confirmable_at(cooling_off)
+        assert confirmable is not None
+        message.pending_confirmable_time.CopyFrom(_ts(confirmable))
+    return message
+
+
+def _caller() -> str:
+    call = current_call()
+    assert call is not None and call.caller is not None
+    return call.caller
+
+
+def encode_excluded(
+    event_id: str, player_id: str, exclusion: rules.Exclusion, _: uuid.UUID
+) -> bytes:
+    event = events_pb2.PlayerExcluded(
+        event_id=event_id,
+        player_id=player_id,
+        kind=exclusion.kind,
+        indefinite=exclusion.until is None,
+    )
+    if exclusion.until is not None:
+        event.until_time.CopyFrom(_ts(exclusion.until))
+    return event.SerializeToString()
+
+
+class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
+    def __init__(self, compliance: Compliance, settings: ComplianceSettings) -> None:
+        self._compliance = compliance
+        self._settings = settings
+        self._signer: verdict_log.CheckpointSigner | None = None
+
+    def _amount(self, money: money_pb2.Money) -> int:
+        if money.amount_minor < 0:
+            raise InvalidArgument("amount.amount_minor", "amount must not be negative")
+        if money.amount_minor and money.currency_code != self._settings.rules.currency:
+            raise InvalidArgument(
+                "amount.currency_code", f"amounts are checked in {self._settings.rules.currency}"
+            )
+        return money.amount_minor
+
+    async def CheckRegistration(
+        self, request: pb.CheckRegistrationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckRegistrationResponse:
+        recorded = await self._compliance.check_registration(
+            applicant(request.person),
+            _country("request_country_code", request.request_country_code, required=False),
+            _caller(),
+        )
+        return pb.CheckRegistrationResponse(verdict=_verdict(recorded))
+
+    async def EnrolPlayer(
+        self, request: pb.EnrolPlayerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EnrolPlayerResponse:
+        recorded = await self._compliance.enrol(
+            _required("player_id", request.player_id), applicant(request.person), _caller()
+        )
+        return pb.EnrolPlayerResponse(verdict=_verdict(recorded))
+
+    async def CheckAction(
+        self, request: pb.CheckActionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckActionResponse:
+        recorded = await self._compliance.check_action(
+            _required("player_id", request.player_id),
+            _enum(_ACTION, request.action, "action"),
+            amount_minor=self._amount(request.amount),
+            slots=request.product == pb.PRODUCT_SLOTS,
+            request_country=_country("request_country_code", request.request_country_code),
+            request_id=_required("request_id", request.request_id),
+            caller=_caller(),
+        )
+        return pb.CheckActionResponse(verdict=_verdict(recorded))
+
+    async def UpdateVerification(
+        self, request: pb.UpdateVerificationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateVerificationResponse:
+        recorded = await self._compliance.update_verification(
+            _required("player_id", request.player_id),
+            name=request.name_verified,
+            address=request.address_verified,
+            birth_date=request.birth_date_verified,
+            cdd_cleared=request.cdd_cleared,
+            verified_by=_required("verified_by", request.verified_by),
+            caller=_caller(),
+        )
+        return pb.UpdateVerificationResponse(verdict=_verdict(recorded))
+
+    def _limit(self, limit: rules.LimitState) -> pb.Limit:
+        return limit_message(limit, self._settings.rules.currency, self._compliance.cooling_off)
+
+    async def SetLimit(
+        self, request: pb.SetLimitRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetLimitResponse:
+        limit, recorded = await self._compliance.set_limit(
+            _required("player_id", request.player_id),
+            _enum(_KIND, request.kind, "kind"),
+            _enum(_PERIOD, request.period, "period"),
+            self._amount(request.amount),
+            _caller(),
+        )
+        return pb.SetLimitResponse(limit=self._limit(limit), verdict=_verdict(recorded))
+
+    async def ConfirmLimitIncrease(
+        self, request: pb.ConfirmLimitIncreaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ConfirmLimitIncreaseResponse:
+        limit, recorded = await self._compliance.confirm_increase(
+            _required("player_id", request.player_id),
+            _enum(_KIND, request.kind, "kind"),
+            _enum(_PERIOD, request.period, "period"),
+            _caller(),
+        )
+        return pb.ConfirmLimitIncreaseResponse(limit=self._limit(limit), verdict=_verdict(recorded))
+
+    async def ListLimits(
+        self, request: pb.ListLimitsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListLimitsResponse:
+        limits = await self._compliance.limits(_required("player_id", request.player_id))
+        return pb.ListLimitsResponse(limits=[self._limit(limit) for limit in limits])
+
+    async def Exclude(
+        self, request: pb.ExcludeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExcludeResponse:
+        which = request.WhichOneof("length")
+        exclusion, recorded = await self._compliance.exclude(
+            _required("player_id", request.player_id),
+            timeout_hours=request.timeout_hours if which == "timeout_hours" else None,
+            self_exclusion_days=(
+                request.self_exclusion_days if which == "self_exclusion_days" else None
+            ),
+            indefinite=which == "indefinite" and request.indefinite,
+            caller=_caller(),
+        )
+        response = pb.ExcludeResponse(verdict=_verdict(recorded))
+        if exclusion.until is not None:
+            response.until_time.CopyFrom(_ts(exclusion.until))
+        return response
+
+    async def ExplainVerdict(
+        self, request: pb.ExplainVerdictRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExplainVerdictResponse:
+        try:
+            verdict_id = uuid.UUID(request.verdict_id)
+        except ValueError:
+            raise InvalidArgument("verdict_id", "verdict_id must be a UUID") from None
+        stored = await self._compliance.explain(verdict_id)
+        if stored is None:
+            from services.runtime.errors import NotFound
+
+            raise NotFound("VERDICT_NOT_FOUND", "no such verdict", {"verdict_id": str(verdict_id)})
+        return pb.ExplainVerdictResponse(
+            verdict=verdict_message(stored),
+            player_id=stored.player_id or "",
+            action=stored.action,
+            inputs_json=json.dumps(stored.inputs, sort_keys=True),
+            caller=stored.caller,
+        )
+
+    async def VerifyVerdictLog(
+        self, request: pb.VerifyVerdictLogRequest, context: grpc.aio.ServicerContext
+    ) -> pb.VerifyVerdictLogResponse:
+        if self._signer is None:
+            self._signer = verdict_log.CheckpointSigner(self._settings.signing_key_file)
+        report, written = await self._compliance.verify_log(
+            self._signer, self._settings.public_key_file, self._settings.checkpoint_dir
+        )
+        return pb.VerifyVerdictLogResponse(
+            rows_checked=report.rows_checked,
+            problems=[f"{p.kind} at {p.seq}: {p.detail}" for p in report.problems],
+            checkpoint=str(written) if written else "",
+        )
+
+
+async def build(runtime: ServiceRuntime) -> None:
+    settings = domain_config(runtime.config, ComplianceSettings)
+    verdict_log.ensure_signing_key(settings.signing_key_file, settings.public_key_file)
+    engine = runtime.database()
+    register = SelfExclusionRegister(
+        settings.register_url,
+        settings.register_api_key_file,
+        timeout=settings.register_timeout_seconds,
+    )
+    compliance = Compliance(engine, settings.rules, register, encode_excluded)
+    runtime.add_service(
+        pb.DESCRIPTOR.services_by_name["ComplianceService"],
+        ComplianceService(compliance, settings),
+        compliance_pb2_grpc.add_ComplianceServiceServicer_to_server,
+    )
+    if settings.outbox_relay:
+        runtime.add_background(OutboxRelay(engine, "compliance", settings.amqp_url))

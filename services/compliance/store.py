@@ -1,0 +1,257 @@
+"""SQL of the compliance service. Functions run inside the caller's transaction; the
+transaction boundary belongs to `decisions`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.compliance.rules import (
+    Applicant,
+    Exclusion,
+    LimitChange,
+    LimitKind,
+    LimitState,
+    Period,
+    PlayerState,
+    Usage,
+)
+
+_PLAYER = text(
+    "SELECT player_id, birth_date, country, name_verified, address_verified,"
+    " birth_date_verified, cdd_required, excluded_until, excluded_indefinitely, exclusion_kind"
+    " FROM compliance.players WHERE player_id = :p"
+)
+_PLAYER_FOR_UPDATE = text(_PLAYER.text + " FOR UPDATE")
+
+
+async def player(
+    conn: AsyncConnection, player_id: str, *, lock: bool = False
+) -> PlayerState | None:
+    """The player's compliance state; with lock=True, FOR UPDATE: decisions about one player
+    serialise, so two concurrent stakes cannot both fit under one limit."""
+    row = (await conn.execute(_PLAYER_FOR_UPDATE if lock else _PLAYER, {"p": player_id})).first()
+    if row is None:
+        return None
+    return PlayerState(
+        player_id=row.player_id,
+        birth_date=row.birth_date,
+        country=row.country,
+        name_verified=row.name_verified,
+        address_verified=row.address_verified,
+        birth_date_verified=row.birth_date_verified,
+        cdd_required=row.cdd_required,
+        excluded_until=row.excluded_until,
+        excluded_indefinitely=row.excluded_indefinitely,
+        exclusion_kind=row.exclusion_kind,
+    )
+
+
+async def enrol(conn: AsyncConnection, player_id: str, a: Applicant) -> bool:
+    result = await conn.execute(
+        text(
+            "INSERT INTO compliance.players (player_id, given_name, family_name, birth_date,"
+            " email, postcode, country) VALUES (:p, :g, :f, :b, :e, :pc, :c)"
+            " ON CONFLICT (player_id) DO NOTHING RETURNING player_id"
+        ),
+        {
+            "p": player_id,
+            "g": a.given_name,
+            "f": a.family_name,
+            "b": a.birth_date,
+            "e": a.email,
+            "pc": a.postcode,
+            "c": a.country,
+        },
+    )
+    return result.first() is not None
+
+
+async def excluded_lookalike(conn: AsyncConnection, a: Applicant, now: dt.datetime) -> bool:
+    """Is someone with this name + birth date + postcode, or this email, excluded now?"""
+    name, birth, postcode = a.duplicate_key()
+    row = (
+        await conn.execute(
+            text(
+                "SELECT 1 FROM compliance.players WHERE"
+                " ((lower(given_name || ' ' || family_name) = :name AND birth_date = :b"
+                "   AND lower(replace(postcode, ' ', '')) = :pc) OR lower(email) = :e)"
+                " AND (excluded_indefinitely OR excluded_until > :now) LIMIT 1"
+            ),
+            {
+                "name": name,
+                "b": dt.date.fromisoformat(birth),
+                "pc": postcode,
+                "e": a.email.casefold(),
+                "now": now,
+            },
+        )
+    ).first()
+    return row is not None
+
+
+async def update_verification(
+    conn: AsyncConnection,
+    player_id: str,
+    *,
+    name: bool,
+    address: bool,
+    birth_date: bool,
+    cdd_cleared: bool,
+    now: dt.datetime,
+) -> None:
+    """Verification only ever adds: a flag set stays set; CDD clears only explicitly."""
+    await conn.execute(
+        text(
+            "UPDATE compliance.players SET name_verified = name_verified OR :n,"
+            " address_verified = address_verified OR :a,"
+            " birth_date_verified = birth_date_verified OR :b,"
+            " cdd_required = cdd_required AND NOT :cdd, update_time = :now"
+            " WHERE player_id = :p"
+        ),
+        {"n": name, "a": address, "b": birth_date, "cdd": cdd_cleared, "now": now, "p": player_id},
+    )
+
+
+async def require_cdd(conn: AsyncConnection, player_id: str, now: dt.datetime) -> None:
+    await conn.execute(
+        text(
+            "UPDATE compliance.players SET cdd_required = true, update_time = :now"
+            " WHERE player_id = :p"
+        ),
+        {"p": player_id, "now": now},
+    )
+
+
+def _limit(row: Any) -> LimitState:
+    return LimitState(
+        kind=LimitKind(row.kind),
+        period=Period(row.period),
+        amount_minor=row.amount_minor,
+        pending_minor=row.pending_minor,
+        pending_requested_at=row.pending_requested_at,
+        update_time=row.update_time,
+    )
+
+
+async def limits(conn: AsyncConnection, player_id: str) -> list[LimitState]:
+    rows = await conn.execute(
+        text(
+            "SELECT kind, period, amount_minor, pending_minor, pending_requested_at, update_time"
+            " FROM compliance.limits WHERE player_id = :p ORDER BY kind, period"
+        ),
+        {"p": player_id},
+    )
+    return [_limit(r) for r in rows]
+
+
+async def write_limit(
+    conn: AsyncConnection,
+    player_id: str,
+    kind: LimitKind,
+    period: Period,
+    change: LimitChange,
+    now: dt.datetime,
+) -> LimitState:
+    """The limit as it now stands, and the change in the history, with its request time
+    and (for an increase, not yet) its effective time."""
+    row = (
+        await conn.execute(
+            text(
+                "INSERT INTO compliance.limits (player_id, kind, period, amount_minor,"
+                " pending_minor, pending_requested_at, update_time)"
+                " VALUES (:p, :k, :pe, :a, :pm, :pr, :now)"
+                " ON CONFLICT (player_id, kind, period) DO UPDATE SET"
+                " amount_minor = excluded.amount_minor, pending_minor = excluded.pending_minor,"
+                " pending_requested_at = excluded.pending_requested_at,"
+                " update_time = excluded.update_time"
+                " RETURNING kind, period, amount_minor, pending_minor, pending_requested_at,"
+                " update_time"
+            ),
+            {
+                "p": player_id,
+                "k": kind.value,
+                "pe": period.value,
+                "a": change.amount_minor,
+                "pm": change.pending_minor,
+                "pr": change.pending_requested_at,
+                "now": now,
+            },
+        )
+    ).one()
+    await conn.execute(
+        text(
+            "INSERT INTO compliance.limit_changes (player_id, kind, period, change,"
+            " amount_minor, requested_at, effective_at) VALUES (:p, :k, :pe, :c, :a, :r, :e)"
+        ),
+        {
+            "p": player_id,
+            "k": kind.value,
+            "pe": period.value,
+            "c": change.change,
+            "a": change.pending_minor or change.amount_minor,
+            "r": change.pending_requested_at or now,
+            "e": change.effective_at,
+        },
+    )
+    return _limit(row)
+
+
+async def usage_since(conn: AsyncConnection, player_id: str, since: dt.datetime) -> list[Usage]:
+    rows = await conn.execute(
+        text(
+            "SELECT action, amount_minor, at FROM compliance.usage"
+            " WHERE player_id = :p AND at > :since ORDER BY at"
+        ),
+        {"p": player_id, "since": since},
+    )
+    return [Usage(r.action, r.amount_minor, r.at) for r in rows]
+
+
+async def record_usage(
+    conn: AsyncConnection,
+    player_id: str,
+    request_id: str,
+    action: str,
+    amount_minor: int,
+    at: dt.datetime,
+) -> bool:
+    """Count an allowed deposit or stake once per request_id (a retried check is no new
+    money)."""
+    result = await conn.execute(
+        text(
+            "INSERT INTO compliance.usage (player_id, request_id, action, amount_minor, at)"
+            " VALUES (:p, :r, :a, :m, :at) ON CONFLICT DO NOTHING RETURNING 1"
+        ),
+        {"p": player_id, "r": request_id, "a": action, "m": amount_minor, "at": at},
+    )
+    return result.first() is not None
+
+
+async def write_exclusion(
+    conn: AsyncConnection, player_id: str, exclusion: Exclusion, now: dt.datetime
+) -> None:
+    await conn.execute(
+        text(
+            "UPDATE compliance.players SET excluded_until = :until,"
+            " excluded_indefinitely = :indefinite, exclusion_kind = :kind, update_time = :now"
+            " WHERE player_id = :p"
+        ),
+        {
+            "until": exclusion.until,
+            "indefinite": exclusion.until is None,
+            "kind": exclusion.kind,
+            "now": now,
+            "p": player_id,
+        },
+    )
+    await conn.execute(
+        text(
+            "INSERT INTO compliance.exclusions (player_id, kind, requested_at, until)"
+            " VALUES (:p, :k, :now, :until)"
+        ),
+        {"p": player_id, "k": exclusion.kind, "now": now, "until": exclusion.until},
+    )
