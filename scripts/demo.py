@@ -8,12 +8,15 @@ listing, and a caller the contract does not allow.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
 
 import grpc
+from google.type.date_pb2 import Date
 
 from casino.common.v1.money_pb2 import Money
+from casino.compliance.v1 import compliance_pb2, compliance_pb2_grpc
 from casino.echo.v1 import echo_pb2, echo_pb2_grpc
 from casino.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.client import secure_channel
@@ -22,6 +25,7 @@ from services.runtime.status import error_info
 
 ECHO = "127.0.0.1:50100"
 WALLET = "127.0.0.1:50110"
+COMPLIANCE = "127.0.0.1:50120"
 
 
 def _tls(root: Path, identity: str) -> TLSConfig:
@@ -128,8 +132,90 @@ async def wallet_job(root: Path) -> None:
     )
 
 
+def _reasons(verdict: compliance_pb2.Verdict) -> str:
+    decision = compliance_pb2.Decision.Name(verdict.decision).removeprefix("DECISION_")
+    why = ", ".join(r.reason for r in verdict.reasons)
+    return f"{decision}{f' ({why})' if why else ''} verdict #{verdict.sequence}"
+
+
+async def compliance_job(root: Path) -> None:
+    async with contextlib.AsyncExitStack() as channels:
+
+        async def stub(identity: str) -> compliance_pb2_grpc.ComplianceServiceStub:
+            channel = secure_channel(COMPLIANCE, _tls(root, identity), "compliance")
+            await channels.enter_async_context(channel)
+            return compliance_pb2_grpc.ComplianceServiceStub(channel)
+
+        identity, games, edge = await stub("identity"), await stub("games"), await stub("edge")
+        backoffice = await stub("backoffice")
+        person = compliance_pb2.Person(
+            given_name="Sam",
+            family_name=f"Demo{uuid.uuid4().hex[:6]}",
+            birth_date=Date(year=1990, month=5, day=17),
+            email=f"{uuid.uuid4().hex[:8]}@x.org",
+            postcode="N1 9GU",
+            country_code="GB",
+        )
+        reply = await identity.CheckRegistration(
+            compliance_pb2.CheckRegistrationRequest(person=person, request_country_code="GB")
+        )
+        print(f"\nCompliance:\nregister Sam               -> {_reasons(reply.verdict)}")
+        excluded = compliance_pb2.Person(
+            given_name="Ada",
+            family_name="Excluded",
+            birth_date=Date(year=1980, month=2, day=29),
+            email="ada.excluded@example.org",
+            postcode="SW1A 1AA",
+            country_code="GB",
+        )
+        reply = await identity.CheckRegistration(
+            compliance_pb2.CheckRegistrationRequest(person=excluded)
+        )
+        print(f"register Ada (on register) -> {_reasons(reply.verdict)}")
+        player = f"player-{uuid.uuid4().hex[:8]}"
+        await identity.EnrolPlayer(
+            compliance_pb2.EnrolPlayerRequest(player_id=player, person=person)
+        )
+
+        async def bet(amount: int) -> str:
+            verdict = (
+                await games.CheckAction(
+                    compliance_pb2.CheckActionRequest(
+                        player_id=player,
+                        action=compliance_pb2.ACTION_BET,
+                        amount=Money(amount_minor=amount, currency_code="GBP"),
+                        product=compliance_pb2.PRODUCT_SLOTS,
+                        request_country_code="GB",
+                        request_id=uuid.uuid4().hex,
+                    )
+                )
+            ).verdict
+            return _reasons(verdict)
+
+        print(f"bet before KYC             -> {await bet(100)}")
+        await backoffice.UpdateVerification(
+            compliance_pb2.UpdateVerificationRequest(
+                player_id=player,
+                name_verified=True,
+                address_verified=True,
+                birth_date_verified=True,
+                verified_by="demo-kyc",
+            )
+        )
+        print(f"bet 1.00 after KYC         -> {await bet(100)}")
+        print(f"slot spin 6.00             -> {await bet(600)}")
+        await edge.Exclude(compliance_pb2.ExcludeRequest(player_id=player, timeout_hours=24))
+        print(f"bet during a 24 h time-out -> {await bet(100)}")
+        report = await backoffice.VerifyVerdictLog(compliance_pb2.VerifyVerdictLogRequest())
+        print(
+            f"verdict log                -> {report.rows_checked} verdicts, "
+            f"{len(report.problems)} problems, checkpoint {Path(report.checkpoint).name}"
+        )
+
+
 async def run(root: Path) -> None:
     await wallet_job(root)
+    await compliance_job(root)
     key = uuid.uuid4().hex
     async with secure_channel(ECHO, _tls(root, "games"), "echo") as channel:
         echo = echo_pb2_grpc.EchoServiceStub(channel)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import signal
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -31,12 +33,41 @@ def configured_services() -> list[tuple[str, Path]]:
     return out
 
 
+def register_simulator() -> subprocess.Popen[bytes]:
+    """The national self-exclusion register stand-in the compliance service calls."""
+    key = ROOT / ".dev" / "secrets" / "register-api-key"
+    if not key.exists():
+        key.write_text(secrets.token_urlsafe(24))
+        key.chmod(0o600)
+    log = (ROOT / ".dev" / "logs" / "register-simulator.log").open("ab")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simulators.self_exclusion_register",
+            "--port",
+            "50130",
+            "--api-key-file",
+            str(key),
+            "--registry",
+            str(ROOT / "config" / "dev" / "register-registry.json"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    log.close()
+    return proc
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--once", action="store_true", help="stop after the demo")
     args = parser.parse_args()
 
     dbsetup.migrate("casino", [], ROOT / ".dev" / "secrets")
+    (ROOT / ".dev" / "logs").mkdir(parents=True, exist_ok=True)
+    simulator = register_simulator()
     processes = [
         ServiceProcess(name, path, ROOT / ".dev" / "logs" / f"{name}.log", cwd=ROOT)
         for name, path in configured_services()
@@ -61,6 +92,8 @@ async def main() -> int:
             await stop.wait()
     finally:
         codes = {p.service: p.terminate() for p in processes}
+        simulator.terminate()
+        simulator.wait(10)
         print("stopped:", ", ".join(f"{name} exit {code}" for name, code in codes.items()))
     return 0 if all(code == 0 for code in codes.values()) else 1
 
