@@ -3,13 +3,17 @@ another, on loopback."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import select
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +35,7 @@ EXCLUDED_ON_REGISTER = {
 
 
 @dataclass
-class RegisterSimulator:
+class Simulator:
     proc: subprocess.Popen[bytes]
     port: int
     key_file: Path
@@ -40,28 +44,45 @@ class RegisterSimulator:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def set_faults(self, mode: str, delay_ms: int = 0) -> None:
-        import http.client
+    def call(
+        self, method: str, path: str, payload: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            body = None if payload is None else json.dumps(payload).encode()
+            all_headers = {"Content-Type": "application/json", **(headers or {})}
+            connection.request(method, path, body=body, headers=all_headers)
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            connection.close()
 
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        conn.request(
-            "POST",
-            "/_sim/faults",
-            json.dumps({"mode": mode, "delay_ms": delay_ms}),
-            {"Content-Type": "application/json"},
-        )
-        assert conn.getresponse().status == 200
-        conn.close()
+    def admin(self, path: str, payload: Any = None) -> Any:
+        status, _, body = self.call("GET" if payload is None else "POST", path, payload)
+        assert status in (200, 201), body
+        return json.loads(body)
+
+    def faults(self, mode: str, **extra: Any) -> None:
+        self.admin("/_sim/faults", {"mode": mode, **extra})
+
+    def last_request_id(self) -> str:
+        requests = self.admin("/_sim/requests")
+        return str(requests[-1]["requestId"])
 
 
-@pytest.fixture(scope="module")
-def register(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegisterSimulator]:
-    folder = tmp_path_factory.mktemp("register")
-    key_file = folder / "api-key"
-    key_file.write_text("key-" + uuid.uuid4().hex)
-    key_file.chmod(0o600)
+def secret_file(path: Path, text: str) -> Path:
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@contextlib.contextmanager
+def run_simulator(folder: Path, persons: list[dict[str, str]], api_key: str) -> Iterator[Simulator]:
+    """The register simulator as a child process on a free loopback port."""
+    key_file = secret_file(folder / "api.key", api_key)
     registry = folder / "registry.json"
-    registry.write_text(json.dumps([EXCLUDED_ON_REGISTER]))
+    registry.write_text(json.dumps(persons))
+    stderr = (folder / "stderr.log").open("wb")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -75,17 +96,40 @@ def register(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegisterSimul
             str(registry),
         ],
         stdout=subprocess.PIPE,
+        stderr=stderr,
         cwd=ROOT,
     )
-    assert proc.stdout is not None
-    line = json.loads(proc.stdout.readline())
-    assert line["event"] == "listening"
-    yield RegisterSimulator(proc, int(line["port"]), key_file)
-    proc.terminate()
-    proc.wait(10)
+    stderr.close()
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        line = proc.stdout.readline() if ready else b""
+        if not line:
+            raise RuntimeError(
+                f"simulator did not start: {(folder / 'stderr.log').read_text()[-2000:]}"
+            )
+        event = json.loads(line)
+        assert event["event"] == "listening"
+        yield Simulator(proc, int(event["port"]), key_file)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
-def compliance_extra(register: RegisterSimulator, folder: Path) -> str:
+@pytest.fixture(scope="module")
+def register(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
+    folder = tmp_path_factory.mktemp("register")
+    with run_simulator(folder, [EXCLUDED_ON_REGISTER], "key-" + uuid.uuid4().hex) as sim:
+        yield sim
+
+
+def compliance_extra(register: Simulator, folder: Path) -> str:
     return f"""
 [compliance]
 register_url = "{register.url}"
@@ -105,7 +149,7 @@ def compliance(
     tmp_path_factory: pytest.TempPathFactory,
     pki: Pki,
     test_database: str,
-    register: RegisterSimulator,
+    register: Simulator,
 ) -> Iterator[ServiceProcess]:
     folder = tmp_path_factory.mktemp("compliance")
     launcher = Launcher(folder, pki, [])

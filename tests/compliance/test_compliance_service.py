@@ -104,13 +104,13 @@ async def test_person_on_the_national_register_is_denied_with_its_request_id(stu
 
 
 async def test_register_down_denies_registration(stubs, register) -> None:
-    register.set_faults("timeout")
+    register.faults("timeout")
     try:
         reply = await stubs["identity"].CheckRegistration(
             pb.CheckRegistrationRequest(person=person())
         )
     finally:
-        register.set_faults("ok")
+        register.faults("ok")
     assert reply.verdict.decision == DENY
     assert "REGISTER_UNAVAILABLE" in reasons(reply.verdict)
 

@@ -5,15 +5,10 @@ it can fail, which must come back as UNAVAILABLE (the caller then denies: fail c
 from __future__ import annotations
 
 import datetime as dt
-import http.client
 import json
-import select
 import socket
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +16,7 @@ import pytest
 
 from services.compliance.register import RegisterAnswer, SelfExclusionRegister
 from services.runtime.secrets import SecretFileError
+from tests.compliance.conftest import Simulator, run_simulator, secret_file
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "sim-key-" + uuid.uuid4().hex
@@ -48,92 +44,10 @@ REGISTRY = [
 ]
 
 
-@dataclass
-class Simulator:
-    proc: subprocess.Popen[bytes]
-    port: int
-    key_file: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def call(
-        self, method: str, path: str, payload: Any = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, str], bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        try:
-            body = None if payload is None else json.dumps(payload).encode()
-            all_headers = {"Content-Type": "application/json", **(headers or {})}
-            connection.request(method, path, body=body, headers=all_headers)
-            response = connection.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            connection.close()
-
-    def admin(self, path: str, payload: Any = None) -> Any:
-        status, _, body = self.call("GET" if payload is None else "POST", path, payload)
-        assert status in (200, 201), body
-        return json.loads(body)
-
-    def faults(self, mode: str, **extra: Any) -> None:
-        self.admin("/_sim/faults", {"mode": mode, **extra})
-
-    def last_request_id(self) -> str:
-        requests = self.admin("/_sim/requests")
-        return str(requests[-1]["requestId"])
-
-
-def _secret(path: Path, text: str) -> Path:
-    path.write_text(text + "\n")
-    path.chmod(0o600)
-    return path
-
-
 @pytest.fixture(scope="module")
 def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
-    folder = tmp_path_factory.mktemp("register")
-    key_file = _secret(folder / "api.key", API_KEY)
-    registry = folder / "registry.json"
-    registry.write_text(json.dumps(REGISTRY))
-    stderr = (folder / "stderr.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "simulators.self_exclusion_register",
-            "--port",
-            "0",
-            "--api-key-file",
-            str(key_file),
-            "--registry",
-            str(registry),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        cwd=ROOT,
-    )
-    stderr.close()
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        line = proc.stdout.readline() if ready else b""
-        if not line:
-            raise RuntimeError(
-                f"simulator did not start: {(folder / 'stderr.log').read_text()[-2000:]}"
-            )
-        event = json.loads(line)
-        assert event["event"] == "listening"
-        yield Simulator(proc, int(event["port"]), key_file)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    with run_simulator(tmp_path_factory.mktemp("register"), REGISTRY, API_KEY) as sim:
+        yield sim
 
 
 @pytest.fixture(autouse=True)
@@ -225,7 +139,7 @@ async def test_person_added_at_run_time(
 
 
 async def test_wrong_api_key_is_unavailable(simulator: Simulator, tmp_path: Path) -> None:
-    wrong = SelfExclusionRegister(simulator.url, _secret(tmp_path / "wrong.key", "not-the-key"))
+    wrong = SelfExclusionRegister(simulator.url, secret_file(tmp_path / "wrong.key", "not-the-key"))
     answer = await _check(wrong)
     assert answer.status == "UNAVAILABLE"
     assert answer.detail.startswith("http 403")
