@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from casino.common.v1 import money_pb2
 from casino.compliance.v1 import compliance_pb2 as pb
@@ -21,9 +20,10 @@ from casino.compliance.v1 import compliance_pb2_grpc, events_pb2
 from services.compliance import rules, verdict_log
 from services.compliance.decisions import Compliance, Recorded
 from services.compliance.register import SelfExclusionRegister
-from services.runtime.call import current_call
+from services.runtime.call import authenticated_caller
 from services.runtime.config import domain_config
 from services.runtime.errors import InvalidArgument
+from services.runtime.messages import timestamp
 from services.runtime.outbox import OutboxRelay
 from services.runtime.server import ServiceRuntime
 
@@ -63,12 +63,6 @@ _PERIOD = {
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 
 
-def _ts(value: dt.datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 def verdict_message(stored: verdict_log.StoredVerdict) -> pb.Verdict:
     return pb.Verdict(
         name=f"verdicts/{stored.verdict_id}",
@@ -80,7 +74,7 @@ def verdict_message(stored: verdict_log.StoredVerdict) -> pb.Verdict:
         sequence=stored.seq,
         rule_version=stored.rule_version,
         config_version=stored.config_version,
-        create_time=_ts(stored.create_time),
+        create_time=timestamp(stored.create_time),
     )
 
 
@@ -134,7 +128,7 @@ def limit_message(limit: rules.LimitState, currency: str, cooling_off: dt.timede
     message = pb.Limit(
         kind={v: k for k, v in _KIND.items()}[limit.kind],
         period={v: k for k, v in _PERIOD.items()}[limit.period],
-        update_time=_ts(limit.update_time),
+        update_time=timestamp(limit.update_time),
     )
     if limit.amount_minor is not None:
         message.amount.CopyFrom(
@@ -146,14 +140,8 @@ def limit_message(limit: rules.LimitState, currency: str, cooling_off: dt.timede
         )
         confirmable = limit.confirmable_at(cooling_off)
         assert confirmable is not None
-        message.pending_confirmable_time.CopyFrom(_ts(confirmable))
+        message.pending_confirmable_time.CopyFrom(timestamp(confirmable))
     return message
-
-
-def _caller() -> str:
-    call = current_call()
-    assert call is not None and call.caller is not None
-    return call.caller
 
 
 def encode_excluded(
@@ -166,7 +154,7 @@ def encode_excluded(
         indefinite=exclusion.until is None,
     )
     if exclusion.until is not None:
-        event.until_time.CopyFrom(_ts(exclusion.until))
+        event.until_time.CopyFrom(timestamp(exclusion.until))
     return event.SerializeToString()
 
 
@@ -191,7 +179,7 @@ class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
         recorded = await self._compliance.check_registration(
             applicant(request.person),
             _country("request_country_code", request.request_country_code, required=False),
-            _caller(),
+            authenticated_caller(),
         )
         return pb.CheckRegistrationResponse(verdict=_verdict(recorded))
 
@@ -199,7 +187,9 @@ class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
         self, request: pb.EnrolPlayerRequest, context: grpc.aio.ServicerContext
     ) -> pb.EnrolPlayerResponse:
         recorded = await self._compliance.enrol(
-            _required("player_id", request.player_id), applicant(request.person), _caller()
+            _required("player_id", request.player_id),
+            applicant(request.person),
+            authenticated_caller(),
         )
         return pb.EnrolPlayerResponse(verdict=_verdict(recorded))
 
@@ -213,7 +203,7 @@ class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
             slots=request.product == pb.PRODUCT_SLOTS,
             request_country=_country("request_country_code", request.request_country_code),
             request_id=_required("request_id", request.request_id),
-            caller=_caller(),
+            caller=authenticated_caller(),
         )
         return pb.CheckActionResponse(verdict=_verdict(recorded))
 
@@ -227,7 +217,7 @@ class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
             birth_date=request.birth_date_verified,
             cdd_cleared=request.cdd_cleared,
             verified_by=_required("verified_by", request.verified_by),
-            caller=_caller(),
+            caller=authenticated_caller(),
         )
         return pb.UpdateVerificationResponse(verdict=_verdict(recorded))
 
@@ -242,7 +232,7 @@ class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
             _enum(_KIND, request.kind, "kind"),
             _enum(_PERIOD, request.period, "period"),
             self._amount(request.amount),
-            _caller(),
+            authenticated_caller(),
         )
         return pb.SetLimitResponse(limit=self._limit(limit), verdict=_verdict(recorded))
 
@@ -253,7 +243,7 @@ class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
             _required("player_id", request.player_id),
             _enum(_KIND, request.kind, "kind"),
             _enum(_PERIOD, request.period, "period"),
-            _caller(),
+            authenticated_caller(),
         )
         return pb.ConfirmLimitIncreaseResponse(limit=self._limit(limit), verdict=_verdict(recorded))
 
@@ -274,11 +264,11 @@ class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
                 request.self_exclusion_days if which == "self_exclusion_days" else None
             ),
             indefinite=which == "indefinite" and request.indefinite,
-            caller=_caller(),
+            caller=authenticated_caller(),
         )
         response = pb.ExcludeResponse(verdict=_verdict(recorded))
         if exclusion.until is not None:
-            response.until_time.CopyFrom(_ts(exclusion.until))
+            response.until_time.CopyFrom(timestamp(exclusion.until))
         return response
 
     async def ExplainVerdict(

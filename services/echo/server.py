@@ -5,28 +5,26 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from casino.echo.v1 import echo_pb2, echo_pb2_grpc
 from services.echo import store
 from services.echo.echoes import Echo, echo_command
-from services.runtime.call import current_call
+from services.runtime.call import authenticated_caller, current_call
 from services.runtime.errors import InvalidArgument
+from services.runtime.messages import timestamp
 from services.runtime.pagination import decode_page_token, encode_page_token, page_size
 from services.runtime.server import ServiceRuntime
 
 
 def _record(echo: Echo) -> echo_pb2.EchoRecord:
-    created = Timestamp()
-    created.FromDatetime(echo.create_time)
     return echo_pb2.EchoRecord(
         name=echo.name,
         request_id=echo.request_id,
         message=echo.message,
         caller=echo.caller,
-        create_time=created,
+        create_time=timestamp(echo.create_time),
     )
 
 
@@ -38,12 +36,6 @@ def _deadline_ms() -> int:
 
 def _trace_id() -> str:
     return format(trace.get_current_span().get_span_context().trace_id, "032x")
-
-
-def _caller() -> str:
-    call = current_call()
-    assert call is not None and call.caller is not None  # the runtime authorised the call
-    return call.caller
 
 
 class EchoService(echo_pb2_grpc.EchoServiceServicer):
@@ -59,11 +51,11 @@ class EchoService(echo_pb2_grpc.EchoServiceServicer):
         if command.delay_ms:
             await asyncio.sleep(command.delay_ms / 1000)
         async with self._engine.begin() as conn:
-            echo, replayed = await store.record(conn, command, _caller())
+            echo, replayed = await store.record(conn, command, authenticated_caller())
         return echo_pb2.EchoResponse(
             record=_record(echo),
             replayed=replayed,
-            caller=_caller(),
+            caller=authenticated_caller(),
             deadline_remaining_ms=deadline_ms,
             trace_id=_trace_id(),
         )

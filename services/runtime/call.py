@@ -40,3 +40,12 @@ def enter_call(info: CallInfo) -> contextvars.Token[CallInfo | None]:
 
 def leave_call(token: contextvars.Token[CallInfo | None]) -> None:
     _current.reset(token)
+
+
+def authenticated_caller() -> str:
+    """The caller of the RPC being served, as its certificate names it. Handlers run only
+    after the runtime authorised the caller, so inside one it is always known."""
+    call = _current.get()
+    if call is None or call.caller is None:
+        raise RuntimeError("authenticated_caller() used outside an authorised RPC")
+    return call.caller

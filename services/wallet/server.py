@@ -8,15 +8,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from casino.common.v1 import money_pb2
 from casino.wallet.v1 import events_pb2, wallet_pb2, wallet_pb2_grpc
-from services.runtime.call import current_call
+from services.runtime.call import authenticated_caller
 from services.runtime.config import domain_config
 from services.runtime.errors import InvalidArgument
+from services.runtime.messages import timestamp
 from services.runtime.outbox import OutboxRelay
 from services.runtime.pagination import decode_page_token, encode_page_token, page_size
 from services.runtime.server import ServiceRuntime
@@ -65,12 +65,6 @@ _KIND_TO_PROTO = {
 _PROTO_TO_KIND = {v: k for k, v in _KIND_TO_PROTO.items()}
 
 
-def _timestamp(value: dt.datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 def balance_message(
     player_id: str, currency: str, account: AccountState, cached: bool = False
 ) -> wallet_pb2.Balance:
@@ -101,7 +95,7 @@ def transaction_message(tx: StoredTransaction) -> wallet_pb2.Transaction:
         withdrawal_id=tx.withdrawal_id,
         reason=tx.reason,
         operator_id=tx.operator_id,
-        create_time=_timestamp(tx.create_time),
+        create_time=timestamp(tx.create_time),
     )
 
 
@@ -120,12 +114,6 @@ def encode_event(result: PostingResult, event_id: uuid.UUID) -> bytes:
     return events_pb2.TransactionPosted(
         event_id=str(event_id), transaction=posting.transaction, balance=posting.balance
     ).SerializeToString()
-
-
-def _caller() -> str:
-    call = current_call()
-    assert call is not None and call.caller is not None  # the runtime authorised the call
-    return call.caller
 
 
 class WalletService(wallet_pb2_grpc.WalletServiceServicer):
@@ -154,7 +142,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         )
 
     async def _post(self, request: Request) -> wallet_pb2.Posting:
-        return posting_message(await self._postings.post(request, _caller()))
+        return posting_message(await self._postings.post(request, authenticated_caller()))
 
     async def OpenAccount(
         self, request: wallet_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext
