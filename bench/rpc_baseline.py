@@ -19,9 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import bench_pki, drive, percentiles, start_service  # noqa: E402
-from casino.echo.v1 import echo_pb2, echo_pb2_grpc  # noqa: E402
-from services.runtime.client import secure_channel  # noqa: E402
+from bench.harness import bench_pki  # noqa: E402
+from bench.wallet_load import measure_echo, print_header  # noqa: E402
 
 
 async def main() -> None:
@@ -30,26 +29,8 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        pki = bench_pki(Path(tmp))
-        echo = start_service("echo", Path(tmp), pki)
-        try:
-            async with secure_channel(
-                f"127.0.0.1:{echo.ports['port']}", pki.tls("games"), "echo", default_timeout=5
-            ) as channel:
-                stub = echo_pb2_grpc.EchoServiceStub(channel)
-                request = echo_pb2.PingRequest(payload=b"x" * 64)
-                for _ in range(500):  # warm-up: connections, caches, JIT-free but lazy paths
-                    await stub.Ping(request)
-                print(f"{'clients':>8} {'calls/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
-                for n in args.concurrency:
-                    latencies, elapsed = await drive(lambda: stub.Ping(request), n, args.seconds)
-                    p50, p95, p99 = percentiles(latencies)
-                    print(
-                        f"{n:>8} {len(latencies) / elapsed:>10.0f} {p50:>8.2f} {p95:>8.2f} "
-                        f"{p99:>8.2f}"
-                    )
-        finally:
-            echo.terminate()
+        print_header("bare echo Ping through the runtime and its client", "calls/s")
+        await measure_echo(Path(tmp), bench_pki(Path(tmp)), args.concurrency, args.seconds)
 
 
 if __name__ == "__main__":

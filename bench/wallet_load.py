@@ -310,7 +310,7 @@ async def measure_echo(
         ) as channel:
             stub = echo_pb2_grpc.EchoServiceStub(channel)
             request = echo_pb2.PingRequest(payload=b"x" * 64)
-            for _ in range(500):  # warm-up, as rpc_baseline.py
+            for _ in range(500):  # warm-up: connections and lazy paths
                 await stub.Ping(request)
             for n in concurrency:
                 cpu = CpuSplit(_cpu_groups([echo.proc.pid]))
