@@ -206,11 +206,14 @@ class Compliance:
         caller: str,
     ) -> Recorded:
         now = self._now()
-        longest = max(p.length for p in Period)
         async with self._engine.begin() as conn:
             state = await store.player(conn, player_id, lock=True)
             limits = await store.limits(conn, player_id) if state else []
-            usage = await store.usage_since(conn, player_id, now - longest) if state else []
+            usage = (
+                (await store.usage_totals(conn, [player_id], now))[player_id]
+                if state
+                else rules.UsageTotals()
+            )
             decision = rules.action_check(
                 state,
                 action,
@@ -229,7 +232,7 @@ class Compliance:
             cdd = (
                 state is not None
                 and decision.allow
-                and rules.crosses_cdd_threshold(action, amount_minor, usage, now, self._config)
+                and rules.crosses_cdd_threshold(action, amount_minor, usage, self._config)
             )
             if cdd:
                 # This action goes through; the next ones wait for due diligence.
@@ -246,7 +249,9 @@ class Compliance:
                     "request_id": request_id,
                     "state": asdict(state) if state else None,
                     "limits": [asdict(limit) for limit in limits],
-                    "usage_in_windows": len(usage),
+                    "usage": {
+                        f"{a}/{p.value}": w.total_minor for (a, p), w in usage.windows.items()
+                    },
                     "cdd_gate_set": cdd,
                 },
                 caller=caller,

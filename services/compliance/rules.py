@@ -173,23 +173,60 @@ class LimitState:
 
 @dataclass(frozen=True)
 class Usage:
-    """Allowed deposits and stakes (and credited wins) of the player, newest last."""
+    """One counted movement of the player: an allowed deposit or stake, a credited win, or
+    a rolled-back stake (which no longer counts as staked)."""
 
-    action: str  # DEPOSIT | BET | WIN
+    action: str  # DEPOSIT | BET | WIN | ROLLBACK
     amount_minor: int
     at: dt.datetime
 
 
-def _window_total(usage: list[Usage], actions: set[str], since: dt.datetime) -> int:
-    return sum(u.amount_minor for u in usage if u.action in actions and u.at > since)
+@dataclass(frozen=True)
+class Window:
+    total_minor: int = 0
+    oldest: dt.datetime | None = None
 
 
-def _resets_at(
-    usage: list[Usage], actions: set[str], period: Period, now: dt.datetime
-) -> dt.datetime:
-    """A rolling window frees up when its oldest counted entry leaves it."""
-    inside = [u.at for u in usage if u.action in actions and u.at > now - period.length]
-    return (min(inside) if inside else now) + period.length
+@dataclass(frozen=True)
+class UsageTotals:
+    """The player's counted usage summed over each limit period (rolling, ending now), with
+    the oldest counted entry of each window (when the window starts to free up). The store
+    computes it in SQL; rules never see individual entries, so a check costs the same for a
+    player with ten bets a month as for one with ten thousand."""
+
+    windows: dict[tuple[str, Period], Window] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, entries: list[Usage], now: dt.datetime) -> UsageTotals:
+        totals = cls()
+        for entry in entries:
+            totals = totals.plus(entry, now)
+        return totals
+
+    def plus(self, entry: Usage, now: dt.datetime) -> UsageTotals:
+        """These totals with one more entry (a decision earlier in the same batch)."""
+        windows = dict(self.windows)
+        for period in Period:
+            if entry.at <= now - period.length:
+                continue
+            window = windows.get((entry.action, period), Window())
+            oldest = entry.at if window.oldest is None else min(window.oldest, entry.at)
+            windows[(entry.action, period)] = Window(
+                window.total_minor + entry.amount_minor, oldest
+            )
+        return UsageTotals(windows)
+
+    def total(self, action: str, period: Period) -> int:
+        return self.windows.get((action, period), Window()).total_minor
+
+    def resets_at(self, actions: set[str], period: Period, now: dt.datetime) -> dt.datetime:
+        """A rolling window frees up when its oldest counted entry leaves it."""
+        oldest = [
+            w.oldest
+            for a in actions
+            if (w := self.windows.get((a, period))) is not None and w.oldest is not None
+        ]
+        return (min(oldest) if oldest else now) + period.length
 
 
 def action_check(
@@ -200,7 +237,7 @@ def action_check(
     slots: bool,
     request_country: str,
     limits: list[LimitState],
-    usage: list[Usage],
+    usage: UsageTotals,
     now: dt.datetime,
     config: ComplianceConfig,
 ) -> Decision:
@@ -236,15 +273,15 @@ def action_check(
     for limit in limits:
         if limit.amount_minor is None:
             continue
-        since = now - limit.period.length
+        period = limit.period
+        staked = usage.total("BET", period) - usage.total("ROLLBACK", period)
         if limit.kind is LimitKind.DEPOSIT and action is Action.DEPOSIT:
-            used, actions = _window_total(usage, {"DEPOSIT"}, since), {"DEPOSIT"}
+            used, actions = usage.total("DEPOSIT", period), {"DEPOSIT"}
         elif limit.kind is LimitKind.STAKE and action is Action.BET:
-            used, actions = _window_total(usage, {"BET"}, since), {"BET"}
+            used, actions = staked, {"BET"}
         elif limit.kind is LimitKind.LOSS and action is Action.BET:
             # Net loss: stakes minus credited wins; the new stake could all be lost.
-            used = _window_total(usage, {"BET"}, since) - _window_total(usage, {"WIN"}, since)
-            actions = {"BET"}
+            used, actions = staked - usage.total("WIN", period), {"BET"}
         else:
             continue
         if used + amount_minor > limit.amount_minor:
@@ -256,7 +293,7 @@ def action_check(
                         "period": limit.period.value,
                         "limit_minor": str(limit.amount_minor),
                         "used_minor": str(max(used, 0)),
-                        "resets_at": _resets_at(usage, actions, limit.period, now).isoformat(),
+                        "resets_at": usage.resets_at(actions, period, now).isoformat(),
                     },
                 )
             )
@@ -271,15 +308,14 @@ def action_check(
 def crosses_cdd_threshold(
     action: Action,
     amount_minor: int,
-    usage: list[Usage],
-    now: dt.datetime,
+    usage: UsageTotals,
     config: ComplianceConfig,
 ) -> bool:
     """A deposit or withdrawal that, alone or linked with the last 24 h's, reaches the
     customer-due-diligence threshold."""
     if action is not Action.DEPOSIT:
         return amount_minor >= config.cdd_threshold_minor and action is Action.WITHDRAWAL
-    linked = _window_total(usage, {"DEPOSIT"}, now - dt.timedelta(days=1))
+    linked = usage.total("DEPOSIT", Period.DAY)
     return linked + amount_minor >= config.cdd_threshold_minor
 
 

@@ -17,7 +17,8 @@ from services.compliance.rules import (
     LimitState,
     Period,
     PlayerState,
-    Usage,
+    UsageTotals,
+    Window,
 )
 
 _PLAYER = text(
@@ -109,7 +110,8 @@ async def update_verification(
             "UPDATE compliance.players SET name_verified = name_verified OR :n,"
             " address_verified = address_verified OR :a,"
             " birth_date_verified = birth_date_verified OR :b,"
-            " cdd_required = cdd_required AND NOT :cdd, update_time = :now"
+            " cdd_required = cdd_required AND NOT :cdd, update_time = :now,"
+            " version = version + 1"
             " WHERE player_id = :p"
         ),
         {"n": name, "a": address, "b": birth_date, "cdd": cdd_cleared, "now": now, "p": player_id},
@@ -119,7 +121,20 @@ async def update_verification(
 async def require_cdd(conn: AsyncConnection, player_id: str, now: dt.datetime) -> None:
     await conn.execute(
         text(
-            "UPDATE compliance.players SET cdd_required = true, update_time = :now"
+            "UPDATE compliance.players SET cdd_required = true, update_time = :now,"
+            " version = version + 1"
+            " WHERE player_id = :p"
+        ),
+        {"p": player_id, "now": now},
+    )
+
+
+async def bump_version(conn: AsyncConnection, player_id: str, now: dt.datetime) -> None:
+    """Every change to what a check reads (the player row, their limits) bumps the version,
+    which invalidates cached copies of the state everywhere."""
+    await conn.execute(
+        text(
+            "UPDATE compliance.players SET version = version + 1, update_time = :now"
             " WHERE player_id = :p"
         ),
         {"p": player_id, "now": now},
@@ -182,6 +197,7 @@ async def write_limit(
             },
         )
     ).one()
+    await bump_version(conn, player_id, now)
     await conn.execute(
         text(
             "INSERT INTO compliance.limit_changes (player_id, kind, period, change,"
@@ -200,15 +216,35 @@ async def write_limit(
     return _limit(row)
 
 
-async def usage_since(conn: AsyncConnection, player_id: str, since: dt.datetime) -> list[Usage]:
+async def usage_totals(
+    conn: AsyncConnection, player_ids: list[str], now: dt.datetime
+) -> dict[str, UsageTotals]:
+    """Each player's counted usage summed per action over every limit period, in one query
+    (the rows never leave the database)."""
+    periods = list(Period)
+    columns = ", ".join(
+        f"sum(amount_minor) FILTER (WHERE at > :since_{i}) AS total_{i},"
+        f" min(at) FILTER (WHERE at > :since_{i}) AS oldest_{i}"
+        for i in range(len(periods))
+    )
+    params: dict[str, Any] = {f"since_{i}": now - p.length for i, p in enumerate(periods)}
+    longest = max(p.length for p in periods)
     rows = await conn.execute(
         text(
-            "SELECT action, amount_minor, at FROM compliance.usage"
-            " WHERE player_id = :p AND at > :since ORDER BY at"
+            f"SELECT player_id, action, {columns} FROM compliance.usage"
+            " WHERE player_id = ANY(:ids) AND at > :longest GROUP BY player_id, action"
         ),
-        {"p": player_id, "since": since},
+        {**params, "ids": player_ids, "longest": now - longest},
     )
-    return [Usage(r.action, r.amount_minor, r.at) for r in rows]
+    windows: dict[str, dict[tuple[str, Period], Window]] = {p: {} for p in player_ids}
+    for row in rows:
+        for i, period in enumerate(periods):
+            total = row._mapping[f"total_{i}"]
+            if total is not None:
+                windows[row.player_id][(row.action, period)] = Window(
+                    int(total), row._mapping[f"oldest_{i}"]
+                )
+    return {p: UsageTotals(w) for p, w in windows.items()}
 
 
 async def record_usage(
@@ -237,7 +273,8 @@ async def write_exclusion(
     await conn.execute(
         text(
             "UPDATE compliance.players SET excluded_until = :until,"
-            " excluded_indefinitely = :indefinite, exclusion_kind = :kind, update_time = :now"
+            " excluded_indefinitely = :indefinite, exclusion_kind = :kind, update_time = :now,"
+            " version = version + 1"
             " WHERE player_id = :p"
         ),
         {

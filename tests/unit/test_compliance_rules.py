@@ -69,7 +69,7 @@ def check(
         slots=slots,
         request_country=country,
         limits=list(limits),
-        usage=list(usage),
+        usage=rules.UsageTotals.of(list(usage), now),
         now=now,
         config=CONFIG,
     )
@@ -131,6 +131,10 @@ def test_loss_limit_counts_stakes_net_of_wins() -> None:
     ]
     assert check(Action.BET, 500, limits=loss, usage=usage).allow
     assert not check(Action.BET, 700, limits=loss, usage=usage).allow
+    # A rolled-back stake no longer counts as staked, nor as lost.
+    rolled_back = [*usage, Usage("ROLLBACK", 400, NOW - dt.timedelta(minutes=30))]
+    assert check(Action.BET, 1_000, limits=loss, usage=rolled_back).allow
+    assert not check(Action.BET, 1_001, limits=loss, usage=rolled_back).allow
 
 
 # Gates
@@ -157,7 +161,7 @@ def test_kyc_jurisdiction_and_cdd_gates() -> None:
         slots=False,
         request_country="GB",
         limits=[],
-        usage=[],
+        usage=rules.UsageTotals(),
         now=NOW,
         config=CONFIG,
     )
@@ -174,12 +178,15 @@ def test_slot_stake_cap_depends_on_age() -> None:
 
 
 def test_cdd_threshold_on_single_or_linked_deposits_in_24h() -> None:
-    usage = [Usage("DEPOSIT", 150_000, NOW - dt.timedelta(hours=5))]
-    assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 49_999, usage, NOW, CONFIG)
-    assert rules.crosses_cdd_threshold(Action.DEPOSIT, 50_000, usage, NOW, CONFIG)
-    old = [Usage("DEPOSIT", 150_000, NOW - dt.timedelta(hours=25))]
-    assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 50_000, old, NOW, CONFIG)
-    assert rules.crosses_cdd_threshold(Action.DEPOSIT, 200_000, [], NOW, CONFIG)
+    def totals(*entries: Usage) -> rules.UsageTotals:
+        return rules.UsageTotals.of(list(entries), NOW)
+
+    usage = totals(Usage("DEPOSIT", 150_000, NOW - dt.timedelta(hours=5)))
+    assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 49_999, usage, CONFIG)
+    assert rules.crosses_cdd_threshold(Action.DEPOSIT, 50_000, usage, CONFIG)
+    old = totals(Usage("DEPOSIT", 150_000, NOW - dt.timedelta(hours=25)))
+    assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 50_000, old, CONFIG)
+    assert rules.crosses_cdd_threshold(Action.DEPOSIT, 200_000, totals(), CONFIG)
 
 
 # Registration and exclusions
