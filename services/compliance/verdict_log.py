@@ -9,10 +9,11 @@ transaction that acts on it, to ``<schema>.verdicts``. What the log guarantees, 
   ``SET session_replication_role = replica``) can alter rows, and that is *detected* below.
 * **Gapless order.** Rows are numbered ``seq`` = 1, 2, 3... The one-row table
   ``<schema>.verdict_head`` holds the seq and hash of the last row; :func:`append` locks it
-  (``SELECT ... FOR UPDATE``), so appends serialise and numbers never skip. Triggers accept a
-  row only if it extends the head (seq = head seq + 1, prev_hash = head hash) and let the head
-  advance only by one, onto the row just appended, so not even a buggy appender holding the
-  service role's grants can fork or rewind the chain.
+  (``SELECT ... FOR UPDATE``), so appends serialise and numbers never skip; one append may
+  carry many verdicts (:func:`append_many`: a batch of decisions committed together). Triggers
+  accept a row only if it extends the chain's last row (seq = last seq + 1, prev_hash = last
+  hash) and let the head move only forward, onto the last row, so not even a buggy appender
+  holding the service role's grants can fork or rewind the chain.
 * **Hash chain.** This is a *linear* chain (not an RFC 6962 Merkle tree): an auditor re-runs
   the whole chain rather than checking inclusion proofs. Each row stores::
 
@@ -132,6 +133,60 @@ def _ident(name: str) -> str:
 # Schema
 
 
+def verdict_log_functions(schema: str) -> list[str]:
+    """The trigger functions guarding the chain, as CREATE OR REPLACE (a later migration
+    re-runs them to upgrade an existing log)."""
+    s = _ident(schema)
+    return [
+        f"""
+        CREATE OR REPLACE FUNCTION {s}.verdicts_refuse_change() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION '%.% is append-only', TG_TABLE_SCHEMA, TG_TABLE_NAME
+                USING ERRCODE = 'insufficient_privilege';
+        END $$
+        """,
+        # A row must extend the chain's last row, which is the head's row or one inserted
+        # earlier by the same statement (a row-level BEFORE trigger sees the rows its
+        # statement already inserted): a batch goes in with one INSERT.
+        f"""
+        CREATE OR REPLACE FUNCTION {s}.verdicts_extend_head() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            last_seq  bigint;
+            last_hash bytea;
+        BEGIN
+            SELECT v.seq, v.hash INTO last_seq, last_hash
+                FROM {s}.verdicts v ORDER BY v.seq DESC LIMIT 1;
+            IF NOT FOUND THEN
+                SELECT h.seq, h.hash INTO last_seq, last_hash FROM {s}.verdict_head h;
+            END IF;
+            IF last_seq IS NULL OR NEW.seq <> last_seq + 1 OR NEW.prev_hash <> last_hash THEN
+                RAISE EXCEPTION 'verdict seq % does not extend %.verdicts (last seq %)',
+                    NEW.seq, TG_TABLE_SCHEMA, last_seq
+                    USING ERRCODE = 'integrity_constraint_violation';
+            END IF;
+            RETURN NEW;
+        END $$
+        """,  # noqa: S608
+        f"""
+        CREATE OR REPLACE FUNCTION {s}.verdict_head_advance() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.seq <= OLD.seq
+                OR NOT EXISTS (
+                    SELECT 1 FROM {s}.verdicts v WHERE v.seq = NEW.seq AND v.hash = NEW.hash)
+                OR EXISTS (SELECT 1 FROM {s}.verdicts v WHERE v.seq > NEW.seq) THEN
+                RAISE EXCEPTION '%.verdict_head only moves forward, onto the last verdict',
+                    TG_TABLE_SCHEMA
+                    USING ERRCODE = 'integrity_constraint_violation';
+            END IF;
+            RETURN NEW;
+        END $$
+        """,  # noqa: S608
+    ]
+
+
 def verdict_log_ddl(schema: str, role: str) -> list[str]:
     """Statements creating the verdict log in ``schema`` for the service role ``role`` (for the
     service's Alembic migration, run as the owning admin role; the schema must exist and
@@ -164,41 +219,7 @@ def verdict_log_ddl(schema: str, role: str) -> list[str]:
         """,
         f"INSERT INTO {s}.verdict_head (id, seq, hash)"  # noqa: S608
         " VALUES (true, 0, decode(repeat('00', 32), 'hex'))",
-        f"""
-        CREATE FUNCTION {s}.verdicts_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            RAISE EXCEPTION '%.% is append-only', TG_TABLE_SCHEMA, TG_TABLE_NAME
-                USING ERRCODE = 'insufficient_privilege';
-        END $$
-        """,
-        f"""
-        CREATE FUNCTION {s}.verdicts_extend_head() RETURNS trigger LANGUAGE plpgsql AS $$
-        DECLARE
-            head_seq  bigint;
-            head_hash bytea;
-        BEGIN
-            SELECT h.seq, h.hash INTO head_seq, head_hash FROM {s}.verdict_head h;
-            IF NOT FOUND OR NEW.seq <> head_seq + 1 OR NEW.prev_hash <> head_hash THEN
-                RAISE EXCEPTION 'verdict seq % does not extend the head of %.verdicts (seq %)',
-                    NEW.seq, TG_TABLE_SCHEMA, head_seq
-                    USING ERRCODE = 'integrity_constraint_violation';
-            END IF;
-            RETURN NEW;
-        END $$
-        """,  # noqa: S608
-        f"""
-        CREATE FUNCTION {s}.verdict_head_advance() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.seq <> OLD.seq + 1 OR NOT EXISTS (
-                SELECT 1 FROM {s}.verdicts v WHERE v.seq = NEW.seq AND v.hash = NEW.hash
-            ) THEN
-                RAISE EXCEPTION '%.verdict_head only advances by one, onto the appended verdict',
-                    TG_TABLE_SCHEMA
-                    USING ERRCODE = 'integrity_constraint_violation';
-            END IF;
-            RETURN NEW;
-        END $$
-        """,  # noqa: S608
+        *verdict_log_functions(schema),
         f"""
         CREATE TRIGGER verdicts_append_only BEFORE UPDATE OR DELETE ON {s}.verdicts
             FOR EACH ROW EXECUTE FUNCTION {s}.verdicts_refuse_change()
@@ -381,61 +402,89 @@ def _stored(row: Sequence[Any]) -> StoredVerdict:
 
 
 async def append(conn: AsyncConnection, schema: str, verdict: Verdict) -> StoredVerdict:
-    """Append ``verdict`` in the caller's transaction (which the caller commits; the row exists
-    if and only if that transaction commits). Holds the head's row lock until then, so keep
-    the transaction short. Run it at READ COMMITTED (the default): under REPEATABLE READ or
-    SERIALIZABLE, concurrent appends fail with serialization errors the caller must retry.
+    """Append one verdict; see :func:`append_many`."""
+    (stored,) = await append_many(conn, schema, [verdict])
+    return stored
+
+
+async def append_many(
+    conn: AsyncConnection, schema: str, verdicts: Sequence[Verdict]
+) -> list[StoredVerdict]:
+    """Append ``verdicts``, in order, in the caller's transaction (which the caller commits;
+    the rows exist if and only if that transaction commits), in three round trips whatever
+    their number. Holds the head's row lock until then, so keep the transaction short. Run
+    it at READ COMMITTED (the default): under REPEATABLE READ or SERIALIZABLE, concurrent
+    appends fail with serialization errors the caller must retry.
 
     Raises ValueError for a malformed verdict, before touching the database; a duplicate
     ``verdict_id`` raises IntegrityError (unique violation) from the database.
 
-    The returned verdict carries ``reasons`` and ``inputs`` as jsonb normalised them, i.e.
+    The returned verdicts carry ``reasons`` and ``inputs`` as jsonb normalised them, i.e.
     exactly what :func:`get` returns and what the hash covers."""
-    _validate(verdict)
+    if not verdicts:
+        return []
+    for verdict in verdicts:
+        _validate(verdict)
     s = _ident(schema)
+    reasons_texts = [_json_text(v.reasons, "reasons") for v in verdicts]
+    inputs_texts = [_json_text(v.inputs, "inputs") for v in verdicts]
     # Lock the head, and let PostgreSQL normalise the JSON in the same round trip: the hash
     # must cover what jsonb will hand back to the verifier (e.g. 1e16 comes back as an int).
-    # The row stores the very same texts cast the same way, so it holds exactly these values.
-    reasons_text = _json_text(verdict.reasons, "reasons")
-    inputs_text = _json_text(verdict.inputs, "inputs")
-    json_casts = "CAST(:reasons AS jsonb) AS reasons, CAST(:inputs AS jsonb) AS inputs"
-    lock_head = f"SELECT seq, hash, {json_casts} FROM {s}.verdict_head FOR UPDATE"  # noqa: S608
+    # The rows store the very same texts cast the same way, so they hold exactly these values.
     locked = (
-        await conn.execute(text(lock_head), {"reasons": reasons_text, "inputs": inputs_text})
-    ).one_or_none()
-    if locked is None:
+        await conn.execute(
+            text(
+                f"SELECT h.seq, h.hash, CAST(n.r AS jsonb), CAST(n.i AS jsonb)"  # noqa: S608
+                f" FROM {s}.verdict_head h CROSS JOIN"
+                " unnest(CAST(:reasons AS text[]), CAST(:inputs AS text[]))"
+                " WITH ORDINALITY AS n(r, i, ord) ORDER BY n.ord FOR UPDATE OF h"
+            ),
+            {"reasons": reasons_texts, "inputs": inputs_texts},
+        )
+    ).all()
+    if not locked:
         raise RuntimeError(f"{s}.verdict_head has no row: the verdict log was not migrated")
-    head_seq, head_hash, reasons, inputs = locked
-    normalised = dataclasses.replace(verdict, reasons=reasons, inputs=inputs)
-    seq, prev_hash = int(head_seq) + 1, bytes(head_hash)
-    digest = leaf_hash(prev_hash, normalised)
+    seq, prev_hash = int(locked[0][0]), bytes(locked[0][1])
+    stored: list[StoredVerdict] = []
+    for verdict, (_, _, reasons, inputs) in zip(verdicts, locked, strict=True):
+        normalised = dataclasses.replace(verdict, reasons=reasons, inputs=inputs)
+        seq += 1
+        digest = leaf_hash(prev_hash, normalised)
+        stored.append(
+            StoredVerdict(**_verdict_fields(normalised), seq=seq, prev_hash=prev_hash, hash=digest)
+        )
+        prev_hash = digest
     await conn.execute(
         text(
-            f"INSERT INTO {s}.verdicts ({_COLUMNS}) VALUES (:seq, :verdict_id, :player_id,"  # noqa: S608
-            " :action, :decision, CAST(:reasons AS jsonb), CAST(:inputs AS jsonb),"
-            " :rule_version, :config_version, :caller, :create_time, :prev_hash, :hash)"
+            f"INSERT INTO {s}.verdicts ({_COLUMNS}) SELECT * FROM unnest("  # noqa: S608
+            " CAST(:seq AS bigint[]), CAST(:verdict_id AS uuid[]), CAST(:player_id AS text[]),"
+            " CAST(:action AS text[]), CAST(:decision AS text[]),"
+            " CAST(CAST(:reasons AS text[]) AS jsonb[]), CAST(CAST(:inputs AS text[]) AS jsonb[]),"
+            " CAST(:rule_version AS text[]), CAST(:config_version AS text[]),"
+            " CAST(:caller AS text[]), CAST(:create_time AS timestamptz[]),"
+            " CAST(:prev_hash AS bytea[]), CAST(:hash AS bytea[])) ORDER BY 1"
         ),
         {
-            "seq": seq,
-            "verdict_id": verdict.verdict_id,
-            "player_id": verdict.player_id,
-            "action": verdict.action,
-            "decision": verdict.decision,
-            "reasons": reasons_text,
-            "inputs": inputs_text,
-            "rule_version": verdict.rule_version,
-            "config_version": verdict.config_version,
-            "caller": verdict.caller,
-            "create_time": verdict.create_time,
-            "prev_hash": prev_hash,
-            "hash": digest,
+            "seq": [v.seq for v in stored],
+            "verdict_id": [v.verdict_id for v in stored],
+            "player_id": [v.player_id for v in stored],
+            "action": [v.action for v in stored],
+            "decision": [v.decision for v in stored],
+            "reasons": reasons_texts,
+            "inputs": inputs_texts,
+            "rule_version": [v.rule_version for v in stored],
+            "config_version": [v.config_version for v in stored],
+            "caller": [v.caller for v in stored],
+            "create_time": [v.create_time for v in stored],
+            "prev_hash": [v.prev_hash for v in stored],
+            "hash": [v.hash for v in stored],
         },
     )
     await conn.execute(
         text(f"UPDATE {s}.verdict_head SET seq = :seq, hash = :hash"),  # noqa: S608
-        {"seq": seq, "hash": digest},
+        {"seq": stored[-1].seq, "hash": stored[-1].hash},
     )
-    return StoredVerdict(**_verdict_fields(normalised), seq=seq, prev_hash=prev_hash, hash=digest)
+    return stored
 
 
 async def get(conn: AsyncConnection, schema: str, verdict_id: uuid.UUID) -> StoredVerdict | None:

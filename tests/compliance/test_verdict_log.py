@@ -35,6 +35,7 @@ from services.compliance.verdict_log import (
     Verdict,
     VerifyReport,
     append,
+    append_many,
     checkpoint,
     ensure_signing_key,
     get,
@@ -371,6 +372,48 @@ async def test_concurrent_appends_make_one_gapless_chain(
     report = await check(service, public_key)
     assert report.ok, report.render()
     assert report.rows_checked == 50
+
+
+async def test_batches_and_single_appends_interleave_into_one_chain(
+    log: str, service: AsyncEngine, public_key: Path
+) -> None:
+    """A batch of decisions goes in with one INSERT; concurrent batches and single appends
+    still make one gapless chain, and each batch's verdicts keep their order."""
+
+    async def batch(start: int) -> list[StoredVerdict]:
+        async with service.begin() as conn:
+            return await append_many(conn, SCHEMA, [make_verdict(start + i) for i in range(7)])
+
+    async def single(i: int) -> list[StoredVerdict]:
+        async with service.begin() as conn:
+            return [await append(conn, SCHEMA, make_verdict(i))]
+
+    results = await asyncio.gather(
+        *(batch(100 * k) for k in range(6)), *(single(1000 + i) for i in range(8))
+    )
+    stored = [v for result in results for v in result]
+    assert sorted(v.seq for v in stored) == list(range(1, 51))
+    for result in results:
+        seqs = [v.seq for v in result]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    async with service.connect() as conn:
+        assert await append_many(conn, SCHEMA, []) == []
+        for v in stored:
+            assert await get(conn, SCHEMA, v.verdict_id) == v
+    report = await check(service, public_key)
+    assert report.ok, report.render()
+    assert report.rows_checked == 50
+
+
+async def test_a_batch_with_one_bad_row_appends_nothing(log: str, service: AsyncEngine) -> None:
+    good = make_verdict(1)
+    with pytest.raises(ValueError):
+        async with service.begin() as conn:
+            await append_many(conn, SCHEMA, [good, make_verdict(2, decision="MAYBE")])
+    async with service.connect() as conn:
+        assert await get(conn, SCHEMA, good.verdict_id) is None
+    (first,) = await append_all(service, 1)
+    assert first.seq == 1
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,11 +1,14 @@
 """Checks: rolled-back stakes count in usage; a version on each player's state, bumped by
-every change, so a cached state is revalidated by a single number.
+every change, so a cached state is revalidated by a single number; the verdict log accepts a
+batch of verdicts in one INSERT.
 
 Revision ID: 0002
 Revises: 0001
 """
 
 from alembic import op
+
+from services.compliance.verdict_log import verdict_log_functions
 
 revision = "0002"
 down_revision = "0001"
@@ -20,6 +23,8 @@ def upgrade(*, role: str, schema: str) -> None:
         " CHECK (action IN ('DEPOSIT','BET','WIN','ROLLBACK'))"
     )
     op.execute(f"ALTER TABLE {schema}.players ADD COLUMN version bigint NOT NULL DEFAULT 1")
+    for statement in verdict_log_functions(schema):
+        op.execute(statement)
 
 
 def downgrade(*, role: str, schema: str) -> None:
