@@ -4,6 +4,7 @@ processes started from generated config files, all against the real PostgreSQL."
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,9 @@ from services.runtime.process import ServiceProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = ROOT / ".dev" / "secrets"
-TEST_DATABASE = "casino_test"
+# Recreated by every test session; concurrent sessions on one machine (a developer's run
+# beside CI's) each name their own.
+TEST_DATABASE = os.environ.get("CASINO_TEST_DATABASE", "casino_test")
 
 
 @dataclass(frozen=True)

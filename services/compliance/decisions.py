@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.compliance import rules, store, verdict_log
+from services.compliance.checks import ActionChecks, CheckRequest
 from services.compliance.rules import (
     Action,
     Applicant,
@@ -79,16 +80,6 @@ class Recorded:
     decision: Decision
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 class Compliance:
     def __init__(
         self,
@@ -103,6 +94,8 @@ class Compliance:
         self._register = register
         self._encode_excluded = encode_excluded
         self._now = clock
+        # Deposit, bet, withdrawal and game-launch checks: batched, with cached state.
+        self.checks = ActionChecks(engine, config, clock)
 
     async def _record(
         self,
@@ -124,7 +117,7 @@ class Compliance:
                 action=action.value,
                 decision=decision.verdict,
                 reasons=[{"reason": r.reason, "metadata": r.metadata} for r in decision.reasons],
-                inputs=_json_safe(inputs),
+                inputs=verdict_log.json_safe(inputs),
                 rule_version=rules.RULE_VERSION,
                 config_version=self._config.version,
                 caller=caller,
@@ -205,58 +198,18 @@ class Compliance:
         request_id: str,
         caller: str,
     ) -> Recorded:
-        now = self._now()
-        async with self._engine.begin() as conn:
-            state = await store.player(conn, player_id, lock=True)
-            limits = await store.limits(conn, player_id) if state else []
-            usage = (
-                (await store.usage_totals(conn, [player_id], now))[player_id]
-                if state
-                else rules.UsageTotals()
-            )
-            decision = rules.action_check(
-                state,
-                action,
+        checked = await self.checks.check(
+            CheckRequest(
+                player_id=player_id,
+                action=action,
                 amount_minor=amount_minor,
                 slots=slots,
                 request_country=request_country,
-                limits=limits,
-                usage=usage,
-                now=now,
-                config=self._config,
-            )
-            if decision.allow and action in (Action.DEPOSIT, Action.BET):
-                await store.record_usage(
-                    conn, player_id, request_id, action.value, amount_minor, now
-                )
-            cdd = (
-                state is not None
-                and decision.allow
-                and rules.crosses_cdd_threshold(action, amount_minor, usage, self._config)
-            )
-            if cdd:
-                # This action goes through; the next ones wait for due diligence.
-                await store.require_cdd(conn, player_id, now)
-            return await self._record(
-                conn,
-                player_id=player_id,
-                action=action,
-                decision=decision,
-                inputs={
-                    "amount_minor": amount_minor,
-                    "slots": slots,
-                    "request_country": request_country,
-                    "request_id": request_id,
-                    "state": asdict(state) if state else None,
-                    "limits": [asdict(limit) for limit in limits],
-                    "usage": {
-                        f"{a}/{p.value}": w.total_minor for (a, p), w in usage.windows.items()
-                    },
-                    "cdd_gate_set": cdd,
-                },
+                request_id=request_id,
                 caller=caller,
-                now=now,
             )
+        )
+        return Recorded(checked.verdict, checked.decision)
 
     async def _require_player(self, conn: AsyncConnection, player_id: str) -> rules.PlayerState:
         state = await store.player(conn, player_id, lock=True)

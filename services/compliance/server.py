@@ -321,5 +321,6 @@ async def build(runtime: ServiceRuntime) -> None:
         ComplianceService(compliance, settings),
         compliance_pb2_grpc.add_ComplianceServiceServicer_to_server,
     )
+    runtime.add_background(compliance.checks)
     if settings.outbox_relay:
         runtime.add_background(OutboxRelay(engine, "compliance", settings.amqp_url))

@@ -3,6 +3,7 @@ transaction boundary belongs to `decisions`."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -35,19 +36,14 @@ async def player(
     """The player's compliance state; with lock=True, FOR UPDATE: decisions about one player
     serialise, so two concurrent stakes cannot both fit under one limit."""
     row = (await conn.execute(_PLAYER_FOR_UPDATE if lock else _PLAYER, {"p": player_id})).first()
-    if row is None:
-        return None
+    return None if row is None else _player_state(row)
+
+
+def _player_state(row: Any) -> PlayerState:
+    """A players row as state: every selected column that is a PlayerState field."""
+    columns = row._mapping
     return PlayerState(
-        player_id=row.player_id,
-        birth_date=row.birth_date,
-        country=row.country,
-        name_verified=row.name_verified,
-        address_verified=row.address_verified,
-        birth_date_verified=row.birth_date_verified,
-        cdd_required=row.cdd_required,
-        excluded_until=row.excluded_until,
-        excluded_indefinitely=row.excluded_indefinitely,
-        exclusion_kind=row.exclusion_kind,
+        **{f.name: columns[f.name] for f in dataclasses.fields(PlayerState) if f.name in columns}
     )
 
 
@@ -292,3 +288,101 @@ async def write_exclusion(
         ),
         {"p": player_id, "k": exclusion.kind, "now": now, "until": exclusion.until},
     )
+
+
+# Batched reads and writes for action checks (services.compliance.checks).
+
+
+async def lock_versions(conn: AsyncConnection, player_ids: list[str]) -> dict[str, int]:
+    """Lock the players' rows, in id order, and read only their versions."""
+    rows = await conn.execute(
+        text(
+            "SELECT player_id, version FROM compliance.players WHERE player_id = ANY(:ids)"
+            " ORDER BY player_id FOR UPDATE"
+        ),
+        {"ids": player_ids},
+    )
+    return {r.player_id: r.version for r in rows}
+
+
+async def players(
+    conn: AsyncConnection, player_ids: list[str]
+) -> dict[str, tuple[int, PlayerState]]:
+    """The players' states with their versions (inside the caller's lock)."""
+    rows = await conn.execute(
+        text(
+            _PLAYER.text.replace("player_id = :p", "player_id = ANY(:ids)").replace(
+                "SELECT player_id,", "SELECT version, player_id,"
+            )
+        ),
+        {"ids": player_ids},
+    )
+    return {r.player_id: (r.version, _player_state(r)) for r in rows}
+
+
+async def limits_of(conn: AsyncConnection, player_ids: list[str]) -> dict[str, list[LimitState]]:
+    rows = await conn.execute(
+        text(
+            "SELECT player_id, kind, period, amount_minor, pending_minor, pending_requested_at,"
+            " update_time FROM compliance.limits WHERE player_id = ANY(:ids)"
+            " ORDER BY player_id, kind, period"
+        ),
+        {"ids": player_ids},
+    )
+    found: dict[str, list[LimitState]] = {}
+    for r in rows:
+        found.setdefault(r.player_id, []).append(_limit(r))
+    return found
+
+
+async def record_usages(
+    conn: AsyncConnection, entries: list[tuple[str, str, str, int]], at: dt.datetime
+) -> None:
+    """Count allowed deposits and stakes, (player_id, request_id, action, amount_minor) each,
+    once per request_id (a retried check is no new money)."""
+    await conn.execute(
+        text(
+            "INSERT INTO compliance.usage (player_id, request_id, action, amount_minor, at)"
+            " SELECT p, r, a, m, :at FROM unnest(CAST(:p AS text[]), CAST(:r AS text[]),"
+            " CAST(:a AS text[]), CAST(:m AS bigint[])) AS u(p, r, a, m)"
+            " ON CONFLICT DO NOTHING"
+        ),
+        {
+            "p": [e[0] for e in entries],
+            "r": [e[1] for e in entries],
+            "a": [e[2] for e in entries],
+            "m": [e[3] for e in entries],
+            "at": at,
+        },
+    )
+
+
+# Reality checks (services.compliance.reality).
+
+
+async def set_reality_check(
+    conn: AsyncConnection, player_id: str, minutes: int, now: dt.datetime
+) -> None:
+    await conn.execute(
+        text(
+            "UPDATE compliance.players SET reality_check_minutes = :m, update_time = :now,"
+            " version = version + 1 WHERE player_id = :p"
+        ),
+        {"m": minutes, "now": now, "p": player_id},
+    )
+
+
+async def session_totals(
+    conn: AsyncConnection, player_id: str, since: dt.datetime
+) -> dict[str, int]:
+    """The player's counted stakes, rolled-back stakes and wins since a session started,
+    summed per action in the database."""
+    rows = await conn.execute(
+        text(
+            "SELECT action, sum(amount_minor) AS total FROM compliance.usage"
+            " WHERE player_id = :p AND at >= :since AND action IN ('BET', 'WIN', 'ROLLBACK')"
+            " GROUP BY action"
+        ),
+        {"p": player_id, "since": since},
+    )
+    return {r.action: int(r.total) for r in rows}

@@ -73,7 +73,7 @@ import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -355,6 +355,17 @@ def _validate(verdict: Verdict) -> None:
             )
     if not isinstance(verdict.inputs, dict) or not all(isinstance(k, str) for k in verdict.inputs):
         raise ValueError("inputs must be a dict with string keys")
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with dates and times as ISO 8601 strings, for a verdict's inputs."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _json_text(value: object, name: str) -> str:

@@ -1,0 +1,296 @@
+"""Action checks (deposit, bet, withdrawal, game launch) decided in batches.
+
+Every check is a verdict appended to the hash-chained log, and the log's head is one row
+that every append locks until its transaction commits: decided one per transaction, checks
+would queue on that lock and the bet path would pay for every commit in front of it. So
+concurrent checks are coalesced: one worker takes what has queued up, decides all of it in
+one transaction (player rows locked in id order, their usage read in one query, usage
+recorded in one INSERT, the verdicts appended in one INSERT) and answers each check only
+after that commit. The decisions are exactly those of deciding the checks one after
+another: a player's second stake in a batch sees the first.
+
+What a check reads is small and mostly cached: the player's state row and limits are kept
+in memory with the row's version; each batch locks the rows and reads only their versions,
+and a state is reloaded only when its version moved (every change to a player or their
+limits bumps it, in whichever process or replica made it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.compliance import rules, store, verdict_log
+from services.compliance.rules import Action, ComplianceConfig, Decision, LimitKind
+
+log = structlog.get_logger()
+
+SCHEMA = "compliance"
+# Actions whose allowed amount counts against limits (and the CDD threshold).
+_COUNTED = {Action.DEPOSIT: "DEPOSIT", Action.BET: "BET"}
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    player_id: str
+    action: Action
+    amount_minor: int
+    slots: bool
+    request_country: str
+    request_id: str
+    caller: str
+
+
+@dataclass(frozen=True)
+class Checked:
+    verdict: verdict_log.StoredVerdict
+    decision: Decision
+
+
+@dataclass(frozen=True)
+class CachedState:
+    version: int
+    state: rules.PlayerState
+    limits: list[rules.LimitState]
+
+
+class StateCache:
+    """Players' check state by id, least recently used out first. Entries are only ever
+    trusted against the version read under the batch's row lock."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[str, CachedState] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, player_id: str, version: int) -> CachedState | None:
+        entry = self._entries.get(player_id)
+        if entry is None or entry.version != version:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(player_id)
+        self.hits += 1
+        return entry
+
+    def put(self, player_id: str, entry: CachedState) -> None:
+        self._entries[player_id] = entry
+        self._entries.move_to_end(player_id)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+
+def _needs_usage(request: CheckRequest, limits: list[rules.LimitState]) -> bool:
+    if request.action is Action.DEPOSIT:
+        return True  # the CDD threshold links deposits, whatever the limits
+    if request.action is Action.BET:
+        return any(limit.kind in (LimitKind.STAKE, LimitKind.LOSS) for limit in limits)
+    return False
+
+
+class ActionChecks:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        config: ComplianceConfig,
+        clock: Callable[[], dt.datetime],
+        *,
+        max_batch: int = 128,
+        cache_capacity: int = 100_000,
+    ) -> None:
+        self._engine = engine
+        self._config = config
+        self._now = clock
+        self._max_batch = max_batch
+        self.cache = StateCache(cache_capacity)
+        self._queue: asyncio.Queue[tuple[CheckRequest, asyncio.Future[Checked]]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """The batching worker, as a background worker of the service runtime."""
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._run(), name="compliance-checks")
+        await asyncio.shield(self._worker)
+
+    async def check(self, request: CheckRequest) -> Checked:
+        if self._worker is None or self._worker.done():
+            # Not (or no longer) running under the runtime: a dead worker must not leave
+            # checks hanging until their deadline.
+            self._worker = asyncio.create_task(self._run(), name="compliance-checks")
+        future: asyncio.Future[Checked] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((request, future))
+        # A caller that gives up does not cancel the decision: it is recorded either way.
+        return await asyncio.shield(future)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._settle(batch)
+
+    async def _settle(self, batch: list[tuple[CheckRequest, asyncio.Future[Checked]]]) -> None:
+        try:
+            results = await self._decide([request for request, _ in batch])
+        except DBAPIError as exc:
+            if len(batch) > 1 and not exc.connection_invalidated:
+                # Something in the batch, not the database, failed it: decide each alone so
+                # one bad check cannot fail the others.
+                log.warning("check batch failed; deciding singly", error=str(exc.orig))
+                for item in batch:
+                    await self._settle([item])
+                return
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except Exception as exc:  # answered to each caller by the RPC surface's error mapping
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    async def _states(self, conn: AsyncConnection, player_ids: list[str]) -> dict[str, CachedState]:
+        """Lock the players' rows (in id order: batches in other replicas lock in the same
+        order, so they cannot deadlock) and return their states, from the cache where the
+        version still matches."""
+        versions = await store.lock_versions(conn, player_ids)
+        states: dict[str, CachedState] = {}
+        stale = []
+        for player_id, version in versions.items():
+            cached = self.cache.get(player_id, version)
+            if cached is None:
+                stale.append(player_id)
+            else:
+                states[player_id] = cached
+        if stale:
+            loaded = await store.players(conn, stale)
+            limits = await store.limits_of(conn, stale)
+            for player_id in stale:
+                version, state = loaded[player_id]
+                entry = CachedState(version, state, limits.get(player_id, []))
+                self.cache.put(player_id, entry)
+                states[player_id] = entry
+        return states
+
+    async def _decide(self, requests: list[CheckRequest]) -> list[Checked]:
+        now = self._now()
+        config = self._config
+        async with self._engine.begin() as conn:
+            states = await self._states(conn, sorted({r.player_id for r in requests}))
+            wanted = sorted(
+                {
+                    r.player_id
+                    for r in requests
+                    if r.player_id in states and _needs_usage(r, states[r.player_id].limits)
+                }
+            )
+            usage = await store.usage_totals(conn, wanted, now) if wanted else {}
+            counted: list[tuple[str, str, str, int]] = []
+            counted_ids: set[tuple[str, str]] = set()
+            cdd_players: list[str] = []
+            verdicts: list[verdict_log.Verdict] = []
+            decisions: list[Decision] = []
+            for request in requests:
+                cached = states.get(request.player_id)
+                state = cached.state if cached else None
+                totals = usage.get(request.player_id, rules.UsageTotals())
+                decision = rules.action_check(
+                    state,
+                    request.action,
+                    amount_minor=request.amount_minor,
+                    slots=request.slots,
+                    request_country=request.request_country,
+                    limits=cached.limits if cached else [],
+                    usage=totals,
+                    now=now,
+                    config=config,
+                )
+                counted_action = _COUNTED.get(request.action)
+                key = (request.player_id, request.request_id)
+                if state is not None and decision.allow and counted_action:
+                    if key not in counted_ids:
+                        counted_ids.add(key)
+                        counted.append(
+                            (
+                                request.player_id,
+                                request.request_id,
+                                counted_action,
+                                request.amount_minor,
+                            )
+                        )
+                    usage[request.player_id] = totals.plus(
+                        rules.Usage(counted_action, request.amount_minor, now), now
+                    )
+                cdd = (
+                    state is not None
+                    and decision.allow
+                    and not state.cdd_required
+                    and request.player_id not in cdd_players
+                    and rules.crosses_cdd_threshold(
+                        request.action, request.amount_minor, totals, config
+                    )
+                )
+                if cdd:
+                    # This action goes through; the next ones wait for due diligence.
+                    cdd_players.append(request.player_id)
+                decisions.append(decision)
+                verdicts.append(
+                    verdict_log.Verdict(
+                        verdict_id=uuid.uuid4(),
+                        player_id=request.player_id,
+                        action=request.action.value,
+                        decision=decision.verdict,
+                        reasons=[
+                            {"reason": r.reason, "metadata": r.metadata} for r in decision.reasons
+                        ],
+                        inputs=_inputs(request, cached, totals, cdd),
+                        rule_version=rules.RULE_VERSION,
+                        config_version=config.version,
+                        caller=request.caller,
+                        create_time=now,
+                    )
+                )
+            if counted:
+                await store.record_usages(conn, counted, now)
+            for player_id in cdd_players:
+                await store.require_cdd(conn, player_id, now)
+            stored = await verdict_log.append_many(conn, SCHEMA, verdicts)
+        return [Checked(v, d) for v, d in zip(stored, decisions, strict=True)]
+
+
+def _inputs(
+    request: CheckRequest, cached: CachedState | None, totals: rules.UsageTotals, cdd: bool
+) -> dict[str, Any]:
+    return {
+        "amount_minor": request.amount_minor,
+        "slots": request.slots,
+        "request_country": request.request_country,
+        "request_id": request.request_id,
+        "state": verdict_log.json_safe(dataclasses.asdict(cached.state)) if cached else None,
+        "state_version": cached.version if cached else None,
+        "limits": verdict_log.json_safe([dataclasses.asdict(x) for x in cached.limits])
+        if cached
+        else [],
+        "usage": {f"{a}/{p.value}": w.total_minor for (a, p), w in totals.windows.items()},
+        "cdd_gate_set": cdd,
+    }
