@@ -64,6 +64,7 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -83,7 +84,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
@@ -176,7 +177,9 @@ def verdict_log_functions(schema: str) -> list[str]:
             IF NEW.seq <= OLD.seq
                 OR NOT EXISTS (
                     SELECT 1 FROM {s}.verdicts v WHERE v.seq = NEW.seq AND v.hash = NEW.hash)
-                OR EXISTS (SELECT 1 FROM {s}.verdicts v WHERE v.seq > NEW.seq) THEN
+                -- max() walks the primary key from its end; "EXISTS (... seq > NEW.seq)"
+                -- would scan the whole table under a generic plan.
+                OR NEW.seq <> (SELECT max(v.seq) FROM {s}.verdicts v) THEN
                 RAISE EXCEPTION '%.verdict_head only moves forward, onto the last verdict',
                     TG_TABLE_SCHEMA
                     USING ERRCODE = 'integrity_constraint_violation';
@@ -436,66 +439,107 @@ async def append_many(
         return []
     for verdict in verdicts:
         _validate(verdict)
-    s = _ident(schema)
-    reasons_texts = [_json_text(v.reasons, "reasons") for v in verdicts]
-    inputs_texts = [_json_text(v.inputs, "inputs") for v in verdicts]
-    # Lock the head, and let PostgreSQL normalise the JSON in the same round trip: the hash
-    # must cover what jsonb will hand back to the verifier (e.g. 1e16 comes back as an int).
-    # The rows store the very same texts cast the same way, so they hold exactly these values.
-    locked = (
-        await conn.execute(
-            text(
-                f"SELECT h.seq, h.hash, CAST(n.r AS jsonb), CAST(n.i AS jsonb)"  # noqa: S608
-                f" FROM {s}.verdict_head h CROSS JOIN"
-                " unnest(CAST(:reasons AS text[]), CAST(:inputs AS text[]))"
-                " WITH ORDINALITY AS n(r, i, ord) ORDER BY n.ord FOR UPDATE OF h"
-            ),
-            {"reasons": reasons_texts, "inputs": inputs_texts},
-        )
-    ).all()
-    if not locked:
-        raise RuntimeError(f"{s}.verdict_head has no row: the verdict log was not migrated")
-    seq, prev_hash = int(locked[0][0]), bytes(locked[0][1])
+    statements = _append_statements(_ident(schema))
+    if all(_jsonb_stable(v.inputs) for v in verdicts):
+        # What jsonb hands back equals what goes in (no floats, no non-string keys, no
+        # tuples): hash the values as they are.
+        head = (await conn.execute(statements.lock_head)).one_or_none()
+        normalised = list(verdicts)
+    else:
+        # Let PostgreSQL normalise the JSON while locking the head, in one round trip: the
+        # hash must cover what jsonb will hand back to the verifier (e.g. 1e16 comes back
+        # as an int).
+        rows = (
+            await conn.execute(
+                statements.lock_head_normalising,
+                {
+                    "reasons": [_json_text(v.reasons, "reasons") for v in verdicts],
+                    "inputs": [_json_text(v.inputs, "inputs") for v in verdicts],
+                },
+            )
+        ).all()
+        head = rows[0] if rows else None
+        normalised = [
+            dataclasses.replace(v, reasons=row[2], inputs=row[3])
+            for v, row in zip(verdicts, rows, strict=True)
+        ]
+    if head is None:
+        raise RuntimeError(f"{schema}.verdict_head has no row: the verdict log was not migrated")
+    seq, prev_hash = int(head[0]), bytes(head[1])
     stored: list[StoredVerdict] = []
-    for verdict, (_, _, reasons, inputs) in zip(verdicts, locked, strict=True):
-        normalised = dataclasses.replace(verdict, reasons=reasons, inputs=inputs)
+    for verdict in normalised:
         seq += 1
-        digest = leaf_hash(prev_hash, normalised)
+        digest = leaf_hash(prev_hash, verdict)
         stored.append(
-            StoredVerdict(**_verdict_fields(normalised), seq=seq, prev_hash=prev_hash, hash=digest)
+            StoredVerdict(**_verdict_fields(verdict), seq=seq, prev_hash=prev_hash, hash=digest)
         )
         prev_hash = digest
-    await conn.execute(
-        text(
-            f"INSERT INTO {s}.verdicts ({_COLUMNS}) SELECT * FROM unnest("  # noqa: S608
-            " CAST(:seq AS bigint[]), CAST(:verdict_id AS uuid[]), CAST(:player_id AS text[]),"
-            " CAST(:action AS text[]), CAST(:decision AS text[]),"
-            " CAST(CAST(:reasons AS text[]) AS jsonb[]), CAST(CAST(:inputs AS text[]) AS jsonb[]),"
-            " CAST(:rule_version AS text[]), CAST(:config_version AS text[]),"
-            " CAST(:caller AS text[]), CAST(:create_time AS timestamptz[]),"
-            " CAST(:prev_hash AS bytea[]), CAST(:hash AS bytea[])) ORDER BY 1"
-        ),
+    # One JSON document for the whole batch: encoded by the json module in C and decoded by
+    # PostgreSQL, where a list per column would be dumped element by element.
+    batch = [
         {
-            "seq": [v.seq for v in stored],
-            "verdict_id": [v.verdict_id for v in stored],
-            "player_id": [v.player_id for v in stored],
-            "action": [v.action for v in stored],
-            "decision": [v.decision for v in stored],
-            "reasons": reasons_texts,
-            "inputs": inputs_texts,
-            "rule_version": [v.rule_version for v in stored],
-            "config_version": [v.config_version for v in stored],
-            "caller": [v.caller for v in stored],
-            "create_time": [v.create_time for v in stored],
-            "prev_hash": [v.prev_hash for v in stored],
-            "hash": [v.hash for v in stored],
-        },
-    )
-    await conn.execute(
-        text(f"UPDATE {s}.verdict_head SET seq = :seq, hash = :hash"),  # noqa: S608
-        {"seq": stored[-1].seq, "hash": stored[-1].hash},
-    )
+            "seq": v.seq,
+            "verdict_id": str(v.verdict_id),
+            "player_id": v.player_id,
+            "action": v.action,
+            "decision": v.decision,
+            "reasons": v.reasons,
+            "inputs": v.inputs,
+            "rule_version": v.rule_version,
+            "config_version": v.config_version,
+            "caller": v.caller,
+            "create_time": _utc_iso(v.create_time),
+            "prev_hash": v.prev_hash.hex(),
+            "hash": v.hash.hex(),
+        }
+        for v in stored
+    ]
+    await conn.execute(statements.insert, {"rows": _json_text(batch, "verdicts")})
+    await conn.execute(statements.advance_head, {"seq": stored[-1].seq, "hash": stored[-1].hash})
     return stored
+
+
+class _AppendStatements(NamedTuple):
+    lock_head: TextClause
+    lock_head_normalising: TextClause
+    insert: TextClause
+    advance_head: TextClause
+
+
+@functools.cache
+def _append_statements(s: str) -> _AppendStatements:
+    """Built once per schema (building a text clause parses it)."""
+    return _AppendStatements(
+        lock_head=text(f"SELECT seq, hash FROM {s}.verdict_head FOR UPDATE"),  # noqa: S608
+        lock_head_normalising=text(
+            f"SELECT h.seq, h.hash, CAST(n.r AS jsonb), CAST(n.i AS jsonb)"  # noqa: S608
+            f" FROM {s}.verdict_head h CROSS JOIN"
+            " unnest(CAST(:reasons AS text[]), CAST(:inputs AS text[]))"
+            " WITH ORDINALITY AS n(r, i, ord) ORDER BY n.ord FOR UPDATE OF h"
+        ),
+        insert=text(
+            f"INSERT INTO {s}.verdicts ({_COLUMNS}) SELECT r.seq, r.verdict_id, r.player_id,"  # noqa: S608
+            " r.action, r.decision, r.reasons, r.inputs, r.rule_version, r.config_version,"
+            " r.caller, r.create_time, decode(r.prev_hash, 'hex'), decode(r.hash, 'hex')"
+            " FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(seq bigint, verdict_id uuid,"
+            " player_id text, action text, decision text, reasons jsonb, inputs jsonb,"
+            " rule_version text, config_version text, caller text, create_time timestamptz,"
+            " prev_hash text, hash text) ORDER BY r.seq"
+        ),
+        advance_head=text(
+            f"UPDATE {s}.verdict_head SET seq = :seq, hash = :hash"  # noqa: S608
+        ),
+    )
+
+
+def _jsonb_stable(value: Any) -> bool:
+    """Does jsonb hand ``value`` back unchanged? Not floats (1e16 comes back an int), not
+    non-string keys (they come back strings), not tuples (they come back lists)."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _jsonb_stable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_jsonb_stable(v) for v in value)
+    return value is None or isinstance(value, str | int)
 
 
 async def get(conn: AsyncConnection, schema: str, verdict_id: uuid.UUID) -> StoredVerdict | None:

@@ -45,9 +45,11 @@ from services.compliance.verdict_log import (
     write_checkpoint,
 )
 from services.runtime.secrets import SecretFileError
+from tests.conftest import TEST_DATABASE
 
 ROOT = Path(__file__).resolve().parents[2]
-DATABASE = "casino_verdict_test"
+# Beside the session's test database (its own name per concurrent session).
+DATABASE = f"{TEST_DATABASE}_verdicts"
 SCHEMA = "compliance"
 ROLE = "casino_compliance"
 ADMIN = "postgres"  # trust authentication on loopback
@@ -403,6 +405,27 @@ async def test_batches_and_single_appends_interleave_into_one_chain(
     report = await check(service, public_key)
     assert report.ok, report.render()
     assert report.rows_checked == 50
+
+
+async def test_values_jsonb_keeps_as_they_are_are_hashed_as_given(
+    log: str, service: AsyncEngine, public_key: Path
+) -> None:
+    """Inputs without floats, tuples or non-string keys skip the normalising round trip;
+    what is stored still reads back, and verifies, exactly as hashed."""
+    plain = {
+        "amount_minor": 10**20,
+        "flags": [True, False, None],
+        "nested": {"b": [1, {"z": 'naïve ✓ "quoted" \\ slash'}], "a": ""},
+    }
+    verdicts = [make_verdict(i, inputs={**plain, "i": i}) for i in range(5)]
+    async with service.begin() as conn:
+        stored = await append_many(conn, SCHEMA, verdicts)
+    assert [v.inputs for v in stored] == [v.inputs for v in verdicts]
+    async with service.connect() as conn:
+        for v in stored:
+            assert await get(conn, SCHEMA, v.verdict_id) == v
+    report = await check(service, public_key)
+    assert report.ok, report.render()
 
 
 async def test_a_batch_with_one_bad_row_appends_nothing(log: str, service: AsyncEngine) -> None:
