@@ -12,8 +12,9 @@ transaction that acts on it, to ``<schema>.verdicts``. What the log guarantees, 
   (``SELECT ... FOR UPDATE``), so appends serialise and numbers never skip; one append may
   carry many verdicts (:func:`append_many`: a batch of decisions committed together). Triggers
   accept a row only if it extends the chain's last row (seq = last seq + 1, prev_hash = last
-  hash) and let the head move only forward, onto the last row, so not even a buggy appender
-  holding the service role's grants can fork or rewind the chain.
+  hash), move the head onto the last row at the end of every INSERT, and let the head move
+  only forward, onto the last row, so not even a buggy appender holding the service role's
+  grants can fork or rewind the chain.
 * **Hash chain.** This is a *linear* chain (not an RFC 6962 Merkle tree): an auditor re-runs
   the whole chain rather than checking inclusion proofs. Each row stores::
 
@@ -187,6 +188,22 @@ def verdict_log_functions(schema: str) -> list[str]:
             RETURN NEW;
         END $$
         """,  # noqa: S608
+        # The head follows every INSERT statement onto its last row, inside the statement:
+        # no appender has to (or can forget to) move it.
+        f"""
+        CREATE OR REPLACE FUNCTION {s}.verdicts_move_head() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE {s}.verdict_head h SET seq = last.seq, hash = last.hash
+                FROM (SELECT v.seq, v.hash FROM {s}.verdicts v ORDER BY v.seq DESC LIMIT 1) last
+                WHERE h.seq <> last.seq;
+            RETURN NULL;
+        END $$
+        """,  # noqa: S608
+        f"""
+        CREATE OR REPLACE TRIGGER verdicts_move_head AFTER INSERT ON {s}.verdicts
+            FOR EACH STATEMENT EXECUTE FUNCTION {s}.verdicts_move_head()
+        """,
     ]
 
 
@@ -425,7 +442,7 @@ async def append_many(
     conn: AsyncConnection, schema: str, verdicts: Sequence[Verdict]
 ) -> list[StoredVerdict]:
     """Append ``verdicts``, in order, in the caller's transaction (which the caller commits;
-    the rows exist if and only if that transaction commits), in three round trips whatever
+    the rows exist if and only if that transaction commits), in two round trips whatever
     their number. Holds the head's row lock until then, so keep the transaction short. Run
     it at READ COMMITTED (the default): under REPEATABLE READ or SERIALIZABLE, concurrent
     appends fail with serialization errors the caller must retry.
@@ -495,7 +512,6 @@ async def append_many(
         for v in stored
     ]
     await conn.execute(statements.insert, {"rows": _json_text(batch, "verdicts")})
-    await conn.execute(statements.advance_head, {"seq": stored[-1].seq, "hash": stored[-1].hash})
     return stored
 
 
@@ -503,7 +519,6 @@ class _AppendStatements(NamedTuple):
     lock_head: TextClause
     lock_head_normalising: TextClause
     insert: TextClause
-    advance_head: TextClause
 
 
 @functools.cache
@@ -525,9 +540,6 @@ def _append_statements(s: str) -> _AppendStatements:
             " player_id text, action text, decision text, reasons jsonb, inputs jsonb,"
             " rule_version text, config_version text, caller text, create_time timestamptz,"
             " prev_hash text, hash text) ORDER BY r.seq"
-        ),
-        advance_head=text(
-            f"UPDATE {s}.verdict_head SET seq = :seq, hash = :hash"  # noqa: S608
         ),
     )
 
