@@ -27,13 +27,27 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.compliance import rules, store, verdict_log
-from services.compliance.rules import Action, ComplianceConfig, Decision, LimitKind
+from services.compliance.policy import Policy
+from services.compliance.rules import Action, Decision, LimitKind
+from services.runtime.errors import DomainError, InvalidArgument
 
 log = structlog.get_logger()
+
+CHECK_BATCH = Histogram(
+    "casino_compliance_check_batch_size",
+    "Action checks decided together in one transaction.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+STATE_CACHE = Counter(
+    "casino_compliance_state_cache_total",
+    "Player states looked up for checks: hit (version unchanged) or miss (loaded).",
+    ["result"],
+)
 
 SCHEMA = "compliance"
 # Actions whose allowed amount counts against limits (and the CDD threshold).
@@ -49,6 +63,8 @@ class CheckRequest:
     request_country: str
     request_id: str
     caller: str
+    # The amount's currency; must be the player's jurisdiction's (may be empty for 0).
+    currency: str = ""
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,19 @@ class CachedState:
     version: int
     state: rules.PlayerState
     limits: list[rules.LimitState]
+    # As recorded in each verdict's inputs (built once per version, not once per check).
+    recorded: dict[str, Any]
+
+    @classmethod
+    def of(
+        cls, version: int, state: rules.PlayerState, limits: list[rules.LimitState]
+    ) -> CachedState:
+        recorded = {
+            "state": verdict_log.json_safe(dataclasses.asdict(state)),
+            "state_version": version,
+            "limits": verdict_log.json_safe([dataclasses.asdict(x) for x in limits]),
+        }
+        return cls(version, state, limits, recorded)
 
 
 class StateCache:
@@ -71,16 +100,14 @@ class StateCache:
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
         self._entries: OrderedDict[str, CachedState] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, player_id: str, version: int) -> CachedState | None:
         entry = self._entries.get(player_id)
         if entry is None or entry.version != version:
-            self.misses += 1
+            STATE_CACHE.labels("miss").inc()
             return None
         self._entries.move_to_end(player_id)
-        self.hits += 1
+        STATE_CACHE.labels("hit").inc()
         return entry
 
     def put(self, player_id: str, entry: CachedState) -> None:
@@ -102,14 +129,15 @@ class ActionChecks:
     def __init__(
         self,
         engine: AsyncEngine,
-        config: ComplianceConfig,
+        policy: Policy,
         clock: Callable[[], dt.datetime],
         *,
         max_batch: int = 128,
         cache_capacity: int = 100_000,
     ) -> None:
         self._engine = engine
-        self._config = config
+        # Which configuration (jurisdiction) and flagged rules apply to each player.
+        self._policy = policy
         self._now = clock
         self._max_batch = max_batch
         self.cache = StateCache(cache_capacity)
@@ -146,6 +174,7 @@ class ActionChecks:
             await self._settle(batch)
 
     async def _settle(self, batch: list[tuple[CheckRequest, asyncio.Future[Checked]]]) -> None:
+        CHECK_BATCH.observe(len(batch))
         try:
             results = await self._decide([request for request, _ in batch])
         except DBAPIError as exc:
@@ -166,7 +195,11 @@ class ActionChecks:
                     future.set_exception(exc)
             return
         for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
+            if future.done():
+                continue
+            if isinstance(result, DomainError):
+                future.set_exception(result)
+            else:
                 future.set_result(result)
 
     async def _states(self, conn: AsyncConnection, player_ids: list[str]) -> dict[str, CachedState]:
@@ -187,14 +220,13 @@ class ActionChecks:
             limits = await store.limits_of(conn, stale)
             for player_id in stale:
                 version, state = loaded[player_id]
-                entry = CachedState(version, state, limits.get(player_id, []))
+                entry = CachedState.of(version, state, limits.get(player_id, []))
                 self.cache.put(player_id, entry)
                 states[player_id] = entry
         return states
 
-    async def _decide(self, requests: list[CheckRequest]) -> list[Checked]:
+    async def _decide(self, requests: list[CheckRequest]) -> list[Checked | DomainError]:
         now = self._now()
-        config = self._config
         async with self._engine.begin() as conn:
             states = await self._states(conn, sorted({r.player_id for r in requests}))
             wanted = sorted(
@@ -210,9 +242,22 @@ class ActionChecks:
             cdd_players: list[str] = []
             verdicts: list[verdict_log.Verdict] = []
             decisions: list[Decision] = []
-            for request in requests:
+            refused: dict[int, DomainError] = {}
+            for i, request in enumerate(requests):
                 cached = states.get(request.player_id)
                 state = cached.state if cached else None
+                # The player's jurisdiction (its configuration) and the flagged rules on
+                # for them.
+                policy = self._policy.for_player(state)
+                config = policy.config
+                amount_given = request.amount_minor or request.currency
+                if state is not None and amount_given and request.currency != config.currency:
+                    # Bad input: no decision, nothing counted, nothing recorded.
+                    refused[i] = InvalidArgument(
+                        "amount.currency_code",
+                        f"this player's amounts are checked in {config.currency}",
+                    )
+                    continue
                 totals = usage.get(request.player_id, rules.UsageTotals())
                 decision = rules.action_check(
                     state,
@@ -224,6 +269,7 @@ class ActionChecks:
                     usage=totals,
                     now=now,
                     config=config,
+                    enabled_rules=policy.enabled_rules,
                 )
                 counted_action = _COUNTED.get(request.action)
                 key = (request.player_id, request.request_id)
@@ -263,7 +309,7 @@ class ActionChecks:
                         reasons=[
                             {"reason": r.reason, "metadata": r.metadata} for r in decision.reasons
                         ],
-                        inputs=_inputs(request, cached, totals, cdd),
+                        inputs={**_inputs(request, cached, totals, cdd), **policy.inputs()},
                         rule_version=rules.RULE_VERSION,
                         config_version=config.version,
                         caller=request.caller,
@@ -274,8 +320,12 @@ class ActionChecks:
                 await store.record_usages(conn, counted, now)
             for player_id in cdd_players:
                 await store.require_cdd(conn, player_id, now)
-            stored = await verdict_log.append_many(conn, SCHEMA, verdicts)
-        return [Checked(v, d) for v, d in zip(stored, decisions, strict=True)]
+            stored = iter(await verdict_log.append_many(conn, SCHEMA, verdicts))
+        answers = iter(decisions)
+        return [
+            refused[i] if i in refused else Checked(next(stored), next(answers))
+            for i in range(len(requests))
+        ]
 
 
 def _inputs(
@@ -286,11 +336,7 @@ def _inputs(
         "slots": request.slots,
         "request_country": request.request_country,
         "request_id": request.request_id,
-        "state": verdict_log.json_safe(dataclasses.asdict(cached.state)) if cached else None,
-        "state_version": cached.version if cached else None,
-        "limits": verdict_log.json_safe([dataclasses.asdict(x) for x in cached.limits])
-        if cached
-        else [],
+        **(cached.recorded if cached else {"state": None, "limits": []}),
         "usage": {f"{a}/{p.value}": w.total_minor for (a, p), w in totals.windows.items()},
         "cdd_gate_set": cdd,
     }

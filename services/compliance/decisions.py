@@ -14,8 +14,9 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.compliance import rules, store, verdict_log
+from services.compliance import flags, reality, rules, store, verdict_log
 from services.compliance.checks import ActionChecks, CheckRequest
+from services.compliance.policy import Policy
 from services.compliance.rules import (
     Action,
     Applicant,
@@ -27,7 +28,7 @@ from services.compliance.rules import (
     Reason,
 )
 from services.runtime.call import current_call
-from services.runtime.errors import Code, DomainError
+from services.runtime.errors import Code, DomainError, InvalidArgument
 from services.runtime.outbox import Event, enqueue
 
 SCHEMA = "compliance"
@@ -78,6 +79,8 @@ EncodeExcluded = Callable[[str, str, rules.Exclusion, uuid.UUID], bytes]
 class Recorded:
     verdict: verdict_log.StoredVerdict
     decision: Decision
+    # The jurisdiction whose configuration decided (None: not about a player's).
+    jurisdiction: rules.Jurisdiction | None = None
 
 
 class Compliance:
@@ -88,14 +91,19 @@ class Compliance:
         register: NationalRegister,
         encode_excluded: EncodeExcluded,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        *,
+        policy: Policy | None = None,
     ) -> None:
         self._engine = engine
         self._config = config
         self._register = register
         self._encode_excluded = encode_excluded
         self._now = clock
+        # Per-jurisdiction configuration and rule flags (default: `config` everywhere, every
+        # flagged rule at its registry default).
+        self.policy = policy or Policy(config, {})
         # Deposit, bet, withdrawal and game-launch checks: batched, with cached state.
-        self.checks = ActionChecks(engine, config, clock)
+        self.checks = ActionChecks(engine, self.policy, clock)
 
     async def _record(
         self,
@@ -107,7 +115,13 @@ class Compliance:
         inputs: dict[str, Any],
         caller: str,
         now: dt.datetime,
+        jurisdiction: rules.Jurisdiction | None = None,
     ) -> Recorded:
+        """Append the verdict; a decision about a player records their jurisdiction and is
+        versioned with its configuration."""
+        config = jurisdiction.config if jurisdiction else self._config
+        if jurisdiction is not None:
+            inputs = {**inputs, "jurisdiction": jurisdiction.code}
         stored = await verdict_log.append(
             conn,
             SCHEMA,
@@ -119,12 +133,12 @@ class Compliance:
                 reasons=[{"reason": r.reason, "metadata": r.metadata} for r in decision.reasons],
                 inputs=verdict_log.json_safe(inputs),
                 rule_version=rules.RULE_VERSION,
-                config_version=self._config.version,
+                config_version=config.version,
                 caller=caller,
                 create_time=now,
             ),
         )
-        return Recorded(stored, decision)
+        return Recorded(stored, decision, jurisdiction)
 
     async def check_registration(
         self, applicant: Applicant, request_country: str, caller: str
@@ -143,6 +157,7 @@ class Compliance:
             timeout=None if remaining is None else max(remaining * 0.6, 0.05),
         )
         now = self._now()
+        jurisdiction = self.policy.jurisdiction(applicant.country)
         async with self._engine.begin() as conn:
             lookalike = await store.excluded_lookalike(conn, applicant, now)
             decision = rules.registration(
@@ -152,7 +167,7 @@ class Compliance:
                 excluded_internally=lookalike,
                 register_status=answer.status,
                 register_request_id=answer.request_id or answer.detail,
-                config=self._config,
+                config=jurisdiction.config,
             )
             return await self._record(
                 conn,
@@ -171,6 +186,7 @@ class Compliance:
                 },
                 caller=caller,
                 now=now,
+                jurisdiction=jurisdiction,
             )
 
     async def enrol(self, player_id: str, applicant: Applicant, caller: str) -> Recorded:
@@ -185,6 +201,7 @@ class Compliance:
                 inputs={"applicant": asdict(applicant)},
                 caller=caller,
                 now=now,
+                jurisdiction=self.policy.jurisdiction(applicant.country),
             )
 
     async def check_action(
@@ -197,6 +214,7 @@ class Compliance:
         request_country: str,
         request_id: str,
         caller: str,
+        currency: str = "",
     ) -> Recorded:
         checked = await self.checks.check(
             CheckRequest(
@@ -207,6 +225,7 @@ class Compliance:
                 request_country=request_country,
                 request_id=request_id,
                 caller=caller,
+                currency=currency,
             )
         )
         return Recorded(checked.verdict, checked.decision)
@@ -227,10 +246,11 @@ class Compliance:
         cdd_cleared: bool,
         verified_by: str,
         caller: str,
+        affordability_assessed: bool = False,
     ) -> Recorded:
         now = self._now()
         async with self._engine.begin() as conn:
-            await self._require_player(conn, player_id)
+            state = await self._require_player(conn, player_id)
             await store.update_verification(
                 conn,
                 player_id,
@@ -239,6 +259,7 @@ class Compliance:
                 birth_date=birth_date,
                 cdd_cleared=cdd_cleared,
                 now=now,
+                affordability_assessed=affordability_assessed,
             )
             return await self._record(
                 conn,
@@ -250,10 +271,12 @@ class Compliance:
                     "address": address,
                     "birth_date": birth_date,
                     "cdd_cleared": cdd_cleared,
+                    "affordability_assessed": affordability_assessed,
                     "verified_by": verified_by,
                 },
                 caller=caller,
                 now=now,
+                jurisdiction=self.policy.jurisdiction(state.country),
             )
 
     async def _change_limit(
@@ -262,11 +285,18 @@ class Compliance:
         kind: LimitKind,
         period: Period,
         caller: str,
-        change: Callable[[LimitState | None, dt.datetime], rules.LimitChange],
+        change: Callable[[LimitState | None, dt.datetime, ComplianceConfig], rules.LimitChange],
+        currency: str | None = None,
     ) -> tuple[LimitState, Recorded]:
         now = self._now()
         async with self._engine.begin() as conn:
-            await self._require_player(conn, player_id)
+            state = await self._require_player(conn, player_id)
+            jurisdiction = self.policy.jurisdiction(state.country)
+            if currency is not None and currency != jurisdiction.config.currency:
+                raise InvalidArgument(
+                    "amount.currency_code",
+                    f"this player's limits are in {jurisdiction.config.currency}",
+                )
             current = next(
                 (
                     limit
@@ -275,7 +305,7 @@ class Compliance:
                 ),
                 None,
             )
-            changed = change(current, now)
+            changed = change(current, now, jurisdiction.config)
             limit = await store.write_limit(conn, player_id, kind, period, changed, now)
             recorded = await self._record(
                 conn,
@@ -290,35 +320,49 @@ class Compliance:
                 },
                 caller=caller,
                 now=now,
+                jurisdiction=jurisdiction,
             )
         return limit, recorded
 
     async def set_limit(
-        self, player_id: str, kind: LimitKind, period: Period, amount_minor: int, caller: str
+        self,
+        player_id: str,
+        kind: LimitKind,
+        period: Period,
+        amount_minor: int,
+        caller: str,
+        currency: str | None = None,
     ) -> tuple[LimitState, Recorded]:
         return await self._change_limit(
             player_id,
             kind,
             period,
             caller,
-            lambda current, now: rules.set_limit(current, amount_minor, now),
+            lambda current, now, _: rules.set_limit(current, amount_minor, now),
+            currency,
         )
 
     async def confirm_increase(
         self, player_id: str, kind: LimitKind, period: Period, caller: str
     ) -> tuple[LimitState, Recorded]:
-        cooling_off = dt.timedelta(hours=self._config.limit_cooling_off_hours)
         return await self._change_limit(
             player_id,
             kind,
             period,
             caller,
-            lambda current, now: rules.confirm_increase(current, now, cooling_off),
+            lambda current, now, config: rules.confirm_increase(
+                current, now, dt.timedelta(hours=config.limit_cooling_off_hours)
+            ),
         )
 
-    async def limits(self, player_id: str) -> list[LimitState]:
+    async def limits(self, player_id: str) -> tuple[list[LimitState], rules.Jurisdiction]:
+        """The player's limits, and the jurisdiction whose currency and cooling-off they
+        are shown in."""
         async with self._engine.connect() as conn:
-            return await store.limits(conn, player_id)
+            state = await store.player(conn, player_id)
+            limits = await store.limits(conn, player_id)
+        country = state.country if state else ""
+        return limits, self.policy.jurisdiction(country)
 
     @property
     def cooling_off(self) -> dt.timedelta:
@@ -336,13 +380,14 @@ class Compliance:
         now = self._now()
         async with self._engine.begin() as conn:
             state = await self._require_player(conn, player_id)
+            jurisdiction = self.policy.jurisdiction(state.country)
             exclusion = rules.exclude(
                 state,
                 timeout_hours=timeout_hours,
                 self_exclusion_days=self_exclusion_days,
                 indefinite=indefinite,
                 now=now,
-                config=self._config,
+                config=jurisdiction.config,
             )
             await store.write_exclusion(conn, player_id, exclusion, now)
             event_id = uuid.uuid4()
@@ -374,8 +419,113 @@ class Compliance:
                 },
                 caller=caller,
                 now=now,
+                jurisdiction=jurisdiction,
             )
         return exclusion, recorded
+
+    # Reality checks.
+
+    async def set_reality_check(
+        self, player_id: str, interval_minutes: int, caller: str
+    ) -> tuple[int, Recorded]:
+        now = self._now()
+        async with self._engine.begin() as conn:
+            state = await self._require_player(conn, player_id)
+            jurisdiction = self.policy.jurisdiction(state.country)
+            minutes = reality.chosen_interval(interval_minutes, jurisdiction.config)
+            await store.set_reality_check(conn, player_id, minutes, now)
+            recorded = await self._record(
+                conn,
+                player_id=player_id,
+                action=Action.REALITY_CHECK_CHANGE,
+                decision=Decision(True, []),
+                inputs={"before": state.reality_check_minutes, "after": minutes},
+                caller=caller,
+                now=now,
+                jurisdiction=jurisdiction,
+            )
+        return minutes, recorded
+
+    async def reality_check(
+        self, player_id: str, session_start: dt.datetime
+    ) -> tuple[reality.RealityCheck, rules.Jurisdiction]:
+        """A read: nothing is decided, so no verdict."""
+        now = self._now()
+        async with self._engine.connect() as conn:
+            state = await store.player(conn, player_id)
+            if state is None:
+                raise PlayerUnknown(player_id)
+            jurisdiction = self.policy.jurisdiction(state.country)
+            start = reality.session_start(session_start, now, jurisdiction.config)
+            totals = await store.session_totals(conn, player_id, start)
+        check = reality.reality_check(
+            state, start, reality.SessionPlay.of(totals), now, jurisdiction.config
+        )
+        return check, jurisdiction
+
+    # Rule flags.
+
+    async def set_rule_flag(
+        self,
+        rule: str,
+        *,
+        enabled: bool,
+        rollout_percent: int,
+        countries: tuple[str, ...],
+        operator_id: str,
+        reason: str,
+        caller: str,
+    ) -> tuple[flags.RuleFlag, Recorded, str]:
+        """Change a flag, its history, the NOTIFY to other replicas and the verdict in one
+        transaction; then this replica's snapshot at once. Returns the snapshot version."""
+        flags.known_rule(rule)
+        if not 0 <= rollout_percent <= 100:
+            raise InvalidArgument("rollout_percent", "rollout_percent is 0 to 100")
+        now = self._now()
+        async with self._engine.begin() as conn:
+            before = {f.rule: f for f in await flags.read_flags(conn)}.get(rule)
+            flag = await flags.write_flag(
+                conn,
+                rule,
+                enabled=enabled,
+                rollout_percent=rollout_percent,
+                countries=countries,
+                updated_by=operator_id,
+                reason=reason,
+                now=now,
+            )
+            recorded = await self._record(
+                conn,
+                player_id=None,
+                action=Action.RULE_FLAG_CHANGE,
+                decision=Decision(True, []),
+                inputs={
+                    "rule": rule,
+                    "before": asdict(before) if before else None,
+                    "after": asdict(flag),
+                    "operator_id": operator_id,
+                    "reason": reason,
+                },
+                caller=caller,
+                now=now,
+            )
+        version = ""
+        if self.policy.flags is not None:
+            try:
+                version = (await self.policy.flags.refresh("change")).version
+            except Exception:
+                # Committed; the poll and the notification will bring it in.
+                version = self.policy.flags.snapshot.version
+        return flag, recorded, version
+
+    async def rule_flags(self) -> tuple[list[flags.RuleFlag], str]:
+        """Every registered rule's flag as stored (or its default), and the version of the
+        snapshot this replica decides with."""
+        async with self._engine.connect() as conn:
+            stored = await flags.read_flags(conn)
+        listed = flags.Snapshot.of(stored)
+        in_force = self.policy.flags.snapshot if self.policy.flags is not None else listed
+        return [listed.flags[rule] for rule in sorted(listed.flags)], in_force.version
 
     async def explain(self, verdict_id: uuid.UUID) -> verdict_log.StoredVerdict | None:
         async with self._engine.connect() as conn:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,11 @@ class Action(enum.StrEnum):
     EXCLUSION = "EXCLUSION"
     KYC_UPDATE = "KYC_UPDATE"
     ENROLMENT = "ENROLMENT"
+    REALITY_CHECK_CHANGE = "REALITY_CHECK_CHANGE"
+    RULE_FLAG_CHANGE = "RULE_FLAG_CHANGE"
+    # AML transaction monitoring (services.compliance.monitoring) and its case handling.
+    AML_MONITORING = "AML_MONITORING"
+    AML_ALERT_CLOSE = "AML_ALERT_CLOSE"
 
 
 class LimitKind(enum.StrEnum):
@@ -66,9 +72,21 @@ class ComplianceConfig:
     young_adult_max_age: int = 24
     # Customer due diligence: single or linked (rolling 24 h) deposits at or above this.
     cdd_threshold_minor: int = 200_000
+    # Reality checks (RTS 13): the interval a player may choose, the default when they have
+    # not, and how old a game session's start may be when its check data is asked for.
+    reality_check_default_minutes: int = 60
+    reality_check_min_minutes: int = 10
+    reality_check_max_minutes: int = 120
+    reality_check_max_session_hours: int = 24
+    # Affordability (UKGC financial vulnerability / affordability checks; behind the
+    # AFFORDABILITY flag): rolling-30-day deposits at or above this need an assessment no
+    # older than the validity period.
+    affordability_threshold_minor: int = 200_000
+    affordability_assessment_valid_days: int = 180
 
-    @property
+    @functools.cached_property
     def version(self) -> str:
+        # Cached: a frozen config never changes, and every verdict records its version.
         canonical = json.dumps(asdict(self), sort_keys=True).encode()
         return "config/" + hashlib.sha256(canonical).hexdigest()[:12]
 
@@ -149,6 +167,11 @@ class PlayerState:
     excluded_until: dt.datetime | None
     excluded_indefinitely: bool
     exclusion_kind: str | None  # TIMEOUT | SELF_EXCLUSION
+    reality_check_minutes: int | None = None  # None: the jurisdiction's default
+    affordability_assessed_at: dt.datetime | None = None
+    # Set by an AML rule (fast large spend on a new account) until an officer closes the
+    # alert: no new money in, no play.
+    play_hold: bool = False
 
     def excluded_at(self, now: dt.datetime) -> bool:
         return self.excluded_indefinitely or (
@@ -240,9 +263,12 @@ def action_check(
     usage: UsageTotals,
     now: dt.datetime,
     config: ComplianceConfig,
+    enabled_rules: frozenset[str] = frozenset(),
 ) -> Decision:
     """Deposit, bet, withdrawal or game launch. Every failing rule is listed, not just the
-    first, so the player sees all that stands in the way."""
+    first, so the player sees all that stands in the way. A rule shipped behind a flag
+    (FLAGGED_CHECK_RULES) applies only when named in `enabled_rules`: the caller evaluates
+    the flags for this player, so this stays pure."""
     if state is None:
         return Decision(False, [Reason("PLAYER_UNKNOWN")])
     reasons: list[Reason] = []
@@ -269,6 +295,11 @@ def action_check(
             reasons.append(Reason("JURISDICTION_BLOCKED", {"country": country}))
     if state.cdd_required:
         reasons.append(Reason("CDD_REQUIRED"))
+    if state.play_hold and action in (Action.DEPOSIT, Action.BET, Action.GAME_LAUNCH):
+        # Withdrawals stay possible under an AML hold: the hold stops further play and new
+        # money while the case is reviewed; holding a player's own funds needs a legal basis
+        # (a consent request to the authorities) that is the officer's call, not a rule's.
+        reasons.append(Reason("AML_HOLD"))
 
     for limit in limits:
         if limit.amount_minor is None:
@@ -302,7 +333,62 @@ def action_check(
         cap = config.young_adult_slot_stake_cap_minor if young else config.slot_stake_cap_minor
         if amount_minor > cap:
             reasons.append(Reason("STAKE_CAP_EXCEEDED", {"cap_minor": str(cap)}))
+    if AFFORDABILITY in enabled_rules and action is Action.DEPOSIT:
+        affordability = affordability_check(state, amount_minor, usage, now, config)
+        if affordability is not None:
+            reasons.append(affordability)
     return Decision(not reasons, reasons)
+
+
+# Rules shipped behind a flag (services.compliance.flags holds their registry).
+AFFORDABILITY = "AFFORDABILITY"
+FLAGGED_CHECK_RULES: tuple[str, ...] = (AFFORDABILITY,)
+
+
+def affordability_check(
+    state: PlayerState,
+    amount_minor: int,
+    usage: UsageTotals,
+    now: dt.datetime,
+    config: ComplianceConfig,
+) -> Reason | None:
+    """UKGC financial vulnerability / affordability: a deposit taking the rolling 30 days'
+    deposits to the threshold waits for an assessment of what the player can afford, unless
+    one was made within its validity period."""
+    used = usage.total("DEPOSIT", Period.MONTH)
+    if used + amount_minor < config.affordability_threshold_minor:
+        return None
+    assessed = state.affordability_assessed_at
+    valid = dt.timedelta(days=config.affordability_assessment_valid_days)
+    if assessed is not None and now - assessed <= valid:
+        return None
+    return Reason(
+        "AFFORDABILITY_CHECK_REQUIRED",
+        {
+            "threshold_minor": str(config.affordability_threshold_minor),
+            "used_minor": str(used),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class Jurisdiction:
+    """The rules a player lives under: their country of residence's configuration, or the
+    default one for a country without its own."""
+
+    code: str  # the country code, or DEFAULT
+    config: ComplianceConfig
+
+
+DEFAULT_JURISDICTION = "DEFAULT"
+
+
+def jurisdiction_of(
+    country: str, default: ComplianceConfig, jurisdictions: dict[str, ComplianceConfig]
+) -> Jurisdiction:
+    if country in jurisdictions:
+        return Jurisdiction(country, jurisdictions[country])
+    return Jurisdiction(DEFAULT_JURISDICTION, default)
 
 
 def crosses_cdd_threshold(

@@ -17,14 +17,22 @@ import grpc
 from casino.common.v1 import money_pb2
 from casino.compliance.v1 import compliance_pb2 as pb
 from casino.compliance.v1 import compliance_pb2_grpc, events_pb2
-from services.compliance import rules, verdict_log
+from services.compliance import flags, rules, verdict_log
+from services.compliance.aml import AmlAlert, AmlConfig
+from services.compliance.cases import AmlCases
 from services.compliance.decisions import Compliance, Recorded
+from services.compliance.flags import RuleFlags
+from services.compliance.fx import EurConverter
+from services.compliance.monitoring import Monitoring, MonitoringConsumer
+from services.compliance.policy import Policy
 from services.compliance.register import SelfExclusionRegister
+from services.compliance.rules import ComplianceConfig
 from services.runtime.call import authenticated_caller
-from services.runtime.config import domain_config
+from services.runtime.config import ConfigError, domain_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.messages import timestamp
 from services.runtime.outbox import OutboxRelay
+from services.runtime.pagination import decode_page_token, encode_page_token, page_size
 from services.runtime.server import ServiceRuntime
 
 
@@ -41,6 +49,21 @@ class ComplianceSettings:
     checkpoint_dir: Path = Path(".dev/checkpoints")
     outbox_relay: bool = True
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # AML transaction monitoring: consume the wallet's events from this durable queue (its
+    # dead letters go to "<queue>.dead"). Off: checks are unaffected, events wait queued.
+    monitoring: bool = True
+    monitoring_queue: str = "compliance.monitoring"
+    monitoring_prefetch: int = 32
+    aml: AmlConfig = field(default_factory=AmlConfig)
+    # Price of one major unit of each currency in EUR, as decimal strings. A currency
+    # without a rate is never guessed: its events are dead-lettered.
+    fx_to_eur: dict[str, str] = field(default_factory=lambda: {"EUR": "1"})
+    # Per jurisdiction, by ISO 3166-1 alpha-2 country of residence; a player from a country
+    # not listed here lives under `rules`. Each table starts from the UKGC defaults of
+    # rules.ComplianceConfig (not from `rules`): write out every value that differs.
+    jurisdictions: dict[str, ComplianceConfig] = field(default_factory=dict)
+    # Safety-net re-read of the rule flags (changes arrive by NOTIFY within milliseconds).
+    flags_poll_seconds: float = 5.0
 
 
 _DECISION = {"ALLOW": pb.DECISION_ALLOW, "DENY": pb.DECISION_DENY, "RECORDED": pb.DECISION_RECORDED}
@@ -159,18 +182,19 @@ def encode_excluded(
 
 
 class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
-    def __init__(self, compliance: Compliance, settings: ComplianceSettings) -> None:
+    def __init__(
+        self, compliance: Compliance, settings: ComplianceSettings, *, cases: AmlCases
+    ) -> None:
         self._compliance = compliance
         self._settings = settings
+        self._cases = cases
         self._signer: verdict_log.CheckpointSigner | None = None
 
     def _amount(self, money: money_pb2.Money) -> int:
+        """The amount; its currency is checked against the player's jurisdiction where the
+        player is known (in `decisions`)."""
         if money.amount_minor < 0:
             raise InvalidArgument("amount.amount_minor", "amount must not be negative")
-        if money.amount_minor and money.currency_code != self._settings.rules.currency:
-            raise InvalidArgument(
-                "amount.currency_code", f"amounts are checked in {self._settings.rules.currency}"
-            )
         return money.amount_minor
 
     async def CheckRegistration(
@@ -204,6 +228,7 @@ class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
             request_country=_country("request_country_code", request.request_country_code),
             request_id=_required("request_id", request.request_id),
             caller=authenticated_caller(),
+            currency=request.amount.currency_code,
         )
         return pb.CheckActionResponse(verdict=_verdict(recorded))
 
@@ -218,11 +243,15 @@ class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
             cdd_cleared=request.cdd_cleared,
             verified_by=_required("verified_by", request.verified_by),
             caller=authenticated_caller(),
+            affordability_assessed=request.affordability_assessed,
         )
         return pb.UpdateVerificationResponse(verdict=_verdict(recorded))
 
-    def _limit(self, limit: rules.LimitState) -> pb.Limit:
-        return limit_message(limit, self._settings.rules.currency, self._compliance.cooling_off)
+    def _limit(self, limit: rules.LimitState, jurisdiction: rules.Jurisdiction | None) -> pb.Limit:
+        config = jurisdiction.config if jurisdiction else self._settings.rules
+        return limit_message(
+            limit, config.currency, dt.timedelta(hours=config.limit_cooling_off_hours)
+        )
 
     async def SetLimit(
         self, request: pb.SetLimitRequest, context: grpc.aio.ServicerContext
@@ -233,8 +262,11 @@ class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
             _enum(_PERIOD, request.period, "period"),
             self._amount(request.amount),
             authenticated_caller(),
+            currency=request.amount.currency_code,
         )
-        return pb.SetLimitResponse(limit=self._limit(limit), verdict=_verdict(recorded))
+        return pb.SetLimitResponse(
+            limit=self._limit(limit, recorded.jurisdiction), verdict=_verdict(recorded)
+        )
 
     async def ConfirmLimitIncrease(
         self, request: pb.ConfirmLimitIncreaseRequest, context: grpc.aio.ServicerContext
@@ -245,13 +277,17 @@ class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
             _enum(_PERIOD, request.period, "period"),
             authenticated_caller(),
         )
-        return pb.ConfirmLimitIncreaseResponse(limit=self._limit(limit), verdict=_verdict(recorded))
+        return pb.ConfirmLimitIncreaseResponse(
+            limit=self._limit(limit, recorded.jurisdiction), verdict=_verdict(recorded)
+        )
 
     async def ListLimits(
         self, request: pb.ListLimitsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListLimitsResponse:
-        limits = await self._compliance.limits(_required("player_id", request.player_id))
-        return pb.ListLimitsResponse(limits=[self._limit(limit) for limit in limits])
+        limits, jurisdiction = await self._compliance.limits(
+            _required("player_id", request.player_id)
+        )
+        return pb.ListLimitsResponse(limits=[self._limit(limit, jurisdiction) for limit in limits])
 
     async def Exclude(
         self, request: pb.ExcludeRequest, context: grpc.aio.ServicerContext
@@ -305,6 +341,156 @@ class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
             checkpoint=str(written) if written else "",
         )
 
+    # Rule flags.
+
+    async def SetRuleFlag(
+        self, request: pb.SetRuleFlagRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetRuleFlagResponse:
+        flag, recorded, version = await self._compliance.set_rule_flag(
+            _required("rule", request.rule),
+            enabled=request.enabled,
+            rollout_percent=(
+                request.rollout_percent if request.HasField("rollout_percent") else 100
+            ),
+            countries=tuple(sorted({_country("country_codes", c) for c in request.country_codes})),
+            operator_id=_required("operator_id", request.operator_id),
+            reason=request.reason.strip()[:500],
+            caller=authenticated_caller(),
+        )
+        return pb.SetRuleFlagResponse(
+            flag=rule_flag_message(flag), verdict=_verdict(recorded), snapshot_version=version
+        )
+
+    async def ListRuleFlags(
+        self, request: pb.ListRuleFlagsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRuleFlagsResponse:
+        listed, version = await self._compliance.rule_flags()
+        return pb.ListRuleFlagsResponse(
+            flags=[rule_flag_message(f) for f in listed], snapshot_version=version
+        )
+
+    # Reality checks.
+
+    async def SetRealityCheck(
+        self, request: pb.SetRealityCheckRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetRealityCheckResponse:
+        minutes, recorded = await self._compliance.set_reality_check(
+            _required("player_id", request.player_id),
+            request.interval_minutes,
+            authenticated_caller(),
+        )
+        return pb.SetRealityCheckResponse(interval_minutes=minutes, verdict=_verdict(recorded))
+
+    async def GetRealityCheck(
+        self, request: pb.GetRealityCheckRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetRealityCheckResponse:
+        if not request.HasField("session_start_time"):
+            raise InvalidArgument("session_start_time", "session_start_time is required")
+        check, jurisdiction = await self._compliance.reality_check(
+            _required("player_id", request.player_id),
+            request.session_start_time.ToDatetime(dt.UTC),
+        )
+        currency = jurisdiction.config.currency
+        response = pb.GetRealityCheckResponse(
+            interval_minutes=check.interval_minutes,
+            session_start_time=timestamp(check.session_start),
+            staked=money_pb2.Money(amount_minor=check.play.staked_minor, currency_code=currency),
+            won=money_pb2.Money(amount_minor=check.play.won_minor, currency_code=currency),
+            net_position=money_pb2.Money(amount_minor=check.play.net_minor, currency_code=currency),
+            next_check_time=timestamp(check.next_check_time),
+        )
+        response.time_played.FromTimedelta(check.time_played)
+        return response
+
+    async def ListAmlAlerts(
+        self, request: pb.ListAmlAlertsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAmlAlertsResponse:
+        size = page_size(request.page_size)
+        status = _ALERT_STATUS_NAME.get(request.status)
+        if request.status and status is None:
+            raise InvalidArgument("status", "unknown alert status")
+        player = request.player_id.strip() or None
+        filters = {"player": player, "status": status}
+        after = decode_page_token(request.page_token, filters)
+        before = None
+        if after:
+            try:
+                before = (dt.datetime.fromisoformat(after[0]), uuid.UUID(after[1]))
+            except (ValueError, IndexError):
+                raise InvalidArgument("page_token", "page_token is corrupt") from None
+        rows = await self._cases.list(
+            player_id=player, status=status, before=before, limit=size + 1
+        )
+        page, more = rows[:size], len(rows) > size
+        token = ""
+        if more:
+            last = page[-1]
+            token = encode_page_token(filters, [last.opened_at.isoformat(), str(last.alert_id)])
+        return pb.ListAmlAlertsResponse(
+            alerts=[aml_alert_message(a) for a in page], next_page_token=token
+        )
+
+    async def CloseAmlAlert(
+        self, request: pb.CloseAmlAlertRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CloseAmlAlertResponse:
+        alert, verdict = await self._cases.close(
+            _required("name", request.name),
+            resolution=_required("resolution", request.resolution),
+            operator_id=_required("operator_id", request.operator_id),
+            caller=authenticated_caller(),
+        )
+        return pb.CloseAmlAlertResponse(
+            alert=aml_alert_message(alert), verdict=verdict_message(verdict)
+        )
+
+
+def rule_flag_message(flag: flags.RuleFlag) -> pb.RuleFlag:
+    message = pb.RuleFlag(
+        rule=flag.rule,
+        description=flags.REGISTRY[flag.rule].description,
+        enabled=flag.enabled,
+        rollout_percent=flag.rollout_percent,
+        country_codes=list(flag.countries),
+        version=flag.version,
+        updated_by=flag.updated_by,
+    )
+    if flag.update_time is not None:
+        message.update_time.CopyFrom(timestamp(flag.update_time))
+    return message
+
+
+def _jurisdictions(settings: ComplianceSettings) -> dict[str, rules.ComplianceConfig]:
+    for country in settings.jurisdictions:
+        if not _COUNTRY.match(country):
+            raise ConfigError(
+                f"compliance.jurisdictions.{country}: a jurisdiction is an ISO 3166-1"
+                " alpha-2 country code"
+            )
+    return settings.jurisdictions
+
+
+_ALERT_STATUS_NAME = {pb.AML_ALERT_STATUS_OPEN: "OPEN", pb.AML_ALERT_STATUS_CLOSED: "CLOSED"}
+_ALERT_STATUS = {v: k for k, v in _ALERT_STATUS_NAME.items()}
+
+
+def aml_alert_message(alert: AmlAlert) -> pb.AmlAlert:
+    message = pb.AmlAlert(
+        name=alert.name,
+        player_id=alert.player_id,
+        alert_id=str(alert.alert_id),
+        rule=alert.rule,
+        status=_ALERT_STATUS[alert.status],
+        action=alert.action,
+        evidence_json=json.dumps(alert.evidence, sort_keys=True),
+        open_time=timestamp(alert.opened_at),
+        update_time=timestamp(alert.updated_at),
+        closed_by=alert.closed_by or "",
+        resolution=alert.resolution or "",
+    )
+    if alert.closed_at is not None:
+        message.close_time.CopyFrom(timestamp(alert.closed_at))
+    return message
+
 
 async def build(runtime: ServiceRuntime) -> None:
     settings = domain_config(runtime.config, ComplianceSettings)
@@ -315,12 +501,37 @@ async def build(runtime: ServiceRuntime) -> None:
         settings.register_api_key_file,
         timeout=settings.register_timeout_seconds,
     )
-    compliance = Compliance(engine, settings.rules, register, encode_excluded)
+    rule_flags = RuleFlags(engine, poll_seconds=settings.flags_poll_seconds)
+    # Not ready until the flags have been read once: checks fail closed until then.
+    runtime.readiness.add_probe("rule_flags", rule_flags.ready)
+    policy = Policy(settings.rules, _jurisdictions(settings), rule_flags)
+    compliance = Compliance(engine, settings.rules, register, encode_excluded, policy=policy)
     runtime.add_service(
         pb.DESCRIPTOR.services_by_name["ComplianceService"],
-        ComplianceService(compliance, settings),
+        ComplianceService(compliance, settings, cases=AmlCases(engine, settings.aml)),
         compliance_pb2_grpc.add_ComplianceServiceServicer_to_server,
     )
     runtime.add_background(compliance.checks)
+    runtime.add_background(rule_flags)
     if settings.outbox_relay:
         runtime.add_background(OutboxRelay(engine, "compliance", settings.amqp_url))
+    if settings.monitoring:
+        jurisdictions = _jurisdictions(settings)
+        monitoring = Monitoring(
+            engine,
+            settings.aml,
+            EurConverter(settings.fx_to_eur),
+            # Wins offset stakes in the currency the player's limits are kept in.
+            usage_currency=lambda state: (
+                rules.jurisdiction_of(state.country, settings.rules, jurisdictions).config.currency
+            ),
+            rule_enabled=rule_flags.enabled,
+        )
+        runtime.add_background(
+            MonitoringConsumer(
+                monitoring,
+                settings.amqp_url,
+                settings.monitoring_queue,
+                prefetch=settings.monitoring_prefetch,
+            )
+        )

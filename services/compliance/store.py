@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+import uuid
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.compliance.aml import Activity, AmlAlert
 from services.compliance.rules import (
     Applicant,
     Exclusion,
@@ -24,7 +27,8 @@ from services.compliance.rules import (
 
 _PLAYER = text(
     "SELECT player_id, birth_date, country, name_verified, address_verified,"
-    " birth_date_verified, cdd_required, excluded_until, excluded_indefinitely, exclusion_kind"
+    " birth_date_verified, cdd_required, excluded_until, excluded_indefinitely, exclusion_kind,"
+    " play_hold, reality_check_minutes, affordability_assessed_at"
     " FROM compliance.players WHERE player_id = :p"
 )
 _PLAYER_FOR_UPDATE = text(_PLAYER.text + " FOR UPDATE")
@@ -99,18 +103,30 @@ async def update_verification(
     birth_date: bool,
     cdd_cleared: bool,
     now: dt.datetime,
+    affordability_assessed: bool = False,
 ) -> None:
-    """Verification only ever adds: a flag set stays set; CDD clears only explicitly."""
+    """Verification only ever adds: a flag set stays set; CDD clears only explicitly. An
+    affordability assessment is dated now (it is valid for a configured period)."""
     await conn.execute(
         text(
             "UPDATE compliance.players SET name_verified = name_verified OR :n,"
             " address_verified = address_verified OR :a,"
             " birth_date_verified = birth_date_verified OR :b,"
             " cdd_required = cdd_required AND NOT :cdd, update_time = :now,"
+            " affordability_assessed_at = CASE WHEN :afford THEN :now"
+            "   ELSE affordability_assessed_at END,"
             " version = version + 1"
             " WHERE player_id = :p"
         ),
-        {"n": name, "a": address, "b": birth_date, "cdd": cdd_cleared, "now": now, "p": player_id},
+        {
+            "n": name,
+            "a": address,
+            "b": birth_date,
+            "cdd": cdd_cleared,
+            "afford": affordability_assessed,
+            "now": now,
+            "p": player_id,
+        },
     )
 
 
@@ -212,29 +228,32 @@ async def write_limit(
     return _limit(row)
 
 
+_PERIODS = list(Period)
+_USAGE_TOTALS = text(
+    "SELECT player_id, action, "
+    + ", ".join(
+        f"sum(amount_minor) FILTER (WHERE at > :since_{i}) AS total_{i},"
+        f" min(at) FILTER (WHERE at > :since_{i}) AS oldest_{i}"
+        for i in range(len(_PERIODS))
+    )
+    + " FROM compliance.usage WHERE player_id = ANY(:ids) AND at > :longest"
+    " GROUP BY player_id, action"
+)
+
+
 async def usage_totals(
     conn: AsyncConnection, player_ids: list[str], now: dt.datetime
 ) -> dict[str, UsageTotals]:
     """Each player's counted usage summed per action over every limit period, in one query
     (the rows never leave the database)."""
-    periods = list(Period)
-    columns = ", ".join(
-        f"sum(amount_minor) FILTER (WHERE at > :since_{i}) AS total_{i},"
-        f" min(at) FILTER (WHERE at > :since_{i}) AS oldest_{i}"
-        for i in range(len(periods))
-    )
-    params: dict[str, Any] = {f"since_{i}": now - p.length for i, p in enumerate(periods)}
-    longest = max(p.length for p in periods)
+    params: dict[str, Any] = {f"since_{i}": now - p.length for i, p in enumerate(_PERIODS)}
+    longest = max(p.length for p in _PERIODS)
     rows = await conn.execute(
-        text(
-            f"SELECT player_id, action, {columns} FROM compliance.usage"
-            " WHERE player_id = ANY(:ids) AND at > :longest GROUP BY player_id, action"
-        ),
-        {**params, "ids": player_ids, "longest": now - longest},
+        _USAGE_TOTALS, {**params, "ids": player_ids, "longest": now - longest}
     )
     windows: dict[str, dict[tuple[str, Period], Window]] = {p: {} for p in player_ids}
     for row in rows:
-        for i, period in enumerate(periods):
+        for i, period in enumerate(_PERIODS):
             total = row._mapping[f"total_{i}"]
             if total is not None:
                 windows[row.player_id][(row.action, period)] = Window(
@@ -293,15 +312,21 @@ async def write_exclusion(
 # Batched reads and writes for action checks (services.compliance.checks).
 
 
+_LOCK_VERSIONS = text(
+    "SELECT player_id, version FROM compliance.players WHERE player_id = ANY(:ids)"
+    " ORDER BY player_id FOR UPDATE"
+)
+_RECORD_USAGES = text(
+    "INSERT INTO compliance.usage (player_id, request_id, action, amount_minor, at)"
+    " SELECT p, r, a, m, :at FROM unnest(CAST(:p AS text[]), CAST(:r AS text[]),"
+    " CAST(:a AS text[]), CAST(:m AS bigint[])) AS u(p, r, a, m)"
+    " ON CONFLICT DO NOTHING"
+)
+
+
 async def lock_versions(conn: AsyncConnection, player_ids: list[str]) -> dict[str, int]:
     """Lock the players' rows, in id order, and read only their versions."""
-    rows = await conn.execute(
-        text(
-            "SELECT player_id, version FROM compliance.players WHERE player_id = ANY(:ids)"
-            " ORDER BY player_id FOR UPDATE"
-        ),
-        {"ids": player_ids},
-    )
+    rows = await conn.execute(_LOCK_VERSIONS, {"ids": player_ids})
     return {r.player_id: r.version for r in rows}
 
 
@@ -341,12 +366,7 @@ async def record_usages(
     """Count allowed deposits and stakes, (player_id, request_id, action, amount_minor) each,
     once per request_id (a retried check is no new money)."""
     await conn.execute(
-        text(
-            "INSERT INTO compliance.usage (player_id, request_id, action, amount_minor, at)"
-            " SELECT p, r, a, m, :at FROM unnest(CAST(:p AS text[]), CAST(:r AS text[]),"
-            " CAST(:a AS text[]), CAST(:m AS bigint[])) AS u(p, r, a, m)"
-            " ON CONFLICT DO NOTHING"
-        ),
+        _RECORD_USAGES,
         {
             "p": [e[0] for e in entries],
             "r": [e[1] for e in entries],
@@ -386,3 +406,232 @@ async def session_totals(
         {"p": player_id, "since": since},
     )
     return {r.action: int(r.total) for r in rows}
+
+
+# AML monitoring (services.compliance.monitoring, services.compliance.cases).
+
+
+async def mark_event_processed(conn: AsyncConnection, event_id: uuid.UUID) -> bool:
+    """False when the event was processed before (a redelivery): then nothing else is done.
+    A concurrent first delivery waits here on the key until the other commits."""
+    result = await conn.execute(
+        text(
+            "INSERT INTO compliance.processed_events (event_id) VALUES (:e)"
+            " ON CONFLICT (event_id) DO NOTHING RETURNING 1"
+        ),
+        {"e": event_id},
+    )
+    return result.first() is not None
+
+
+async def record_activity(
+    conn: AsyncConnection,
+    player_id: str,
+    activity: Activity,
+    *,
+    amount_minor: int,
+    currency: str,
+) -> None:
+    await conn.execute(
+        text(
+            "INSERT INTO compliance.activity (player_id, event_id, kind, amount_minor,"
+            " currency, amount_eur_minor, instrument, withdrawal_id, at)"
+            " VALUES (:p, :e, :k, :m, :c, :eur, :i, :w, :at) ON CONFLICT DO NOTHING"
+        ),
+        {
+            "p": player_id,
+            "e": uuid.UUID(activity.event_id),
+            "k": activity.kind,
+            "m": amount_minor,
+            "c": currency,
+            "eur": activity.amount_eur_minor,
+            "i": activity.instrument,
+            "w": activity.withdrawal_id,
+            "at": activity.at,
+        },
+    )
+
+
+async def recent_activity(
+    conn: AsyncConnection, player_id: str, since: dt.datetime
+) -> list[Activity]:
+    rows = await conn.execute(
+        text(
+            "SELECT event_id, kind, amount_eur_minor, at, instrument, withdrawal_id"
+            " FROM compliance.activity WHERE player_id = :p AND at > :since ORDER BY at"
+        ),
+        {"p": player_id, "since": since},
+    )
+    return [
+        Activity(str(r.event_id), r.kind, r.amount_eur_minor, r.at, r.instrument, r.withdrawal_id)
+        for r in rows
+    ]
+
+
+async def account_opened(conn: AsyncConnection, player_id: str) -> dt.datetime | None:
+    row = (
+        await conn.execute(
+            text("SELECT create_time FROM compliance.players WHERE player_id = :p"),
+            {"p": player_id},
+        )
+    ).first()
+    return None if row is None else row.create_time
+
+
+async def set_play_hold(
+    conn: AsyncConnection, player_id: str, hold: bool, now: dt.datetime
+) -> None:
+    await conn.execute(
+        text(
+            "UPDATE compliance.players SET play_hold = :h, update_time = :now,"
+            " version = version + 1 WHERE player_id = :p"
+        ),
+        {"p": player_id, "h": hold, "now": now},
+    )
+
+
+_ALERT_COLUMNS = (
+    "player_id, alert_id, rule, status, action, evidence, opened_at, updated_at, closed_at,"
+    " closed_by, resolution"
+)
+
+
+def _alert(row: Any) -> AmlAlert:
+    return AmlAlert(
+        player_id=row.player_id,
+        alert_id=row.alert_id,
+        rule=row.rule,
+        status=row.status,
+        action=row.action,
+        evidence=row.evidence,
+        opened_at=row.opened_at,
+        updated_at=row.updated_at,
+        closed_at=row.closed_at,
+        closed_by=row.closed_by,
+        resolution=row.resolution,
+    )
+
+
+async def raise_alert(
+    conn: AsyncConnection,
+    player_id: str,
+    rule: str,
+    action: str,
+    evidence: dict[str, Any],
+    now: dt.datetime,
+) -> tuple[AmlAlert, bool]:
+    """The player's OPEN alert for `rule` with `evidence` added, or a new one (True). Runs
+    under the player's row lock, so two findings cannot both open one."""
+    updated = (
+        await conn.execute(
+            text(
+                "UPDATE compliance.aml_alerts SET updated_at = :now,"
+                " evidence = jsonb_set(evidence, '{findings}',"
+                "   (evidence -> 'findings') || jsonb_build_array(CAST(:ev AS jsonb)))"
+                f" WHERE player_id = :p AND rule = :r AND status = 'OPEN'"
+                f" RETURNING {_ALERT_COLUMNS}"
+            ),
+            {"p": player_id, "r": rule, "ev": json.dumps(evidence), "now": now},
+        )
+    ).first()
+    if updated is not None:
+        return _alert(updated), False
+    created = (
+        await conn.execute(
+            text(
+                f"INSERT INTO compliance.aml_alerts ({_ALERT_COLUMNS})"
+                " VALUES (:p, :id, :r, 'OPEN', :a, CAST(:ev AS jsonb), :now, :now, NULL, NULL,"
+                f" NULL) RETURNING {_ALERT_COLUMNS}"
+            ),
+            {
+                "p": player_id,
+                "id": uuid.uuid4(),
+                "r": rule,
+                "a": action,
+                "ev": json.dumps({"findings": [evidence]}),
+                "now": now,
+            },
+        )
+    ).one()
+    return _alert(created), True
+
+
+async def alert(
+    conn: AsyncConnection, player_id: str, alert_id: uuid.UUID, *, lock: bool = False
+) -> AmlAlert | None:
+    row = (
+        await conn.execute(
+            text(
+                f"SELECT {_ALERT_COLUMNS} FROM compliance.aml_alerts"
+                " WHERE player_id = :p AND alert_id = :id" + (" FOR UPDATE" if lock else "")
+            ),
+            {"p": player_id, "id": alert_id},
+        )
+    ).first()
+    return None if row is None else _alert(row)
+
+
+async def close_alert(
+    conn: AsyncConnection,
+    player_id: str,
+    alert_id: uuid.UUID,
+    *,
+    closed_by: str,
+    resolution: str,
+    now: dt.datetime,
+) -> AmlAlert:
+    row = (
+        await conn.execute(
+            text(
+                "UPDATE compliance.aml_alerts SET status = 'CLOSED', closed_at = :now,"
+                " updated_at = :now, closed_by = :by, resolution = :res"
+                f" WHERE player_id = :p AND alert_id = :id RETURNING {_ALERT_COLUMNS}"
+            ),
+            {"p": player_id, "id": alert_id, "by": closed_by, "res": resolution, "now": now},
+        )
+    ).one()
+    return _alert(row)
+
+
+async def open_hold_alerts(conn: AsyncConnection, player_id: str) -> int:
+    return int(
+        (
+            await conn.execute(
+                text(
+                    "SELECT count(*) FROM compliance.aml_alerts WHERE player_id = :p"
+                    " AND status = 'OPEN' AND action = 'HOLD_PLAY'"
+                ),
+                {"p": player_id},
+            )
+        ).scalar_one()
+    )
+
+
+async def list_alerts(
+    conn: AsyncConnection,
+    *,
+    player_id: str | None,
+    status: str | None,
+    before: tuple[dt.datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[AmlAlert]:
+    """Newest first, keyset-paged on (opened_at, alert_id)."""
+    where = ["true"]
+    params: dict[str, Any] = {"limit": limit}
+    if player_id:
+        where.append("player_id = :p")
+        params["p"] = player_id
+    if status:
+        where.append("status = :s")
+        params["s"] = status
+    if before:
+        where.append("(opened_at, alert_id) < (:b_time, :b_id)")
+        params["b_time"], params["b_id"] = before
+    rows = await conn.execute(
+        text(
+            f"SELECT {_ALERT_COLUMNS} FROM compliance.aml_alerts WHERE {' AND '.join(where)}"
+            " ORDER BY opened_at DESC, alert_id DESC LIMIT :limit"
+        ),
+        params,
+    )
+    return [_alert(r) for r in rows]

@@ -26,6 +26,7 @@ from services.wallet.ledger import (
     AccountState,
     Kind,
     Request,
+    optional_instrument,
     require_amount,
     require_currency,
     require_id,
@@ -96,6 +97,7 @@ def transaction_message(tx: StoredTransaction) -> wallet_pb2.Transaction:
         reason=tx.reason,
         operator_id=tx.operator_id,
         create_time=timestamp(tx.create_time),
+        payment_instrument=tx.payment_instrument,
     )
 
 
@@ -178,6 +180,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                     currency,
                     amount,
                     payment_id=request.payment_id,
+                    payment_instrument=optional_instrument(request.payment_instrument),
                 )
             )
         )
@@ -194,6 +197,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                     currency,
                     amount,
                     withdrawal_id=require_id("withdrawal_id", request.withdrawal_id),
+                    payment_instrument=optional_instrument(request.payment_instrument),
                 )
             )
         )

@@ -56,6 +56,7 @@ class StoredTransaction:
     operator_id: str
     caller: str
     create_time: dt.datetime
+    payment_instrument: str = ""
 
 
 def new_transaction(
@@ -94,6 +95,7 @@ def new_transaction(
         operator_id=request.operator_id,
         caller=caller,
         create_time=create_time,
+        payment_instrument=request.payment_instrument,
     )
 
 
@@ -101,7 +103,7 @@ _TX_COLUMNS = (
     "player_id, request_id, kind, currency, amount, reserved_delta, fingerprint, outcome,"
     " refusal_reason, refusal_metadata, nothing_to_undo, sequence, posted_after,"
     " reserved_after, sequence_after, round_id, game_id, provider, bet_request_id,"
-    " withdrawal_id, payment_id, reason, operator_id, caller, create_time"
+    " withdrawal_id, payment_id, reason, operator_id, caller, create_time, payment_instrument"
 )
 
 
@@ -136,6 +138,7 @@ def _stored(row: Any) -> StoredTransaction:
         operator_id=row.operator_id or "",
         caller=row.caller,
         create_time=row.create_time,
+        payment_instrument=row.payment_instrument or "",
     )
 
 
@@ -336,6 +339,7 @@ _TX_ARRAY_TYPES = (
     ("operator_id", "text"),
     ("caller", "text"),
     ("create_time", "timestamptz"),
+    ("payment_instrument", "text"),
 )
 
 
@@ -369,6 +373,7 @@ def _tx_values(tx: StoredTransaction) -> dict[str, Any]:
         "operator_id": tx.operator_id or None,
         "caller": tx.caller,
         "create_time": tx.create_time,
+        "payment_instrument": tx.payment_instrument or None,
     }
 
 

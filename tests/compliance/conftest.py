@@ -139,6 +139,9 @@ signing_key_file = "{folder / "verdict-signing.key"}"
 public_key_file = "{folder / "verdict-signing.pub"}"
 checkpoint_dir = "{folder / "checkpoints"}"
 outbox_relay = false
+# Monitoring tests start their own consumers on queues of their own; any other instance
+# consuming the shared queue would apply their events to this database.
+monitoring = false
 [compliance.rules]
 limit_cooling_off_hours = 24
 """

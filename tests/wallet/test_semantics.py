@@ -440,3 +440,45 @@ async def test_history_is_newest_first_paged_and_filtered(clients, player) -> No
         )
     )
     assert [t.request_id for t in window.transactions] == [seen[1].request_id]
+
+
+async def test_payment_instrument_is_stored_validated_and_part_of_the_idempotent_request(
+    clients, player
+) -> None:
+    player_id = await player()
+    request = w.DepositRequest(
+        request_id=new_id("dep"),
+        player_id=player_id,
+        amount=eur(1_000),
+        payment_instrument="card:fp_9f2c.01-x",
+    )
+    posted = (await clients.payments.Deposit(request)).posting
+    assert posted.transaction.payment_instrument == "card:fp_9f2c.01-x"
+    history = await clients.backoffice.ListTransactions(
+        w.ListTransactionsRequest(player_id=player_id)
+    )
+    assert history.transactions[0].payment_instrument == "card:fp_9f2c.01-x"
+    # Same key, another instrument: a different request, refused, nothing applied.
+    other = w.DepositRequest()
+    other.CopyFrom(request)
+    other.payment_instrument = "card:another"
+    with pytest.raises(grpc.aio.AioRpcError) as mismatch:
+        await clients.payments.Deposit(other)
+    assert error_info(mismatch.value).reason == "IDEMPOTENCY_MISMATCH"
+    assert (await clients.payments.Deposit(request)).posting.replayed
+    # Never a card number or free text: a short token of plain characters.
+    for bad in ("4111 1111 1111 1111", "x" * 65, "card/fp"):
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:
+            await clients.payments.Deposit(
+                w.DepositRequest(
+                    request_id=new_id("dep"),
+                    player_id=player_id,
+                    amount=eur(1_000),
+                    payment_instrument=bad,
+                )
+            )
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    balance = await clients.payments.GetBalance(
+        w.GetBalanceRequest(player_id=player_id, currency_code="EUR")
+    )
+    assert balance.balance.posted_minor == 1_000

@@ -6,6 +6,7 @@ isort:skip_file
 from casino.common.v1 import money_pb2 as _money_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -120,6 +121,25 @@ LIMIT_PERIOD_DAY: LimitPeriod.ValueType  # 1
 LIMIT_PERIOD_WEEK: LimitPeriod.ValueType  # 2
 LIMIT_PERIOD_MONTH: LimitPeriod.ValueType  # 3
 Global___LimitPeriod: _TypeAlias = LimitPeriod  # noqa: Y015
+
+class _AmlAlertStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AmlAlertStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AmlAlertStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AML_ALERT_STATUS_UNSPECIFIED: _AmlAlertStatus.ValueType  # 0
+    AML_ALERT_STATUS_OPEN: _AmlAlertStatus.ValueType  # 1
+    """Under review; later findings of the same rule add evidence to it."""
+    AML_ALERT_STATUS_CLOSED: _AmlAlertStatus.ValueType  # 2
+
+class AmlAlertStatus(_AmlAlertStatus, metaclass=_AmlAlertStatusEnumTypeWrapper): ...
+
+AML_ALERT_STATUS_UNSPECIFIED: AmlAlertStatus.ValueType  # 0
+AML_ALERT_STATUS_OPEN: AmlAlertStatus.ValueType  # 1
+"""Under review; later findings of the same rule add evidence to it."""
+AML_ALERT_STATUS_CLOSED: AmlAlertStatus.ValueType  # 2
+Global___AmlAlertStatus: _TypeAlias = AmlAlertStatus  # noqa: Y015
 
 @_typing.final
 class Reason(_message.Message):
@@ -407,6 +427,7 @@ class UpdateVerificationRequest(_message.Message):
     BIRTH_DATE_VERIFIED_FIELD_NUMBER: _builtins.int
     CDD_CLEARED_FIELD_NUMBER: _builtins.int
     VERIFIED_BY_FIELD_NUMBER: _builtins.int
+    AFFORDABILITY_ASSESSED_FIELD_NUMBER: _builtins.int
     player_id: _builtins.str
     name_verified: _builtins.bool
     address_verified: _builtins.bool
@@ -415,6 +436,10 @@ class UpdateVerificationRequest(_message.Message):
     """Customer due diligence completed: clears a CDD_REQUIRED gate."""
     verified_by: _builtins.str
     """Who verified (operator or KYC provider reference)."""
+    affordability_assessed: _builtins.bool
+    """The player's affordability has been assessed now (UKGC financial vulnerability checks);
+    lifts AFFORDABILITY_CHECK_REQUIRED for the jurisdiction's validity period.
+    """
     def __init__(
         self,
         *,
@@ -424,10 +449,11 @@ class UpdateVerificationRequest(_message.Message):
         birth_date_verified: _builtins.bool = ...,
         cdd_cleared: _builtins.bool = ...,
         verified_by: _builtins.str = ...,
+        affordability_assessed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address_verified", b"address_verified", "birth_date_verified", b"birth_date_verified", "cdd_cleared", b"cdd_cleared", "name_verified", b"name_verified", "player_id", b"player_id", "verified_by", b"verified_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address_verified", b"address_verified", "affordability_assessed", b"affordability_assessed", "birth_date_verified", b"birth_date_verified", "cdd_cleared", b"cdd_cleared", "name_verified", b"name_verified", "player_id", b"player_id", "verified_by", b"verified_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -792,3 +818,457 @@ class VerifyVerdictLogResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyVerdictLogResponse: _TypeAlias = VerifyVerdictLogResponse  # noqa: Y015
+
+@_typing.final
+class AmlAlert(_message.Message):
+    """An AML alert: a case opened by a monitoring rule for one player."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PLAYER_ID_FIELD_NUMBER: _builtins.int
+    ALERT_ID_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    EVIDENCE_JSON_FIELD_NUMBER: _builtins.int
+    OPEN_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CLOSE_TIME_FIELD_NUMBER: _builtins.int
+    CLOSED_BY_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: players/{player_id}/amlAlerts/{alert_id}."""
+    player_id: _builtins.str
+    alert_id: _builtins.str
+    rule: _builtins.str
+    """The rule that raised it: AML_CDD_THRESHOLD, AML_STRUCTURING, AML_LOW_TURNOVER,
+    AML_FAST_LARGE_SPEND, AML_MULTIPLE_INSTRUMENTS or AML_WITHDRAWAL_REVERSAL.
+    """
+    status: Global___AmlAlertStatus.ValueType
+    action: _builtins.str
+    """What the finding did: ALERT (review only), HOLD_PLAY (deposits, bets and game launches
+    refused until the alert is closed) or REQUIRE_CDD (the CDD gate was set).
+    """
+    evidence_json: _builtins.str
+    """The evidence as JSON: event ids, amounts in EUR minor units, windows, counts and the
+    thresholds applied; one entry per finding added to the alert.
+    """
+    closed_by: _builtins.str
+    resolution: _builtins.str
+    @_builtins.property
+    def open_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def close_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        player_id: _builtins.str = ...,
+        alert_id: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        status: Global___AmlAlertStatus.ValueType = ...,
+        action: _builtins.str = ...,
+        evidence_json: _builtins.str = ...,
+        open_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        close_time: _timestamp_pb2.Timestamp | None = ...,
+        closed_by: _builtins.str = ...,
+        resolution: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "open_time", b"open_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "alert_id", b"alert_id", "close_time", b"close_time", "closed_by", b"closed_by", "evidence_json", b"evidence_json", "name", b"name", "open_time", b"open_time", "player_id", b"player_id", "resolution", b"resolution", "rule", b"rule", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AmlAlert: _TypeAlias = AmlAlert  # noqa: Y015
+
+@_typing.final
+class ListAmlAlertsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAYER_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    player_id: _builtins.str
+    """Only this player's alerts, when set."""
+    status: Global___AmlAlertStatus.ValueType
+    """Only alerts in this status, when set."""
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        player_id: _builtins.str = ...,
+        status: Global___AmlAlertStatus.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "player_id", b"player_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAmlAlertsRequest: _TypeAlias = ListAmlAlertsRequest  # noqa: Y015
+
+@_typing.final
+class ListAmlAlertsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AmlAlert]: ...
+    def __init__(
+        self,
+        *,
+        alerts: _abc.Iterable[Global___AmlAlert] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAmlAlertsResponse: _TypeAlias = ListAmlAlertsResponse  # noqa: Y015
+
+@_typing.final
+class CloseAmlAlertRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    OPERATOR_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """players/{player_id}/amlAlerts/{alert_id}."""
+    resolution: _builtins.str
+    """The officer's finding, e.g. "source of funds verified"."""
+    operator_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        resolution: _builtins.str = ...,
+        operator_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "operator_id", b"operator_id", "resolution", b"resolution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseAmlAlertRequest: _TypeAlias = CloseAmlAlertRequest  # noqa: Y015
+
+@_typing.final
+class CloseAmlAlertResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alert(self) -> Global___AmlAlert: ...
+    @_builtins.property
+    def verdict(self) -> Global___Verdict: ...
+    def __init__(
+        self,
+        *,
+        alert: Global___AmlAlert | None = ...,
+        verdict: Global___Verdict | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "verdict", b"verdict"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseAmlAlertResponse: _TypeAlias = CloseAmlAlertResponse  # noqa: Y015
+
+@_typing.final
+class RuleFlag(_message.Message):
+    """A rule shipped behind a flag, and the segment it applies to. A player is in the segment
+    when their country of residence is listed (or none is) and their bucket,
+    sha256(rule + ":" + player_id) mod 100, is below rollout_percent.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    ROLLOUT_PERCENT_FIELD_NUMBER: _builtins.int
+    COUNTRY_CODES_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    UPDATED_BY_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    rule: _builtins.str
+    """e.g. AFFORDABILITY, AML_STRUCTURING."""
+    description: _builtins.str
+    enabled: _builtins.bool
+    rollout_percent: _builtins.int
+    version: _builtins.int
+    """Bumped by each change; 0 for a rule never set (it runs with its default)."""
+    updated_by: _builtins.str
+    @_builtins.property
+    def country_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ISO 3166-1 alpha-2 countries of residence; empty: every country."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        rule: _builtins.str = ...,
+        description: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+        rollout_percent: _builtins.int = ...,
+        country_codes: _abc.Iterable[_builtins.str] | None = ...,
+        version: _builtins.int = ...,
+        updated_by: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["country_codes", b"country_codes", "description", b"description", "enabled", b"enabled", "rollout_percent", b"rollout_percent", "rule", b"rule", "update_time", b"update_time", "updated_by", b"updated_by", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RuleFlag: _TypeAlias = RuleFlag  # noqa: Y015
+
+@_typing.final
+class SetRuleFlagRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    ROLLOUT_PERCENT_FIELD_NUMBER: _builtins.int
+    COUNTRY_CODES_FIELD_NUMBER: _builtins.int
+    OPERATOR_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    rule: _builtins.str
+    enabled: _builtins.bool
+    rollout_percent: _builtins.int
+    """0 to 100; absent: 100 (everyone in the listed countries)."""
+    operator_id: _builtins.str
+    """The operator making the change (recorded in the flag, its history and the verdict)."""
+    reason: _builtins.str
+    """Why (a ticket, a change request)."""
+    @_builtins.property
+    def country_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        rule: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+        rollout_percent: _builtins.int | None = ...,
+        country_codes: _abc.Iterable[_builtins.str] | None = ...,
+        operator_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_rollout_percent", b"_rollout_percent", "rollout_percent", b"rollout_percent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rollout_percent", b"_rollout_percent", "country_codes", b"country_codes", "enabled", b"enabled", "operator_id", b"operator_id", "reason", b"reason", "rollout_percent", b"rollout_percent", "rule", b"rule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__rollout_percent: _TypeAlias = _typing.Literal["rollout_percent"]  # noqa: Y015
+    _WhichOneofArgType__rollout_percent: _TypeAlias = _typing.Literal["_rollout_percent", b"_rollout_percent"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rollout_percent) -> _WhichOneofReturnType__rollout_percent | None: ...
+
+Global___SetRuleFlagRequest: _TypeAlias = SetRuleFlagRequest  # noqa: Y015
+
+@_typing.final
+class SetRuleFlagResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLAG_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
+    snapshot_version: _builtins.str
+    """The version of this replica's flag snapshot after the change."""
+    @_builtins.property
+    def flag(self) -> Global___RuleFlag: ...
+    @_builtins.property
+    def verdict(self) -> Global___Verdict: ...
+    def __init__(
+        self,
+        *,
+        flag: Global___RuleFlag | None = ...,
+        verdict: Global___Verdict | None = ...,
+        snapshot_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["flag", b"flag", "verdict", b"verdict"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flag", b"flag", "snapshot_version", b"snapshot_version", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetRuleFlagResponse: _TypeAlias = SetRuleFlagResponse  # noqa: Y015
+
+@_typing.final
+class ListRuleFlagsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRuleFlagsRequest: _TypeAlias = ListRuleFlagsRequest  # noqa: Y015
+
+@_typing.final
+class ListRuleFlagsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLAGS_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
+    snapshot_version: _builtins.str
+    """The version of the snapshot this replica decides with."""
+    @_builtins.property
+    def flags(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleFlag]: ...
+    def __init__(
+        self,
+        *,
+        flags: _abc.Iterable[Global___RuleFlag] | None = ...,
+        snapshot_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flags", b"flags", "snapshot_version", b"snapshot_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRuleFlagsResponse: _TypeAlias = ListRuleFlagsResponse  # noqa: Y015
+
+@_typing.final
+class SetRealityCheckRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAYER_ID_FIELD_NUMBER: _builtins.int
+    INTERVAL_MINUTES_FIELD_NUMBER: _builtins.int
+    player_id: _builtins.str
+    interval_minutes: _builtins.int
+    """Minutes between reality checks (10 to 120 by default; per jurisdiction)."""
+    def __init__(
+        self,
+        *,
+        player_id: _builtins.str = ...,
+        interval_minutes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval_minutes", b"interval_minutes", "player_id", b"player_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetRealityCheckRequest: _TypeAlias = SetRealityCheckRequest  # noqa: Y015
+
+@_typing.final
+class SetRealityCheckResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERVAL_MINUTES_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    interval_minutes: _builtins.int
+    @_builtins.property
+    def verdict(self) -> Global___Verdict: ...
+    def __init__(
+        self,
+        *,
+        interval_minutes: _builtins.int = ...,
+        verdict: Global___Verdict | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["verdict", b"verdict"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval_minutes", b"interval_minutes", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetRealityCheckResponse: _TypeAlias = SetRealityCheckResponse  # noqa: Y015
+
+@_typing.final
+class GetRealityCheckRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAYER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_START_TIME_FIELD_NUMBER: _builtins.int
+    player_id: _builtins.str
+    @_builtins.property
+    def session_start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the game session started (not in the future, not older than the jurisdiction's
+        maximum session age, 24 hours by default).
+        """
+
+    def __init__(
+        self,
+        *,
+        player_id: _builtins.str = ...,
+        session_start_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session_start_time", b"session_start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["player_id", b"player_id", "session_start_time", b"session_start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRealityCheckRequest: _TypeAlias = GetRealityCheckRequest  # noqa: Y015
+
+@_typing.final
+class GetRealityCheckResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERVAL_MINUTES_FIELD_NUMBER: _builtins.int
+    SESSION_START_TIME_FIELD_NUMBER: _builtins.int
+    TIME_PLAYED_FIELD_NUMBER: _builtins.int
+    STAKED_FIELD_NUMBER: _builtins.int
+    WON_FIELD_NUMBER: _builtins.int
+    NET_POSITION_FIELD_NUMBER: _builtins.int
+    NEXT_CHECK_TIME_FIELD_NUMBER: _builtins.int
+    interval_minutes: _builtins.int
+    """The player's interval, or the jurisdiction's default when they chose none."""
+    @_builtins.property
+    def session_start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def time_played(self) -> _duration_pb2.Duration:
+        """Now minus the session start."""
+
+    @_builtins.property
+    def staked(self) -> _money_pb2.Money:
+        """Since the session start, in the jurisdiction's currency: stakes less rolled-back stakes,
+        credited wins, and won minus staked (negative: the player is down).
+        """
+
+    @_builtins.property
+    def won(self) -> _money_pb2.Money: ...
+    @_builtins.property
+    def net_position(self) -> _money_pb2.Money: ...
+    @_builtins.property
+    def next_check_time(self) -> _timestamp_pb2.Timestamp:
+        """The first whole multiple of the interval after the session start that is after now."""
+
+    def __init__(
+        self,
+        *,
+        interval_minutes: _builtins.int = ...,
+        session_start_time: _timestamp_pb2.Timestamp | None = ...,
+        time_played: _duration_pb2.Duration | None = ...,
+        staked: _money_pb2.Money | None = ...,
+        won: _money_pb2.Money | None = ...,
+        net_position: _money_pb2.Money | None = ...,
+        next_check_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["net_position", b"net_position", "next_check_time", b"next_check_time", "session_start_time", b"session_start_time", "staked", b"staked", "time_played", b"time_played", "won", b"won"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval_minutes", b"interval_minutes", "net_position", b"net_position", "next_check_time", b"next_check_time", "session_start_time", b"session_start_time", "staked", b"staked", "time_played", b"time_played", "won", b"won"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRealityCheckResponse: _TypeAlias = GetRealityCheckResponse  # noqa: Y015

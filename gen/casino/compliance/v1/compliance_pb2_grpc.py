@@ -87,6 +87,36 @@ class ComplianceServiceStub:
                 request_serializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.VerifyVerdictLogRequest.SerializeToString,
                 response_deserializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.VerifyVerdictLogResponse.FromString,
                 _registered_method=True)
+        self.ListAmlAlerts = channel.unary_unary(
+                '/casino.compliance.v1.ComplianceService/ListAmlAlerts',
+                request_serializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.ListAmlAlertsRequest.SerializeToString,
+                response_deserializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.ListAmlAlertsResponse.FromString,
+                _registered_method=True)
+        self.CloseAmlAlert = channel.unary_unary(
+                '/casino.compliance.v1.ComplianceService/CloseAmlAlert',
+                request_serializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.CloseAmlAlertRequest.SerializeToString,
+                response_deserializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.CloseAmlAlertResponse.FromString,
+                _registered_method=True)
+        self.SetRuleFlag = channel.unary_unary(
+                '/casino.compliance.v1.ComplianceService/SetRuleFlag',
+                request_serializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.SetRuleFlagRequest.SerializeToString,
+                response_deserializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.SetRuleFlagResponse.FromString,
+                _registered_method=True)
+        self.ListRuleFlags = channel.unary_unary(
+                '/casino.compliance.v1.ComplianceService/ListRuleFlags',
+                request_serializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.ListRuleFlagsRequest.SerializeToString,
+                response_deserializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.ListRuleFlagsResponse.FromString,
+                _registered_method=True)
+        self.SetRealityCheck = channel.unary_unary(
+                '/casino.compliance.v1.ComplianceService/SetRealityCheck',
+                request_serializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.SetRealityCheckRequest.SerializeToString,
+                response_deserializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.SetRealityCheckResponse.FromString,
+                _registered_method=True)
+        self.GetRealityCheck = channel.unary_unary(
+                '/casino.compliance.v1.ComplianceService/GetRealityCheck',
+                request_serializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.GetRealityCheckRequest.SerializeToString,
+                response_deserializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.GetRealityCheckResponse.FromString,
+                _registered_method=True)
 
 
 class ComplianceServiceServicer:
@@ -169,6 +199,54 @@ class ComplianceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAmlAlerts(self, request, context):
+        """AML alerts (cases) raised by transaction monitoring, newest first; filter by player
+        and status. AIP-158 paging.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseAmlAlert(self, request, context):
+        """Closes an open AML alert with the officer's resolution. Closing the player's last open
+        HOLD_PLAY alert releases the play hold. Records a verdict.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRuleFlag(self, request, context):
+        """Switches a rule shipped behind a flag on or off, for a segment (countries of residence,
+        a stable percentage of players) or for everyone. In force on this replica when it
+        returns and on every other within seconds; no deploy. Records a verdict.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRuleFlags(self, request, context):
+        """Every flaggable rule with its flag (a rule never set shows its default).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRealityCheck(self, request, context):
+        """Sets how often the player's game sessions show a reality check, within the
+        jurisdiction's bounds. Records a verdict.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRealityCheck(self, request, context):
+        """What a reality check shows for a session: time played, staked, won and the net position
+        since the session started, and when the next check is due.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ComplianceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +299,36 @@ def add_ComplianceServiceServicer_to_server(servicer, server):
                     servicer.VerifyVerdictLog,
                     request_deserializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.VerifyVerdictLogRequest.FromString,
                     response_serializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.VerifyVerdictLogResponse.SerializeToString,
+            ),
+            'ListAmlAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAmlAlerts,
+                    request_deserializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.ListAmlAlertsRequest.FromString,
+                    response_serializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.ListAmlAlertsResponse.SerializeToString,
+            ),
+            'CloseAmlAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseAmlAlert,
+                    request_deserializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.CloseAmlAlertRequest.FromString,
+                    response_serializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.CloseAmlAlertResponse.SerializeToString,
+            ),
+            'SetRuleFlag': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRuleFlag,
+                    request_deserializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.SetRuleFlagRequest.FromString,
+                    response_serializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.SetRuleFlagResponse.SerializeToString,
+            ),
+            'ListRuleFlags': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuleFlags,
+                    request_deserializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.ListRuleFlagsRequest.FromString,
+                    response_serializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.ListRuleFlagsResponse.SerializeToString,
+            ),
+            'SetRealityCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRealityCheck,
+                    request_deserializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.SetRealityCheckRequest.FromString,
+                    response_serializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.SetRealityCheckResponse.SerializeToString,
+            ),
+            'GetRealityCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRealityCheck,
+                    request_deserializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.GetRealityCheckRequest.FromString,
+                    response_serializer=casino_dot_compliance_dot_v1_dot_compliance__pb2.GetRealityCheckResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -496,6 +604,168 @@ class ComplianceService:
             '/casino.compliance.v1.ComplianceService/VerifyVerdictLog',
             casino_dot_compliance_dot_v1_dot_compliance__pb2.VerifyVerdictLogRequest.SerializeToString,
             casino_dot_compliance_dot_v1_dot_compliance__pb2.VerifyVerdictLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAmlAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casino.compliance.v1.ComplianceService/ListAmlAlerts',
+            casino_dot_compliance_dot_v1_dot_compliance__pb2.ListAmlAlertsRequest.SerializeToString,
+            casino_dot_compliance_dot_v1_dot_compliance__pb2.ListAmlAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseAmlAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casino.compliance.v1.ComplianceService/CloseAmlAlert',
+            casino_dot_compliance_dot_v1_dot_compliance__pb2.CloseAmlAlertRequest.SerializeToString,
+            casino_dot_compliance_dot_v1_dot_compliance__pb2.CloseAmlAlertResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRuleFlag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casino.compliance.v1.ComplianceService/SetRuleFlag',
+            casino_dot_compliance_dot_v1_dot_compliance__pb2.SetRuleFlagRequest.SerializeToString,
+            casino_dot_compliance_dot_v1_dot_compliance__pb2.SetRuleFlagResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuleFlags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casino.compliance.v1.ComplianceService/ListRuleFlags',
+            casino_dot_compliance_dot_v1_dot_compliance__pb2.ListRuleFlagsRequest.SerializeToString,
+            casino_dot_compliance_dot_v1_dot_compliance__pb2.ListRuleFlagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRealityCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casino.compliance.v1.ComplianceService/SetRealityCheck',
+            casino_dot_compliance_dot_v1_dot_compliance__pb2.SetRealityCheckRequest.SerializeToString,
+            casino_dot_compliance_dot_v1_dot_compliance__pb2.SetRealityCheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRealityCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casino.compliance.v1.ComplianceService/GetRealityCheck',
+            casino_dot_compliance_dot_v1_dot_compliance__pb2.GetRealityCheckRequest.SerializeToString,
+            casino_dot_compliance_dot_v1_dot_compliance__pb2.GetRealityCheckResponse.FromString,
             options,
             channel_credentials,
             insecure,

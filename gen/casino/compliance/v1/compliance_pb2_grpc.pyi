@@ -64,6 +64,29 @@ class ComplianceServiceStub:
     """Why was this decided? The stored verdict with its reasons and inputs."""
     VerifyVerdictLog: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.VerifyVerdictLogRequest, _compliance_pb2.VerifyVerdictLogResponse]
     """Recomputes the verdict chain and writes a signed checkpoint of its head."""
+    ListAmlAlerts: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.ListAmlAlertsRequest, _compliance_pb2.ListAmlAlertsResponse]
+    """AML alerts (cases) raised by transaction monitoring, newest first; filter by player
+    and status. AIP-158 paging.
+    """
+    CloseAmlAlert: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.CloseAmlAlertRequest, _compliance_pb2.CloseAmlAlertResponse]
+    """Closes an open AML alert with the officer's resolution. Closing the player's last open
+    HOLD_PLAY alert releases the play hold. Records a verdict.
+    """
+    SetRuleFlag: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.SetRuleFlagRequest, _compliance_pb2.SetRuleFlagResponse]
+    """Switches a rule shipped behind a flag on or off, for a segment (countries of residence,
+    a stable percentage of players) or for everyone. In force on this replica when it
+    returns and on every other within seconds; no deploy. Records a verdict.
+    """
+    ListRuleFlags: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.ListRuleFlagsRequest, _compliance_pb2.ListRuleFlagsResponse]
+    """Every flaggable rule with its flag (a rule never set shows its default)."""
+    SetRealityCheck: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.SetRealityCheckRequest, _compliance_pb2.SetRealityCheckResponse]
+    """Sets how often the player's game sessions show a reality check, within the
+    jurisdiction's bounds. Records a verdict.
+    """
+    GetRealityCheck: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.GetRealityCheckRequest, _compliance_pb2.GetRealityCheckResponse]
+    """What a reality check shows for a session: time played, staked, won and the net position
+    since the session started, and when the next check is due.
+    """
 
 @_typing.type_check_only
 class ComplianceServiceAsyncStub(ComplianceServiceStub):
@@ -101,6 +124,29 @@ class ComplianceServiceAsyncStub(ComplianceServiceStub):
     """Why was this decided? The stored verdict with its reasons and inputs."""
     VerifyVerdictLog: _aio.UnaryUnaryMultiCallable[_compliance_pb2.VerifyVerdictLogRequest, _compliance_pb2.VerifyVerdictLogResponse]  # type: ignore[assignment]
     """Recomputes the verdict chain and writes a signed checkpoint of its head."""
+    ListAmlAlerts: _aio.UnaryUnaryMultiCallable[_compliance_pb2.ListAmlAlertsRequest, _compliance_pb2.ListAmlAlertsResponse]  # type: ignore[assignment]
+    """AML alerts (cases) raised by transaction monitoring, newest first; filter by player
+    and status. AIP-158 paging.
+    """
+    CloseAmlAlert: _aio.UnaryUnaryMultiCallable[_compliance_pb2.CloseAmlAlertRequest, _compliance_pb2.CloseAmlAlertResponse]  # type: ignore[assignment]
+    """Closes an open AML alert with the officer's resolution. Closing the player's last open
+    HOLD_PLAY alert releases the play hold. Records a verdict.
+    """
+    SetRuleFlag: _aio.UnaryUnaryMultiCallable[_compliance_pb2.SetRuleFlagRequest, _compliance_pb2.SetRuleFlagResponse]  # type: ignore[assignment]
+    """Switches a rule shipped behind a flag on or off, for a segment (countries of residence,
+    a stable percentage of players) or for everyone. In force on this replica when it
+    returns and on every other within seconds; no deploy. Records a verdict.
+    """
+    ListRuleFlags: _aio.UnaryUnaryMultiCallable[_compliance_pb2.ListRuleFlagsRequest, _compliance_pb2.ListRuleFlagsResponse]  # type: ignore[assignment]
+    """Every flaggable rule with its flag (a rule never set shows its default)."""
+    SetRealityCheck: _aio.UnaryUnaryMultiCallable[_compliance_pb2.SetRealityCheckRequest, _compliance_pb2.SetRealityCheckResponse]  # type: ignore[assignment]
+    """Sets how often the player's game sessions show a reality check, within the
+    jurisdiction's bounds. Records a verdict.
+    """
+    GetRealityCheck: _aio.UnaryUnaryMultiCallable[_compliance_pb2.GetRealityCheckRequest, _compliance_pb2.GetRealityCheckResponse]  # type: ignore[assignment]
+    """What a reality check shows for a session: time played, staked, won and the net position
+    since the session started, and when the next check is due.
+    """
 
 class ComplianceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Compliance: the platform decides what a player may do, and logs why. Checks on the money
@@ -195,5 +241,64 @@ class ComplianceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_compliance_pb2.VerifyVerdictLogResponse, _abc.Awaitable[_compliance_pb2.VerifyVerdictLogResponse]]:
         """Recomputes the verdict chain and writes a signed checkpoint of its head."""
+
+    @_abc_1.abstractmethod
+    def ListAmlAlerts(
+        self,
+        request: _compliance_pb2.ListAmlAlertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compliance_pb2.ListAmlAlertsResponse, _abc.Awaitable[_compliance_pb2.ListAmlAlertsResponse]]:
+        """AML alerts (cases) raised by transaction monitoring, newest first; filter by player
+        and status. AIP-158 paging.
+        """
+
+    @_abc_1.abstractmethod
+    def CloseAmlAlert(
+        self,
+        request: _compliance_pb2.CloseAmlAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compliance_pb2.CloseAmlAlertResponse, _abc.Awaitable[_compliance_pb2.CloseAmlAlertResponse]]:
+        """Closes an open AML alert with the officer's resolution. Closing the player's last open
+        HOLD_PLAY alert releases the play hold. Records a verdict.
+        """
+
+    @_abc_1.abstractmethod
+    def SetRuleFlag(
+        self,
+        request: _compliance_pb2.SetRuleFlagRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compliance_pb2.SetRuleFlagResponse, _abc.Awaitable[_compliance_pb2.SetRuleFlagResponse]]:
+        """Switches a rule shipped behind a flag on or off, for a segment (countries of residence,
+        a stable percentage of players) or for everyone. In force on this replica when it
+        returns and on every other within seconds; no deploy. Records a verdict.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRuleFlags(
+        self,
+        request: _compliance_pb2.ListRuleFlagsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compliance_pb2.ListRuleFlagsResponse, _abc.Awaitable[_compliance_pb2.ListRuleFlagsResponse]]:
+        """Every flaggable rule with its flag (a rule never set shows its default)."""
+
+    @_abc_1.abstractmethod
+    def SetRealityCheck(
+        self,
+        request: _compliance_pb2.SetRealityCheckRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compliance_pb2.SetRealityCheckResponse, _abc.Awaitable[_compliance_pb2.SetRealityCheckResponse]]:
+        """Sets how often the player's game sessions show a reality check, within the
+        jurisdiction's bounds. Records a verdict.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRealityCheck(
+        self,
+        request: _compliance_pb2.GetRealityCheckRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compliance_pb2.GetRealityCheckResponse, _abc.Awaitable[_compliance_pb2.GetRealityCheckResponse]]:
+        """What a reality check shows for a session: time played, staked, won and the net position
+        since the session started, and when the next check is due.
+        """
 
 def add_ComplianceServiceServicer_to_server(servicer: ComplianceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

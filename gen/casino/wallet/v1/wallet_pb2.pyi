@@ -112,6 +112,7 @@ class Transaction(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     OPERATOR_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    PAYMENT_INSTRUMENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: players/{player_id}/transactions/{request_id}."""
     request_id: _builtins.str
@@ -130,6 +131,10 @@ class Transaction(_message.Message):
     reason: _builtins.str
     """Adjustments: why, and who."""
     operator_id: _builtins.str
+    payment_instrument: _builtins.str
+    """Deposits and withdrawal reservations: the payment instrument's opaque fingerprint
+    from payments (never a card number); empty when none was given.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """Signed effect on the posted balance (negative for debits); 0 for reserve/release."""
@@ -154,10 +159,11 @@ class Transaction(_message.Message):
         reason: _builtins.str = ...,
         operator_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        payment_instrument: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "bet_request_id", b"bet_request_id", "create_time", b"create_time", "game_id", b"game_id", "kind", b"kind", "name", b"name", "operator_id", b"operator_id", "player_id", b"player_id", "provider", b"provider", "reason", b"reason", "request_id", b"request_id", "reserved_delta_minor", b"reserved_delta_minor", "round_id", b"round_id", "sequence", b"sequence", "withdrawal_id", b"withdrawal_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "bet_request_id", b"bet_request_id", "create_time", b"create_time", "game_id", b"game_id", "kind", b"kind", "name", b"name", "operator_id", b"operator_id", "payment_instrument", b"payment_instrument", "player_id", b"player_id", "provider", b"provider", "reason", b"reason", "request_id", b"request_id", "reserved_delta_minor", b"reserved_delta_minor", "round_id", b"round_id", "sequence", b"sequence", "withdrawal_id", b"withdrawal_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -460,10 +466,15 @@ class DepositRequest(_message.Message):
     PLAYER_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_INSTRUMENT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     player_id: _builtins.str
     payment_id: _builtins.str
     """The payment intent this deposit settles."""
+    payment_instrument: _builtins.str
+    """Opaque fingerprint/token of the payment instrument from payments (never a card
+    number): at most 64 characters of A-Z a-z 0-9 _ : . - ; part of the idempotent request.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """Positive."""
@@ -475,10 +486,11 @@ class DepositRequest(_message.Message):
         player_id: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
         payment_id: _builtins.str = ...,
+        payment_instrument: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "payment_id", b"payment_id", "player_id", b"player_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "payment_id", b"payment_id", "payment_instrument", b"payment_instrument", "player_id", b"player_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -492,10 +504,13 @@ class ReserveWithdrawalRequest(_message.Message):
     PLAYER_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     WITHDRAWAL_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_INSTRUMENT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     player_id: _builtins.str
     withdrawal_id: _builtins.str
     """Identifies the reservation for the commit or release that follows."""
+    payment_instrument: _builtins.str
+    """The instrument paid out to, as on DepositRequest."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     def __init__(
@@ -505,10 +520,11 @@ class ReserveWithdrawalRequest(_message.Message):
         player_id: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
         withdrawal_id: _builtins.str = ...,
+        payment_instrument: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "player_id", b"player_id", "request_id", b"request_id", "withdrawal_id", b"withdrawal_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "payment_instrument", b"payment_instrument", "player_id", b"player_id", "request_id", b"request_id", "withdrawal_id", b"withdrawal_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,335 @@
+"""AML transaction monitoring: a consumer of the wallet's TransactionPosted events on
+RabbitMQ, beside the service and never on the bet path. If it is slow or down, checks go on
+answering from the state they read; events wait in a durable queue.
+
+Each message is one database transaction: the event id is claimed first (a redelivery
+finds it claimed and is only acknowledged), then the activity row, the WIN / ROLLBACK usage
+that makes loss limits net of wins, the AML rules' findings as alerts, the gates they set
+(CDD, play hold; each bumping the player's version) and a verdict per new alert or gate
+change. The message is acknowledged only after the commit, so a crash in between means a
+redelivery, and the claimed event id makes it harmless. Messages that cannot be decoded, or
+whose currency has no configured rate, are dead-lettered (and logged), never guessed at.
+
+This module is an entrypoint, like server.py: the generated event type stops here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from google.protobuf.message import DecodeError
+from prometheus_client import Counter
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from casino.wallet.v1 import events_pb2, wallet_pb2
+from services.compliance import aml, rules, store
+from services.compliance.cases import record_verdict
+from services.compliance.fx import EurConverter, UnconvertibleCurrency
+from services.runtime.logs import get_logger
+from services.runtime.outbox import declare_events_exchange
+
+EVENT_TYPE = "casino.wallet.v1.TransactionPosted"
+BINDING = "wallet.transaction.#"
+CALLER = "compliance.monitoring"
+
+EVENTS = Counter(
+    "casino_compliance_monitoring_events_total",
+    "Wallet events taken by AML monitoring, by outcome (processed, duplicate, dead_lettered).",
+    ["outcome"],
+)
+FINDINGS = Counter("casino_compliance_aml_findings_total", "AML rule findings, by rule.", ["rule"])
+
+log = get_logger()
+
+# Usage rows that make LOSS limits net of wins. Stakes (BET) are counted by CheckAction.
+_USAGE_OF_KIND = {aml.WIN: "WIN", aml.BET_ROLLBACK: "ROLLBACK"}
+
+RuleEnabled = Callable[[str, str, str], bool]  # (rule, player_id, country) -> on?
+
+
+def every_rule_on(rule: str, player_id: str, country: str) -> bool:
+    return True
+
+
+class Undeliverable(ValueError):
+    """A message monitoring can never process: it goes to the dead-letter queue."""
+
+
+@dataclass(frozen=True)
+class WalletEvent:
+    event_id: uuid.UUID
+    player_id: str
+    kind: str
+    amount_minor: int  # magnitude
+    currency: str
+    request_id: str
+    instrument: str | None
+    withdrawal_id: str | None
+    at: dt.datetime
+
+
+def decode(body: bytes, message_type: str | None) -> WalletEvent:
+    if message_type != EVENT_TYPE:
+        raise Undeliverable(f"unexpected message type {message_type!r}")
+    try:
+        event = events_pb2.TransactionPosted.FromString(body)
+    except DecodeError as exc:
+        raise Undeliverable(f"undecodable TransactionPosted: {exc}") from None
+    tx = event.transaction
+    try:
+        event_id = uuid.UUID(event.event_id)
+    except ValueError:
+        raise Undeliverable(f"event_id {event.event_id!r} is not a UUID") from None
+    kind = wallet_pb2.TransactionKind.Name(tx.kind).removeprefix("TRANSACTION_KIND_")
+    if kind not in aml.KINDS:
+        raise Undeliverable(f"unknown transaction kind {tx.kind}")
+    if not tx.player_id or not tx.amount.currency_code or not tx.HasField("create_time"):
+        raise Undeliverable("transaction without player, currency or time")
+    # Postings carry the posted amount; reservations and releases move the reserved balance.
+    amount = abs(tx.amount.amount_minor) or abs(tx.reserved_delta_minor)
+    return WalletEvent(
+        event_id=event_id,
+        player_id=tx.player_id,
+        kind=kind,
+        amount_minor=amount,
+        currency=tx.amount.currency_code,
+        request_id=tx.request_id,
+        instrument=tx.payment_instrument or None,
+        withdrawal_id=tx.withdrawal_id or None,
+        at=tx.create_time.ToDatetime(dt.UTC),
+    )
+
+
+class Monitoring:
+    """Applies one wallet event, exactly once, in one transaction."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        config: aml.AmlConfig,
+        fx: EurConverter,
+        *,
+        usage_currency: Callable[[rules.PlayerState], str],
+        rule_enabled: RuleEnabled = every_rule_on,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self._engine = engine
+        self._config = config
+        self._fx = fx
+        self._usage_currency = usage_currency
+        self._enabled = rule_enabled
+        self._now = clock
+
+    async def apply(self, event: WalletEvent) -> bool:
+        """True if applied now, False if it had been (a duplicate). Raises
+        UnconvertibleCurrency before touching the database."""
+        eur = self._fx.to_eur_minor(event.amount_minor, event.currency)
+        activity = aml.Activity(
+            event_id=str(event.event_id),
+            kind=event.kind,
+            amount_eur_minor=eur,
+            at=event.at,
+            instrument=event.instrument,
+            withdrawal_id=event.withdrawal_id,
+        )
+        now = self._now()
+        async with self._engine.begin() as conn:
+            if not await store.mark_event_processed(conn, event.event_id):
+                return False
+            # The player's row lock serialises this with checks and with the player's other
+            # events, so the rules see every earlier activity and gates change in order.
+            state = await store.player(conn, event.player_id, lock=True)
+            await store.record_activity(
+                conn,
+                event.player_id,
+                activity,
+                amount_minor=event.amount_minor,
+                currency=event.currency,
+            )
+            if state is None:
+                # Not a player compliance knows: the activity is kept, nothing to decide.
+                log.warning("wallet event for an unknown player", player_id=event.player_id)
+                return True
+            await self._count_usage(conn, state, event)
+            recent = await store.recent_activity(
+                conn, event.player_id, event.at - self._config.lookback
+            )
+            player_id, country = state.player_id, state.country
+            findings = aml.evaluate(
+                activity,
+                recent,
+                account_opened=await store.account_opened(conn, event.player_id),
+                config=self._config,
+                enabled=lambda rule: self._enabled(rule, player_id, country),
+            )
+            for finding in findings:
+                FINDINGS.labels(finding.rule).inc()
+                state = await self._act(conn, state, event, finding, now)
+        return True
+
+    async def _count_usage(self, conn: Any, state: rules.PlayerState, event: WalletEvent) -> None:
+        action = _USAGE_OF_KIND.get(event.kind)
+        if action is None or event.amount_minor == 0:
+            return
+        if event.currency != self._usage_currency(state):
+            # Limits are kept in the player's jurisdiction currency and stakes in any other
+            # are refused by checks, so a win in another currency offsets no counted stake.
+            return
+        await store.record_usage(
+            conn,
+            event.player_id,
+            f"wallet:{event.kind}:{event.request_id}",
+            action,
+            event.amount_minor,
+            event.at,
+        )
+
+    async def _act(
+        self,
+        conn: Any,
+        state: rules.PlayerState,
+        event: WalletEvent,
+        finding: aml.Finding,
+        now: dt.datetime,
+    ) -> rules.PlayerState:
+        alert, opened = await store.raise_alert(
+            conn, state.player_id, finding.rule, finding.action.value, finding.evidence, now
+        )
+        gates: dict[str, bool] = {}
+        if finding.action is aml.AmlAction.REQUIRE_CDD and not state.cdd_required:
+            await store.require_cdd(conn, state.player_id, now)
+            state = dataclasses.replace(state, cdd_required=True)
+            gates["cdd_required"] = True
+        if finding.action is aml.AmlAction.HOLD_PLAY and not state.play_hold:
+            await store.set_play_hold(conn, state.player_id, True, now)
+            state = dataclasses.replace(state, play_hold=True)
+            gates["play_hold"] = True
+        if opened or gates:
+            await record_verdict(
+                conn,
+                player_id=state.player_id,
+                action=rules.Action.AML_MONITORING,
+                reasons=[
+                    {
+                        "reason": finding.rule,
+                        "metadata": {"action": finding.action.value, "alert": alert.name},
+                    }
+                ],
+                inputs={
+                    "event_id": str(event.event_id),
+                    "alert": alert.name,
+                    "alert_opened": opened,
+                    "gates_set": gates,
+                    "evidence": finding.evidence,
+                    "fx_to_eur": self._fx.rates,
+                },
+                config=self._config,
+                caller=CALLER,
+                now=now,
+            )
+        return state
+
+
+class MonitoringConsumer:
+    """The background worker: a durable queue bound to the wallet's events, with a
+    dead-letter queue beside it, consumed with a bounded prefetch."""
+
+    def __init__(
+        self,
+        monitoring: Monitoring,
+        amqp_url: str,
+        queue: str,
+        *,
+        prefetch: int = 32,
+        retry_seconds: float = 1.0,
+    ) -> None:
+        self._monitoring = monitoring
+        self._amqp_url = amqp_url
+        self._queue_name = queue
+        self._prefetch = prefetch
+        self._retry = retry_seconds
+        self._connection: AbstractRobustConnection | None = None
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self._queue_name}.dead"
+
+    async def _consume(self) -> None:
+        self._connection = await aio_pika.connect_robust(self._amqp_url, timeout=5)
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=self._prefetch)
+        events = await declare_events_exchange(channel)
+        dead = await channel.declare_exchange(
+            self.dead_letter_queue, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        dead_queue = await channel.declare_queue(self.dead_letter_queue, durable=True)
+        await dead_queue.bind(dead)
+        queue = await channel.declare_queue(
+            self._queue_name,
+            durable=True,
+            arguments={"x-dead-letter-exchange": self.dead_letter_queue},
+        )
+        await queue.bind(events, BINDING)
+        log.info("aml monitoring consuming", queue=self._queue_name)
+        async with queue.iterator() as messages:
+            async for message in messages:
+                await self.handle(message)
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        try:
+            event = decode(message.body, message.type)
+            applied = await self._monitoring.apply(event)
+        except (Undeliverable, UnconvertibleCurrency) as exc:
+            log.error(
+                "wallet event dead-lettered",
+                message_id=message.message_id,
+                routing_key=message.routing_key,
+                error=str(exc),
+            )
+            await message.reject(requeue=False)
+            EVENTS.labels("dead_lettered").inc()
+            return
+        except Exception as exc:
+            # The database (or something transient) failed: nothing was committed. Back
+            # off, then let the broker deliver it again.
+            log.warning(
+                "wallet event not processed, will retry",
+                message_id=message.message_id,
+                error=str(exc) or type(exc).__name__,
+            )
+            await asyncio.sleep(self._retry)
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+        EVENTS.labels("processed" if applied else "duplicate").inc()
+
+    async def run(self) -> None:
+        backoff = self._retry
+        while True:
+            try:
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Broker away: checks are unaffected; events wait in the durable queue.
+                log.warning("aml monitoring stalled", error=str(exc) or type(exc).__name__)
+                await self._reset()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    async def _reset(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+        self._connection = None
+
+    async def close(self) -> None:
+        await self._reset()
