@@ -88,6 +88,32 @@ async def drive(
     return latencies, time.perf_counter() - started
 
 
+async def drive_at_rate(
+    call: Callable[[], Awaitable[Any]], rate: float, seconds: float
+) -> tuple[list[float], float]:
+    """Open loop: calls start at `rate` per second, evenly spaced, whether or not earlier
+    ones have answered (as independent players do). Latency is measured from each call's
+    scheduled start, so a stalled service is charged for the calls queued behind it (no
+    coordinated omission). Returns every call's latency (ms) and the elapsed wall time."""
+    latencies: list[float] = []
+    interval = 1.0 / rate
+    started = time.perf_counter()
+
+    async def one(scheduled: float) -> None:
+        await call()
+        latencies.append((time.perf_counter() - scheduled) * 1000)
+
+    tasks = []
+    for i in range(int(rate * seconds)):
+        scheduled = started + i * interval
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(scheduled)))
+    await asyncio.gather(*tasks)
+    return latencies, time.perf_counter() - started
+
+
 def percentiles(latencies: list[float]) -> tuple[float, float, float]:
     ordered = sorted(latencies)
 

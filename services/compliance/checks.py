@@ -133,9 +133,13 @@ class ActionChecks:
         clock: Callable[[], dt.datetime],
         *,
         max_batch: int = 128,
+        lanes: int = 1,
         cache_capacity: int = 100_000,
     ) -> None:
         self._engine = engine
+        # Batches in flight at once: while one waits for its commit, the next is read and
+        # decided (it queues on the verdict head, or on a player's row, only if it must).
+        self._lanes = lanes
         # Which configuration (jurisdiction) and flagged rules apply to each player.
         self._policy = policy
         self._now = clock
@@ -167,6 +171,9 @@ class ActionChecks:
                 await self._worker
 
     async def _run(self) -> None:
+        await asyncio.gather(*(self._lane() for _ in range(self._lanes)))
+
+    async def _lane(self) -> None:
         while True:
             batch = [await self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
@@ -284,9 +291,10 @@ class ActionChecks:
                                 request.amount_minor,
                             )
                         )
-                    usage[request.player_id] = totals.plus(
-                        rules.Usage(counted_action, request.amount_minor, now), now
-                    )
+                    if request.player_id in usage:  # a later check in the batch reads it
+                        usage[request.player_id] = totals.plus(
+                            rules.Usage(counted_action, request.amount_minor, now), now
+                        )
                 cdd = (
                     state is not None
                     and decision.allow

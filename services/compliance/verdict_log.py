@@ -442,10 +442,11 @@ async def append_many(
     conn: AsyncConnection, schema: str, verdicts: Sequence[Verdict]
 ) -> list[StoredVerdict]:
     """Append ``verdicts``, in order, in the caller's transaction (which the caller commits;
-    the rows exist if and only if that transaction commits), in two round trips whatever
-    their number. Holds the head's row lock until then, so keep the transaction short. Run
-    it at READ COMMITTED (the default): under REPEATABLE READ or SERIALIZABLE, concurrent
-    appends fail with serialization errors the caller must retry.
+    the rows exist if and only if that transaction commits), in one round trip whatever
+    their number (two when their inputs need jsonb's normalising). Holds the head's row
+    lock until then, so keep the transaction short. Run it at READ COMMITTED (the default):
+    under REPEATABLE READ or SERIALIZABLE, concurrent appends fail with serialization errors
+    the caller must retry.
 
     Raises ValueError for a malformed verdict, before touching the database; a duplicate
     ``verdict_id`` raises IntegrityError (unique violation) from the database.
@@ -460,42 +461,30 @@ async def append_many(
     if all(_jsonb_stable(v.inputs) for v in verdicts):
         # What jsonb hands back equals what goes in (no floats, no non-string keys, no
         # tuples): hash the values as they are.
-        head = (await conn.execute(statements.lock_head)).one_or_none()
         normalised = list(verdicts)
     else:
-        # Let PostgreSQL normalise the JSON while locking the head, in one round trip: the
-        # hash must cover what jsonb will hand back to the verifier (e.g. 1e16 comes back
-        # as an int).
+        # The hash must cover what jsonb will hand back to the verifier (e.g. 1e16 comes
+        # back as an int): let PostgreSQL normalise the JSON first.
         rows = (
             await conn.execute(
-                statements.lock_head_normalising,
+                statements.normalise,
                 {
                     "reasons": [_json_text(v.reasons, "reasons") for v in verdicts],
                     "inputs": [_json_text(v.inputs, "inputs") for v in verdicts],
                 },
             )
         ).all()
-        head = rows[0] if rows else None
         normalised = [
-            dataclasses.replace(v, reasons=row[2], inputs=row[3])
+            dataclasses.replace(v, reasons=row[0], inputs=row[1])
             for v, row in zip(verdicts, rows, strict=True)
         ]
-    if head is None:
-        raise RuntimeError(f"{schema}.verdict_head has no row: the verdict log was not migrated")
-    seq, prev_hash = int(head[0]), bytes(head[1])
-    stored: list[StoredVerdict] = []
-    for verdict in normalised:
-        seq += 1
-        digest = leaf_hash(prev_hash, verdict)
-        stored.append(
-            StoredVerdict(**_verdict_fields(verdict), seq=seq, prev_hash=prev_hash, hash=digest)
-        )
-        prev_hash = digest
-    # One JSON document for the whole batch: encoded by the json module in C and decoded by
-    # PostgreSQL, where a list per column would be dumped element by element.
+    # One statement locks the head, links each verdict to the one before it (the same
+    # SHA-256 as leaf_hash, over the canonical bytes computed here) and inserts them all.
+    # The batch travels as one JSON document: encoded by the json module in C and decoded
+    # by PostgreSQL, where a list per column would be dumped element by element.
     batch = [
         {
-            "seq": v.seq,
+            "ord": ord_,
             "verdict_id": str(v.verdict_id),
             "player_id": v.player_id,
             "action": v.action,
@@ -506,18 +495,23 @@ async def append_many(
             "config_version": v.config_version,
             "caller": v.caller,
             "create_time": _utc_iso(v.create_time),
-            "prev_hash": v.prev_hash.hex(),
-            "hash": v.hash.hex(),
+            "canonical": canonical_bytes(v).decode("ascii"),
         }
-        for v in stored
+        for ord_, v in enumerate(normalised, 1)
     ]
-    await conn.execute(statements.insert, {"rows": _json_text(batch, "verdicts")})
-    return stored
+    chained = sorted(
+        (await conn.execute(statements.insert, {"rows": _json_text(batch, "verdicts")})).all()
+    )
+    if len(chained) != len(normalised):
+        raise RuntimeError(f"{schema}.verdict_head has no row: the verdict log was not migrated")
+    return [
+        StoredVerdict(**_verdict_fields(v), seq=seq, prev_hash=bytes(prev), hash=bytes(digest))
+        for v, (seq, prev, digest) in zip(normalised, chained, strict=True)
+    ]
 
 
 class _AppendStatements(NamedTuple):
-    lock_head: TextClause
-    lock_head_normalising: TextClause
+    normalise: TextClause
     insert: TextClause
 
 
@@ -525,21 +519,26 @@ class _AppendStatements(NamedTuple):
 def _append_statements(s: str) -> _AppendStatements:
     """Built once per schema (building a text clause parses it)."""
     return _AppendStatements(
-        lock_head=text(f"SELECT seq, hash FROM {s}.verdict_head FOR UPDATE"),  # noqa: S608
-        lock_head_normalising=text(
-            f"SELECT h.seq, h.hash, CAST(n.r AS jsonb), CAST(n.i AS jsonb)"  # noqa: S608
-            f" FROM {s}.verdict_head h CROSS JOIN"
+        normalise=text(
+            "SELECT CAST(n.r AS jsonb), CAST(n.i AS jsonb) FROM"
             " unnest(CAST(:reasons AS text[]), CAST(:inputs AS text[]))"
-            " WITH ORDINALITY AS n(r, i, ord) ORDER BY n.ord FOR UPDATE OF h"
+            " WITH ORDINALITY AS n(r, i, ord) ORDER BY n.ord"
         ),
         insert=text(
-            f"INSERT INTO {s}.verdicts ({_COLUMNS}) SELECT r.seq, r.verdict_id, r.player_id,"  # noqa: S608
-            " r.action, r.decision, r.reasons, r.inputs, r.rule_version, r.config_version,"
-            " r.caller, r.create_time, decode(r.prev_hash, 'hex'), decode(r.hash, 'hex')"
-            " FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(seq bigint, verdict_id uuid,"
+            "WITH RECURSIVE r AS MATERIALIZED (SELECT * FROM"  # noqa: S608
+            " jsonb_to_recordset(CAST(:rows AS jsonb)) AS x(ord int, verdict_id uuid,"
             " player_id text, action text, decision text, reasons jsonb, inputs jsonb,"
             " rule_version text, config_version text, caller text, create_time timestamptz,"
-            " prev_hash text, hash text) ORDER BY r.seq"
+            " canonical text)),"
+            f" head AS (SELECT seq, hash FROM {s}.verdict_head FOR UPDATE),"
+            " chain AS (SELECT 0 AS ord, seq, hash FROM head UNION ALL"
+            " SELECT c.ord + 1, c.seq + 1, sha256(c.hash || convert_to(r.canonical, 'UTF8'))"
+            " FROM chain c JOIN r ON r.ord = c.ord + 1)"
+            f" INSERT INTO {s}.verdicts ({_COLUMNS})"
+            " SELECT c.seq, r.verdict_id, r.player_id, r.action, r.decision, r.reasons,"
+            " r.inputs, r.rule_version, r.config_version, r.caller, r.create_time, p.hash,"
+            " c.hash FROM r JOIN chain c ON c.ord = r.ord JOIN chain p ON p.ord = r.ord - 1"
+            " ORDER BY r.ord RETURNING seq, prev_hash, hash"
         ),
     )
 

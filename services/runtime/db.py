@@ -25,7 +25,11 @@ def create_engine(config: DatabaseConfig, application_name: str) -> AsyncEngine:
         database_url(config),
         pool_size=config.pool_size,
         max_overflow=0,
-        pool_pre_ping=True,
+        # No ping on every checkout: it is a round trip per transaction on the money path.
+        # A connection the server dropped fails its statement instead; SQLAlchemy then
+        # invalidates the whole pool, the call answers UNAVAILABLE (DEPENDENCY_UNAVAILABLE)
+        # and the caller's retry, under the same idempotency key, gets a fresh connection.
+        pool_pre_ping=False,
         pool_timeout=config.pool_timeout_seconds,
         connect_args={
             "connect_timeout": max(1, round(config.connect_timeout_seconds)),

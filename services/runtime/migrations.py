@@ -72,6 +72,11 @@ def provision_service(admin_url: URL, service: str, password: str) -> None:
                 f"ALTER ROLE {role} IN DATABASE {_quote_ident(database)} SET search_path = {schema}"
             )
         )
+        # Services run short OLTP statements. A misestimated plan (a small table whose
+        # statistics are stale, a set-returning function guessed at 100 rows) can cross
+        # jit_above_cost and spend hundreds of milliseconds compiling a query that runs in
+        # one: on the money path that is an outage, not an optimisation.
+        conn.execute(text(f"ALTER ROLE {role} IN DATABASE {_quote_ident(database)} SET jit = off"))
     engine.dispose()
 
 

@@ -141,6 +141,18 @@ def test_other_services_cannot_read_wallet_tables() -> None:
         conn.execute("SELECT count(*) FROM wallet.entries")
 
 
+@pytest.mark.parametrize("service", ["wallet", "compliance"])
+def test_service_roles_never_jit_compile(service: str) -> None:
+    """A misestimated plan crossing jit_above_cost spends hundreds of milliseconds
+    compiling a one-millisecond statement: the service roles have JIT off."""
+    from tests.conftest import SECRETS, TEST_DATABASE
+
+    password = (SECRETS / "postgres" / f"casino_{service}").read_text()
+    dsn = f"postgresql://casino_{service}:{password}@127.0.0.1:5432/{TEST_DATABASE}"
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SHOW jit").fetchone() == ("off",)
+
+
 def test_every_wallet_table_is_keyed_by_player_first() -> None:
     with psycopg.connect(admin_dsn()) as conn:
         rows = conn.execute(
