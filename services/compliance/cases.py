@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.compliance import rules, store, verdict_log
+from services.compliance import rules, store, verdict_log, verdicts
 from services.compliance.aml import AmlAction, AmlAlert, AmlConfig
 from services.runtime.errors import Code, DomainError, InvalidArgument
 
@@ -58,7 +58,7 @@ async def record_verdict(
     *,
     player_id: str,
     action: rules.Action,
-    reasons: list[dict[str, Any]],
+    reasons: list[rules.Reason],
     inputs: dict[str, Any],
     config: AmlConfig,
     caller: str,
@@ -68,17 +68,15 @@ async def record_verdict(
     return await verdict_log.append(
         conn,
         SCHEMA,
-        verdict_log.Verdict(
-            verdict_id=uuid.uuid4(),
+        verdicts.verdict(
             player_id=player_id,
-            action=action.value,
+            action=action,
             decision="RECORDED",
             reasons=reasons,
             inputs=inputs,
-            rule_version=rules.RULE_VERSION,
             config_version=config.version,
             caller=caller,
-            create_time=now,
+            now=now,
         ),
     )
 
@@ -132,11 +130,9 @@ class AmlCases:
             )
             if released:
                 await store.set_play_hold(conn, player_id, False, now)
-            reasons: list[dict[str, Any]] = [
-                {"reason": alert.rule, "metadata": {"alert": alert.name}}
-            ]
+            reasons = [rules.Reason(alert.rule, {"alert": alert.name})]
             if released:
-                reasons.append({"reason": "PLAY_HOLD_RELEASED", "metadata": {}})
+                reasons.append(rules.Reason("PLAY_HOLD_RELEASED"))
             verdict = await record_verdict(
                 conn,
                 player_id=player_id,

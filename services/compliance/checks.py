@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.compliance import rules, store, verdict_log
+from services.compliance import rules, store, verdict_log, verdicts
 from services.compliance.policy import Policy
 from services.compliance.rules import Action, Decision, LimitKind
 from services.runtime.errors import DomainError, InvalidArgument
@@ -247,7 +246,7 @@ class ActionChecks:
             counted: list[tuple[str, str, str, int]] = []
             counted_ids: set[tuple[str, str]] = set()
             cdd_players: list[str] = []
-            verdicts: list[verdict_log.Verdict] = []
+            pending: list[verdict_log.Verdict] = []
             decisions: list[Decision] = []
             refused: dict[int, DomainError] = {}
             for i, request in enumerate(requests):
@@ -308,27 +307,23 @@ class ActionChecks:
                     # This action goes through; the next ones wait for due diligence.
                     cdd_players.append(request.player_id)
                 decisions.append(decision)
-                verdicts.append(
-                    verdict_log.Verdict(
-                        verdict_id=uuid.uuid4(),
+                pending.append(
+                    verdicts.verdict(
                         player_id=request.player_id,
-                        action=request.action.value,
+                        action=request.action,
                         decision=decision.verdict,
-                        reasons=[
-                            {"reason": r.reason, "metadata": r.metadata} for r in decision.reasons
-                        ],
+                        reasons=decision.reasons,
                         inputs={**_inputs(request, cached, totals, cdd), **policy.inputs()},
-                        rule_version=rules.RULE_VERSION,
                         config_version=config.version,
                         caller=request.caller,
-                        create_time=now,
+                        now=now,
                     )
                 )
             if counted:
                 await store.record_usages(conn, counted, now)
             for player_id in cdd_players:
                 await store.require_cdd(conn, player_id, now)
-            stored = iter(await verdict_log.append_many(conn, SCHEMA, verdicts))
+            stored = iter(await verdict_log.append_many(conn, SCHEMA, pending))
         answers = iter(decisions)
         return [
             refused[i] if i in refused else Checked(next(stored), next(answers))

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.compliance import flags, reality, rules, store, verdict_log
+from services.compliance import flags, reality, rules, store, verdict_log, verdicts
 from services.compliance.checks import ActionChecks, CheckRequest
 from services.compliance.policy import Policy
 from services.compliance.rules import (
@@ -125,17 +125,15 @@ class Compliance:
         stored = await verdict_log.append(
             conn,
             SCHEMA,
-            verdict_log.Verdict(
-                verdict_id=uuid.uuid4(),
+            verdicts.verdict(
                 player_id=player_id,
-                action=action.value,
+                action=action,
                 decision=decision.verdict,
-                reasons=[{"reason": r.reason, "metadata": r.metadata} for r in decision.reasons],
-                inputs=verdict_log.json_safe(inputs),
-                rule_version=rules.RULE_VERSION,
+                reasons=decision.reasons,
+                inputs=inputs,
                 config_version=config.version,
                 caller=caller,
-                create_time=now,
+                now=now,
             ),
         )
         return Recorded(stored, decision, jurisdiction)

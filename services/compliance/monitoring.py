@@ -218,10 +218,9 @@ class Monitoring:
                 player_id=state.player_id,
                 action=rules.Action.AML_MONITORING,
                 reasons=[
-                    {
-                        "reason": finding.rule,
-                        "metadata": {"action": finding.action.value, "alert": alert.name},
-                    }
+                    rules.Reason(
+                        finding.rule, {"action": finding.action.value, "alert": alert.name}
+                    )
                 ],
                 inputs={
                     "event_id": str(event.event_id),

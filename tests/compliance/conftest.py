@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from casino.compliance.v1 import compliance_pb2_grpc
@@ -23,6 +24,7 @@ from services.runtime.process import ServiceProcess
 from tests.conftest import Launcher, Pki
 
 ROOT = Path(__file__).resolve().parents[2]
+IDENTITIES = ("identity", "games", "payments", "edge", "backoffice", "wallet")
 
 EXCLUDED_ON_REGISTER = {
     "firstName": "Ada",
@@ -129,7 +131,19 @@ def register(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
         yield sim
 
 
-def compliance_extra(register: Simulator, folder: Path) -> str:
+def compliance_extra(
+    register: Simulator,
+    folder: Path,
+    *,
+    monitoring: bool = False,
+    settings: str = "",
+    rules: str = "",
+    tables: str = "",
+) -> str:
+    """The [compliance] config of a test instance: `settings` are more lines for
+    [compliance], `rules` for [compliance.rules], `tables` further tables. Monitoring is off
+    unless asked for: monitoring tests consume queues of their own, and any other instance
+    consuming the shared queue would apply their events to this database."""
     return f"""
 [compliance]
 register_url = "{register.url}"
@@ -139,12 +153,30 @@ signing_key_file = "{folder / "verdict-signing.key"}"
 public_key_file = "{folder / "verdict-signing.pub"}"
 checkpoint_dir = "{folder / "checkpoints"}"
 outbox_relay = false
-# Monitoring tests start their own consumers on queues of their own; any other instance
-# consuming the shared queue would apply their events to this database.
-monitoring = false
+monitoring = {"true" if monitoring else "false"}
+{settings}
 [compliance.rules]
 limit_cooling_off_hours = 24
+{rules}
+{tables}
 """
+
+
+def open_stubs(
+    process: ServiceProcess, pki: Pki, identities: tuple[str, ...] = IDENTITIES
+) -> tuple[list[grpc.aio.Channel], dict[str, compliance_pb2_grpc.ComplianceServiceStub]]:
+    """A compliance stub per caller identity, each on its own mTLS channel."""
+    channels = {
+        identity: secure_channel(
+            f"127.0.0.1:{process.ports['port']}",
+            pki.tls(identity),
+            "compliance",
+            default_timeout=10,
+        )
+        for identity in identities
+    }
+    stubs = {k: compliance_pb2_grpc.ComplianceServiceStub(c) for k, c in channels.items()}
+    return list(channels.values()), stubs
 
 
 @pytest.fixture(scope="module")
@@ -164,15 +196,7 @@ def compliance(
 
 @pytest.fixture
 async def stubs(compliance: ServiceProcess, pki: Pki) -> AsyncIterator[dict[str, object]]:
-    channels = {
-        identity: secure_channel(
-            f"127.0.0.1:{compliance.ports['port']}",
-            pki.tls(identity),
-            "compliance",
-            default_timeout=10,
-        )
-        for identity in ("identity", "games", "payments", "edge", "backoffice", "wallet")
-    }
-    yield {k: compliance_pb2_grpc.ComplianceServiceStub(c) for k, c in channels.items()}
-    for channel in channels.values():
+    channels, stubs = open_stubs(compliance, pki)
+    yield dict(stubs)
+    for channel in channels:
         await channel.close()

@@ -40,8 +40,8 @@ def reasons(verdict: pb.Verdict) -> dict[str, dict[str, str]]:
     return {r.reason: dict(r.metadata) for r in verdict.reasons}
 
 
-async def verified_player(stubs, **person_fields: object) -> str:
-    player_id = f"player-{uuid.uuid4().hex[:10]}"
+async def verified_player(stubs, player_id: str | None = None, **person_fields: object) -> str:
+    player_id = player_id or f"player-{uuid.uuid4().hex[:10]}"
     await stubs["identity"].EnrolPlayer(
         pb.EnrolPlayerRequest(player_id=player_id, person=person(**person_fields))
     )

@@ -22,12 +22,12 @@ from grpc_health.v1 import health_pb2
 
 from casino.common.v1.money_pb2 import Money
 from casino.compliance.v1 import compliance_pb2 as pb
-from casino.compliance.v1 import compliance_pb2_grpc
 from services.compliance import flags
-from services.runtime.client import secure_channel
 from services.runtime.process import ServiceProcess
 from services.runtime.status import error_info
-from tests.compliance.conftest import Simulator
+from tests.compliance.conftest import Simulator, compliance_extra, open_stubs
+from tests.compliance.test_compliance_service import reasons
+from tests.compliance.test_compliance_service import verified_player as shared_verified_player
 from tests.conftest import Launcher, Pki
 from tests.wallet.conftest import admin_dsn
 
@@ -39,24 +39,17 @@ THRESHOLD = 50_000
 
 
 def service_config(register: Simulator, folder: Path, poll_seconds: float) -> str:
-    return f"""
-[compliance]
-register_url = "{register.url}"
-register_api_key_file = "{register.key_file}"
-register_timeout_seconds = 1.0
-signing_key_file = "{folder / "verdict-signing.key"}"
-public_key_file = "{folder / "verdict-signing.pub"}"
-checkpoint_dir = "{folder / "checkpoints"}"
-outbox_relay = false
-flags_poll_seconds = {poll_seconds}
-[compliance.rules]
-affordability_threshold_minor = {THRESHOLD}
-[compliance.jurisdictions.MT]
+    return compliance_extra(
+        register,
+        folder,
+        settings=f"flags_poll_seconds = {poll_seconds}",
+        rules=f"affordability_threshold_minor = {THRESHOLD}",
+        tables=f"""[compliance.jurisdictions.MT]
 currency = "EUR"
 slot_stake_cap_minor = 1_000_000_000_000
 young_adult_slot_stake_cap_minor = 1_000_000_000_000
-affordability_threshold_minor = {THRESHOLD}
-"""
+affordability_threshold_minor = {THRESHOLD}""",
+    )
 
 
 def start_compliance(
@@ -88,20 +81,6 @@ def reset_flags() -> None:
         conn.execute("DELETE FROM compliance.rule_flags")
 
 
-def stubs_for(process: ServiceProcess, pki: Pki) -> tuple[list[grpc.aio.Channel], dict]:
-    channels, stubs = [], {}
-    for identity in ("identity", "games", "edge", "backoffice"):
-        channel = secure_channel(
-            f"127.0.0.1:{process.ports['port']}",
-            pki.tls(identity),
-            "compliance",
-            default_timeout=10,
-        )
-        channels.append(channel)
-        stubs[identity] = compliance_pb2_grpc.ComplianceServiceStub(channel)
-    return channels, stubs
-
-
 @pytest.fixture
 async def flag_admin(stubs) -> AsyncIterator[None]:
     """Each flag test starts from no flags and leaves none behind."""
@@ -114,37 +93,16 @@ def money(amount: int, currency: str = "GBP") -> Money:
     return Money(amount_minor=amount, currency_code=currency)
 
 
-def reasons(verdict: pb.Verdict) -> dict[str, dict[str, str]]:
-    return {r.reason: dict(r.metadata) for r in verdict.reasons}
-
-
 async def verified_player(
     stubs, country: str = "GB", player_id: str | None = None, birth_year: int = 1980
 ) -> str:
-    player_id = player_id or f"player-{uuid.uuid4().hex[:10]}"
-    await stubs["identity"].EnrolPlayer(
-        pb.EnrolPlayerRequest(
-            player_id=player_id,
-            person=pb.Person(
-                given_name="Rae",
-                family_name=f"Player{uuid.uuid4().hex[:6]}",
-                birth_date=Date(year=birth_year, month=3, day=9),
-                email=f"{uuid.uuid4().hex[:8]}@example.org",
-                postcode="VLT 1000" if country == "MT" else "N1 9GU",
-                country_code=country,
-            ),
-        )
+    return await shared_verified_player(
+        stubs,
+        player_id=player_id,
+        country_code=country,
+        postcode="VLT 1000" if country == "MT" else "N1 9GU",
+        birth_date=Date(year=birth_year, month=3, day=9),
     )
-    await stubs["backoffice"].UpdateVerification(
-        pb.UpdateVerificationRequest(
-            player_id=player_id,
-            name_verified=True,
-            address_verified=True,
-            birth_date_verified=True,
-            verified_by="kyc-provider:ref-2",
-        )
-    )
-    return player_id
 
 
 async def check(
@@ -299,7 +257,7 @@ async def test_another_replica_picks_up_a_flag_change_by_notify(
 ) -> None:
     # The second replica's poll is 10 minutes: within seconds, only NOTIFY can tell it.
     replica = start_compliance(tmp_path, pki, register, 600)
-    channels, other = stubs_for(replica, pki)
+    channels, other = open_stubs(replica, pki)
     try:
         await replica.wait_health(health_pb2.HealthCheckResponse.SERVING)
         player_id = await verified_player(stubs)
@@ -431,7 +389,7 @@ async def test_unreadable_flags_keep_a_replica_unready_and_later_keep_the_last_s
             return now > failures
 
         await until(failing)
-        channels, other = stubs_for(replica, pki)
+        channels, other = open_stubs(replica, pki)
         verdict = await check(other, player_id, pb.ACTION_DEPOSIT, 1_000)
         assert verdict.decision == ALLOW
         assert await replica.health() == health_pb2.HealthCheckResponse.SERVING

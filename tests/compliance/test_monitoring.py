@@ -36,18 +36,12 @@ T = TypeVar("T")
 
 
 def monitoring_extra(register: Simulator, folder: Path, queue: str, *, on: bool = True) -> str:
-    keys = (
-        f"monitoring = {'true' if on else 'false'}\n"
-        f'monitoring_queue = "{queue}"\n'
-        'fx_to_eur = { EUR = "1", GBP = "1.17" }\n'
+    return compliance_extra(
+        register,
+        folder,
+        monitoring=on,
+        settings=f'monitoring_queue = "{queue}"\nfx_to_eur = {{ EUR = "1", GBP = "1.17" }}',
     )
-    # The suite's own settings, minus any monitoring switch of theirs, plus these.
-    base = "\n".join(
-        line
-        for line in compliance_extra(register, folder).splitlines()
-        if not line.startswith("monitoring ")
-    )
-    return base.replace("[compliance]\n", "[compliance]\n" + keys, 1)
 
 
 async def delete_queues(*names: str) -> None:

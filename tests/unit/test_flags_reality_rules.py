@@ -12,27 +12,11 @@ from services.compliance import flags, reality, rules
 from services.compliance.flags import RuleFlag, Snapshot
 from services.compliance.rules import Action, ComplianceConfig, Period, PlayerState, UsageTotals
 from services.runtime.errors import InvalidArgument
+from tests.unit.test_compliance_rules import player
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
 GB = ComplianceConfig()
 MT = ComplianceConfig(currency="EUR", slot_stake_cap_minor=10**12)
-
-
-def player(**overrides: object) -> PlayerState:
-    fields: dict[str, object] = dict(
-        player_id="p-1",
-        birth_date=dt.date(1980, 1, 1),
-        country="GB",
-        name_verified=True,
-        address_verified=True,
-        birth_date_verified=True,
-        cdd_required=False,
-        excluded_until=None,
-        excluded_indefinitely=False,
-        exclusion_kind=None,
-    )
-    fields.update(overrides)
-    return PlayerState(**fields)  # type: ignore[arg-type]
 
 
 # Segments.
