@@ -20,12 +20,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from casino.common.v1.money_pb2 import Money
 from casino.compliance.v1 import compliance_pb2 as pb
-from casino.compliance.v1 import compliance_pb2_grpc
 from casino.wallet.v1 import events_pb2, wallet_pb2, wallet_pb2_grpc
 from services.runtime.client import secure_channel
 from services.runtime.outbox import declare_events_exchange
 from services.runtime.process import ServiceProcess
-from tests.compliance.conftest import Simulator, compliance_extra
+from tests.compliance.conftest import Simulator, compliance_extra, open_stubs
 from tests.compliance.test_compliance_service import verified_player
 from tests.conftest import Launcher, Pki
 from tests.wallet.conftest import wallet_extra
@@ -50,20 +49,6 @@ async def delete_queues(*names: str) -> None:
         channel = await connection.channel()
         for name in names:
             await channel.queue_delete(name)
-
-
-def stubs_of(process: ServiceProcess, pki: Pki) -> tuple[dict[str, Any], list[Any]]:
-    channels = {
-        identity: secure_channel(
-            f"127.0.0.1:{process.ports['port']}",
-            pki.tls(identity),
-            "compliance",
-            default_timeout=10,
-        )
-        for identity in ("identity", "games", "payments", "backoffice", "edge")
-    }
-    stubs = {k: compliance_pb2_grpc.ComplianceServiceStub(c) for k, c in channels.items()}
-    return stubs, list(channels.values())
 
 
 async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 15.0) -> T:
@@ -194,7 +179,7 @@ def monitored(
 
 @pytest.fixture
 async def monitored_stubs(monitored: ServiceProcess, pki: Pki) -> AsyncIterator[dict[str, Any]]:
-    stubs, channels = stubs_of(monitored, pki)
+    channels, stubs = open_stubs(monitored, pki)
     yield stubs
     for channel in channels:
         await channel.close()
@@ -437,7 +422,7 @@ async def test_checks_answer_with_the_consumer_off_and_queued_events_apply_once_
         await eventually(lambda: _queue_exists(queue))
         first.terminate()
         off = launcher("compliance", extra=monitoring_extra(register, tmp_path, queue, on=False))
-        stubs, channels = stubs_of(off, pki)
+        channels, stubs = open_stubs(off, pki)
         player = await verified_player(stubs)
         await wallet_events.publish(player, "DEPOSIT", 150_000)
         await wallet_events.publish(player, "DEPOSIT", 60_000)
@@ -493,7 +478,7 @@ async def test_deposits_with_three_instruments_through_the_wallet_raise_an_alert
     try:
         compliance = launcher("compliance", extra=monitoring_extra(register, tmp_path, queue))
         wallet = launcher("wallet", extra=wallet_extra(relay=True))
-        stubs, channels = stubs_of(compliance, pki)
+        channels, stubs = open_stubs(compliance, pki)
         closers += channels
         wallet_channel = secure_channel(
             f"127.0.0.1:{wallet.ports['port']}", pki.tls("payments"), "wallet", default_timeout=10
