@@ -80,6 +80,7 @@ url = "redis://127.0.0.1:6379/0"
 [wallet]
 currencies = ["{CURRENCY}"]
 outbox_relay = true
+amqp_url = "amqp://guest:guest@127.0.0.1:5672/casino_bench"
 """
 STAKE = 100
 WIN = 150

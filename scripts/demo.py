@@ -1,13 +1,16 @@
 """The platform's main job, driven over its real contracts with real service identities.
 
 The money path as the wallet serves it (account, deposit, bet, win, a retried request, a
-refusal, a rollback tombstone, reconciliation), then the chassis through the echo example:
+refusal, a rollback tombstone, reconciliation), compliance's verdicts (registration against
+the national register, KYC, the slot stake cap, a time-out, an AML case opened from the
+wallet's events, the verified verdict log), then the chassis through the echo example:
 an idempotent replay, a relayed call carrying deadline and trace to a second hop, a paged
 listing, and a caller the contract does not allow.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from pathlib import Path
@@ -206,11 +209,55 @@ async def compliance_job(root: Path) -> None:
         print(f"slot spin 6.00             -> {await bet(600)}")
         await edge.Exclude(compliance_pb2.ExcludeRequest(player_id=player, timeout_hours=24))
         print(f"bet during a 24 h time-out -> {await bet(100)}")
+        await aml_job(root, identity, backoffice, person)
         report = await backoffice.VerifyVerdictLog(compliance_pb2.VerifyVerdictLogRequest())
         print(
             f"verdict log                -> {report.rows_checked} verdicts, "
             f"{len(report.problems)} problems, checkpoint {Path(report.checkpoint).name}"
         )
+
+
+async def aml_job(
+    root: Path,
+    identity: compliance_pb2_grpc.ComplianceServiceStub,
+    backoffice: compliance_pb2_grpc.ComplianceServiceStub,
+    person: compliance_pb2.Person,
+) -> None:
+    """Deposits through the wallet; compliance hears of them from the wallet's events on
+    RabbitMQ, never on the money path, and opens an AML case."""
+    player = f"player-{uuid.uuid4().hex[:8]}"
+    aml_person = compliance_pb2.Person()
+    aml_person.CopyFrom(person)
+    aml_person.email = f"{uuid.uuid4().hex[:8]}@x.org"
+    await identity.EnrolPlayer(
+        compliance_pb2.EnrolPlayerRequest(player_id=player, person=aml_person)
+    )
+    async with secure_channel(WALLET, _tls(root, "identity"), "wallet") as opener:
+        await wallet_pb2_grpc.WalletServiceStub(opener).OpenAccount(
+            wallet_pb2.OpenAccountRequest(player_id=player, currency_code="EUR")
+        )
+    async with secure_channel(WALLET, _tls(root, "payments"), "wallet") as channel:
+        payments = wallet_pb2_grpc.WalletServiceStub(channel)
+        for card in ("card:4f1c", "card:9a07", "iban:77d2"):
+            await payments.Deposit(
+                wallet_pb2.DepositRequest(
+                    request_id=f"psp-{uuid.uuid4().hex}",
+                    player_id=player,
+                    amount=_eur(5_000),
+                    payment_instrument=card,
+                )
+            )
+    print("3 deposits, 3 instruments  -> via the wallet; its events reach compliance")
+    for _ in range(100):
+        listed = await backoffice.ListAmlAlerts(
+            compliance_pb2.ListAmlAlertsRequest(player_id=player)
+        )
+        if listed.alerts:
+            alert = listed.alerts[0]
+            print(f"AML case                   -> {alert.rule} {alert.action} {alert.name}")
+            return
+        await asyncio.sleep(0.1)
+    print("AML case                   -> none after 10 s (is the relay or consumer down?)")
 
 
 async def run(root: Path) -> None:

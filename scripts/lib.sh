@@ -80,6 +80,17 @@ ensure_rabbitmq() {
         as_root rabbitmq-server -detached
         wait_port RabbitMQ 127.0.0.1 5672 120
     fi
+    # Tests and benchmarks publish events too: each gets a virtual host of its own, so their
+    # events never reach the dev stack's queues (as the database is casino vs casino_test).
+    local vhosts vhost
+    vhosts="$(as_root rabbitmqctl -q list_vhosts name 2>/dev/null || true)"
+    for vhost in casino_test casino_bench; do
+        if ! grep -qx "$vhost" <<<"$vhosts"; then
+            log "creating RabbitMQ virtual host $vhost"
+            as_root rabbitmqctl -q add_vhost "$vhost" >/dev/null
+            as_root rabbitmqctl -q set_permissions -p "$vhost" guest ".*" ".*" ".*" >/dev/null
+        fi
+    done
 }
 
 ensure_venv() {

@@ -21,6 +21,9 @@ SECRETS = ROOT / ".dev" / "secrets"
 # Recreated by every test session; concurrent sessions on one machine (a developer's run
 # beside CI's) each name their own.
 TEST_DATABASE = os.environ.get("CASINO_TEST_DATABASE", "casino_test")
+# The RabbitMQ virtual host of tests (scripts/lib.sh creates it): the events tests publish
+# never reach the dev stack's queues.
+TEST_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/casino_test"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import pytest
 from casino.compliance.v1 import compliance_pb2_grpc
 from services.runtime.client import secure_channel
 from services.runtime.process import ServiceProcess
-from tests.conftest import Launcher, Pki
+from tests.conftest import TEST_AMQP_URL, Launcher, Pki
 
 ROOT = Path(__file__).resolve().parents[2]
 IDENTITIES = ("identity", "games", "payments", "edge", "backoffice", "wallet")
@@ -153,6 +153,7 @@ signing_key_file = "{folder / "verdict-signing.key"}"
 public_key_file = "{folder / "verdict-signing.pub"}"
 checkpoint_dir = "{folder / "checkpoints"}"
 outbox_relay = false
+amqp_url = "{TEST_AMQP_URL}"
 monitoring = {"true" if monitoring else "false"}
 {settings}
 [compliance.rules]

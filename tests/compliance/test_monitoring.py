@@ -26,10 +26,9 @@ from services.runtime.outbox import declare_events_exchange
 from services.runtime.process import ServiceProcess
 from tests.compliance.conftest import Simulator, compliance_extra, open_stubs
 from tests.compliance.test_compliance_service import verified_player
-from tests.conftest import Launcher, Pki
+from tests.conftest import TEST_AMQP_URL, Launcher, Pki
 from tests.wallet.conftest import wallet_extra
 
-AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 ALLOW, DENY = pb.DECISION_ALLOW, pb.DECISION_DENY
 T = TypeVar("T")
 
@@ -44,7 +43,7 @@ def monitoring_extra(register: Simulator, folder: Path, queue: str, *, on: bool 
 
 
 async def delete_queues(*names: str) -> None:
-    connection = await aio_pika.connect_robust(AMQP)
+    connection = await aio_pika.connect_robust(TEST_AMQP_URL)
     async with connection:
         channel = await connection.channel()
         for name in names:
@@ -117,7 +116,7 @@ class Wallet:
 
 @pytest.fixture
 async def wallet_events() -> AsyncIterator[Wallet]:
-    connection = await aio_pika.connect_robust(AMQP)
+    connection = await aio_pika.connect_robust(TEST_AMQP_URL)
     channel = await connection.channel(publisher_confirms=True)
     yield Wallet(await declare_events_exchange(channel))
     await connection.close()
@@ -449,7 +448,7 @@ async def test_checks_answer_with_the_consumer_off_and_queued_events_apply_once_
 
 
 async def _queue_state(name: str) -> int | None:
-    connection = await aio_pika.connect_robust(AMQP)
+    connection = await aio_pika.connect_robust(TEST_AMQP_URL)
     async with connection:
         channel = await connection.channel()
         try:

@@ -13,7 +13,7 @@ from casino.common.v1.money_pb2 import Money
 from casino.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.client import secure_channel
 from services.runtime.process import ServiceProcess
-from tests.conftest import Launcher, Pki
+from tests.conftest import TEST_AMQP_URL, Launcher, Pki
 
 WALLET_SECTION = """
 [redis]
@@ -21,11 +21,12 @@ url = "redis://127.0.0.1:6379/0"
 [wallet]
 currencies = ["EUR", "GBP", "USD"]
 outbox_relay = {relay}
+amqp_url = "{amqp_url}"
 """
 
 
 def wallet_extra(*, relay: bool = False, failpoints: dict[str, str] | None = None) -> str:
-    extra = WALLET_SECTION.format(relay="true" if relay else "false")
+    extra = WALLET_SECTION.format(relay="true" if relay else "false", amqp_url=TEST_AMQP_URL)
     if failpoints:
         extra += "[failpoints]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in failpoints.items())
     return extra
