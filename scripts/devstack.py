@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from edge.process import EdgeProcess  # noqa: E402
 from scripts import demo  # noqa: E402
 from services.runtime import dbsetup  # noqa: E402
 from services.runtime.process import ServiceProcess  # noqa: E402
@@ -26,10 +27,16 @@ from services.runtime.process import ServiceProcess  # noqa: E402
 SERVING = 1
 
 
+# Not a gRPC service: started after the services, ready when its /readyz says so.
+EDGE = "edge"
+
+
 def configured_services() -> list[tuple[str, Path]]:
     out = []
     for path in sorted((ROOT / "config" / "dev").glob("*.toml")):
-        out.append((tomllib.loads(path.read_text())["service"]["name"], path))
+        name = tomllib.loads(path.read_text())["service"]["name"]
+        if name != EDGE:
+            out.append((name, path))
     return out
 
 
@@ -72,6 +79,9 @@ async def main() -> int:
         ServiceProcess(name, path, ROOT / ".dev" / "logs" / f"{name}.log", cwd=ROOT)
         for name, path in configured_services()
     ]
+    edge = EdgeProcess(
+        ROOT / "config" / "dev" / f"{EDGE}.toml", ROOT / ".dev" / "logs" / f"{EDGE}.log", cwd=ROOT
+    )
     try:
         for p in processes:
             p.start()
@@ -82,6 +92,14 @@ async def main() -> int:
                 f"{p.service:<12} SERVING  grpc(mTLS) :{ports['port']}  "
                 f"health :{ports['health_port']}  metrics :{ports['metrics_port']}"
             )
+        edge.start()
+        edge_ports = edge.wait_started()
+        await asyncio.to_thread(edge.wait_ready)
+        print(
+            f"{EDGE:<12} READY    http public :{edge_ports['public']}  "
+            f"webhooks :{edge_ports['webhooks']}  admin :{edge_ports['admin']}  "
+            f"(/openapi.json, /livez, /readyz)"
+        )
         await demo.run(ROOT)
         if not args.once:
             print("\nPlatform running; logs in .dev/logs/, spans in .dev/traces/. Ctrl-C stops it.")
@@ -91,7 +109,9 @@ async def main() -> int:
                 loop.add_signal_handler(sig, stop.set)
             await stop.wait()
     finally:
-        codes = {p.service: p.terminate() for p in processes}
+        # The edge first: it stops taking requests before the services behind it go.
+        codes = {EDGE: edge.terminate()}
+        codes.update({p.service: p.terminate() for p in processes})
         simulator.terminate()
         simulator.wait(10)
         print("stopped:", ", ".join(f"{name} exit {code}" for name, code in codes.items()))

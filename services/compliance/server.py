@@ -27,7 +27,7 @@ from services.compliance.monitoring import Monitoring, MonitoringConsumer
 from services.compliance.policy import Policy
 from services.compliance.register import SelfExclusionRegister
 from services.compliance.rules import ComplianceConfig
-from services.runtime.call import authenticated_caller
+from services.runtime.call import authenticated_caller, require_player
 from services.runtime.config import ConfigError, domain_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.messages import timestamp
@@ -111,6 +111,13 @@ def _required(field_name: str, value: str) -> str:
     if len(value) > 200:
         raise InvalidArgument(field_name, f"{field_name} is too long")
     return value.strip()
+
+
+def _own_player(value: str) -> str:
+    """The request's player_id, which a call through the edge may only name as its own."""
+    player_id = _required("player_id", value)
+    require_player(player_id)
+    return player_id
 
 
 def _country(field_name: str, value: str, *, required: bool = True) -> str:
@@ -257,7 +264,7 @@ class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
         self, request: pb.SetLimitRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetLimitResponse:
         limit, recorded = await self._compliance.set_limit(
-            _required("player_id", request.player_id),
+            _own_player(request.player_id),
             _enum(_KIND, request.kind, "kind"),
             _enum(_PERIOD, request.period, "period"),
             self._amount(request.amount),
@@ -272,7 +279,7 @@ class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
         self, request: pb.ConfirmLimitIncreaseRequest, context: grpc.aio.ServicerContext
     ) -> pb.ConfirmLimitIncreaseResponse:
         limit, recorded = await self._compliance.confirm_increase(
-            _required("player_id", request.player_id),
+            _own_player(request.player_id),
             _enum(_KIND, request.kind, "kind"),
             _enum(_PERIOD, request.period, "period"),
             authenticated_caller(),
@@ -284,9 +291,7 @@ class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
     async def ListLimits(
         self, request: pb.ListLimitsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListLimitsResponse:
-        limits, jurisdiction = await self._compliance.limits(
-            _required("player_id", request.player_id)
-        )
+        limits, jurisdiction = await self._compliance.limits(_own_player(request.player_id))
         return pb.ListLimitsResponse(limits=[self._limit(limit, jurisdiction) for limit in limits])
 
     async def Exclude(
@@ -294,7 +299,7 @@ class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
     ) -> pb.ExcludeResponse:
         which = request.WhichOneof("length")
         exclusion, recorded = await self._compliance.exclude(
-            _required("player_id", request.player_id),
+            _own_player(request.player_id),
             timeout_hours=request.timeout_hours if which == "timeout_hours" else None,
             self_exclusion_days=(
                 request.self_exclusion_days if which == "self_exclusion_days" else None
@@ -375,7 +380,7 @@ class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
         self, request: pb.SetRealityCheckRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetRealityCheckResponse:
         minutes, recorded = await self._compliance.set_reality_check(
-            _required("player_id", request.player_id),
+            _own_player(request.player_id),
             request.interval_minutes,
             authenticated_caller(),
         )
@@ -387,7 +392,7 @@ class ComplianceService(compliance_pb2_grpc.ComplianceServiceServicer):
         if not request.HasField("session_start_time"):
             raise InvalidArgument("session_start_time", "session_start_time is required")
         check, jurisdiction = await self._compliance.reality_check(
-            _required("player_id", request.player_id),
+            _own_player(request.player_id),
             request.session_start_time.ToDatetime(dt.UTC),
         )
         currency = jurisdiction.config.currency

@@ -79,6 +79,18 @@ class EchoService(echo_pb2_grpc.EchoServiceServicer):
     ) -> echo_pb2.PingResponse:
         return echo_pb2.PingResponse(payload=request.payload)
 
+    async def Mirror(
+        self, request: echo_pb2.MirrorRequest, context: grpc.aio.ServicerContext
+    ) -> echo_pb2.MirrorResponse:
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        return echo_pb2.MirrorResponse(
+            request=request,
+            caller=authenticated_caller(),
+            deadline_remaining_ms=_deadline_ms(),
+            player_id=metadata.get("x-casino-player-id", ""),
+            request_id=metadata.get("x-request-id", ""),
+        )
+
     async def ListEchoes(
         self, request: echo_pb2.ListEchoesRequest, context: grpc.aio.ServicerContext
     ) -> echo_pb2.ListEchoesResponse:

@@ -10,6 +10,13 @@ import contextvars
 import time
 from dataclasses import dataclass
 
+from services.runtime.errors import Code, DomainError
+
+# The edge authenticates players (it verifies their access tokens) and names the player in
+# this call metadata key; services believe it only from the edge's certificate identity.
+PLAYER_METADATA = "x-casino-player-id"
+EDGE_IDENTITY = "edge"
+
 
 @dataclass(frozen=True)
 class CallInfo:
@@ -17,6 +24,9 @@ class CallInfo:
     method: str  # full gRPC method, e.g. "/casino.wallet.v1.WalletService/PostBet"
     caller: str | None  # authenticated caller identity (service name), None if unknown
     deadline: float | None  # absolute time.monotonic() of the incoming deadline
+    # The player the edge authenticated for this call (x-casino-player-id from the edge);
+    # None for calls from other services and for the edge's unauthenticated calls.
+    player_id: str | None = None
 
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -49,3 +59,30 @@ def authenticated_caller() -> str:
     if call is None or call.caller is None:
         raise RuntimeError("authenticated_caller() used outside an authorised RPC")
     return call.caller
+
+
+class PlayerMismatch(DomainError):
+    """PERMISSION_DENIED: a call through the edge for one player naming another."""
+
+    code = Code.PERMISSION_DENIED
+
+    def __init__(self, player_id: str, rpc: str) -> None:
+        super().__init__(
+            "PLAYER_MISMATCH",
+            "the authenticated player may act only on their own data",
+            {"player_id": player_id, "rpc": rpc},
+        )
+
+
+def require_player(player_id: str) -> None:
+    """Refuse a call that came through the edge unless it was authenticated as `player_id`.
+
+    Calls from other services pass: they are trusted by their certificate and their
+    contract's allowed_callers, and act for whichever player their own logic says. A call
+    from the edge without a player (an unauthenticated class) is refused too: a public
+    handler that names a player is only ever a player's own."""
+    call = _current.get()
+    if call is None or call.caller is None:
+        raise RuntimeError("require_player() used outside an authorised RPC")
+    if call.caller == EDGE_IDENTITY and call.player_id != player_id:
+        raise PlayerMismatch(player_id, call.method)

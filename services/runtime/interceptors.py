@@ -11,7 +11,7 @@ import asyncio
 import contextvars
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import psycopg
@@ -22,7 +22,14 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from services.runtime import metrics
 from services.runtime.access import MethodAccess
-from services.runtime.call import CallInfo, current_call, enter_call, leave_call
+from services.runtime.call import (
+    EDGE_IDENTITY,
+    PLAYER_METADATA,
+    CallInfo,
+    current_call,
+    enter_call,
+    leave_call,
+)
 from services.runtime.errors import DependencyUnavailable, DomainError, Overloaded
 from services.runtime.identity import service_from_spiffe_id
 from services.runtime.logs import get_logger
@@ -79,31 +86,50 @@ class _RpcScope:
     async def __aenter__(self) -> CallInfo:
         caller = peer_service(self.context)
         remaining = self.context.time_remaining()
+        players = [
+            value
+            for key, value in self.context.invocation_metadata() or ()
+            if key == PLAYER_METADATA
+        ]
         self.info = CallInfo(
             service=self.service,
             method=self.access.method,
             caller=caller,
             deadline=None if remaining is None else time.monotonic() + remaining,
+            player_id=str(players[0]) if len(players) == 1 and caller == EDGE_IDENTITY else None,
         )
         self.token = enter_call(self.info)
         self.log = log.bind(rpc=self.access.method, caller=caller)
         self.started = time.perf_counter()
         metrics.RPC_STARTED.labels(self.grpc_service, self.grpc_method).inc()
         if not self.access.allows(caller):
-            metrics.CALLER_DENIED.labels(self.grpc_service, self.grpc_method, str(caller)).inc()
-            self.log.warning("caller not allowed")
-            self.code = grpc.StatusCode.PERMISSION_DENIED
-            try:
-                await abort(
-                    self.context,
-                    self.code,
-                    "CALLER_NOT_ALLOWED",
-                    f"caller {caller or 'without a platform identity'} may not call this RPC",
-                    {"caller": caller or "", "rpc": self.access.method},
-                )
-            finally:
-                self._finish()
+            await self._deny(
+                f"caller {caller or 'without a platform identity'} may not call this RPC"
+            )
+        elif players and caller != EDGE_IDENTITY:
+            # Only the edge authenticates players. Another service naming one is refused,
+            # not ignored: a service that forwards the header would otherwise believe it
+            # was acting for that player while the callee silently treats it as itself.
+            await self._deny(f"caller {caller} may not name a player in {PLAYER_METADATA}")
+        elif len(players) > 1 or (players and not players[0]):
+            await self._deny(f"{PLAYER_METADATA} must carry exactly one non-empty player id")
         return self.info
+
+    async def _deny(self, message: str) -> NoReturn:
+        caller = self.info.caller
+        metrics.CALLER_DENIED.labels(self.grpc_service, self.grpc_method, str(caller)).inc()
+        self.log.warning("caller not allowed", detail=message)
+        self.code = grpc.StatusCode.PERMISSION_DENIED
+        try:
+            await abort(
+                self.context,
+                self.code,
+                "CALLER_NOT_ALLOWED",
+                message,
+                {"caller": caller or "", "rpc": self.access.method},
+            )
+        finally:
+            self._finish()
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         try:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from casino.common.v1 import money_pb2
 from casino.wallet.v1 import events_pb2, wallet_pb2, wallet_pb2_grpc
-from services.runtime.call import authenticated_caller
+from services.runtime.call import authenticated_caller, require_player
 from services.runtime.config import domain_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.messages import timestamp
@@ -160,6 +160,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         self, request: wallet_pb2.GetBalanceRequest, context: grpc.aio.ServicerContext
     ) -> wallet_pb2.GetBalanceResponse:
         player = require_id("player_id", request.player_id)
+        require_player(player)
         currency = self._currency(request.currency_code)
         account, cached = await self._postings.balance(
             player, currency, allow_cached=request.allow_cached
@@ -304,6 +305,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         self, request: wallet_pb2.ListTransactionsRequest, context: grpc.aio.ServicerContext
     ) -> wallet_pb2.ListTransactionsResponse:
         player = require_id("player_id", request.player_id)
+        require_player(player)
         size = page_size(request.page_size)
         try:
             kinds = sorted(_PROTO_TO_KIND[k].value for k in request.kinds)

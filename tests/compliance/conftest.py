@@ -22,6 +22,7 @@ from casino.compliance.v1 import compliance_pb2_grpc
 from services.runtime.client import secure_channel
 from services.runtime.process import ServiceProcess
 from tests.conftest import TEST_AMQP_URL, Launcher, Pki
+from tests.support.edge_player import AsEdgePlayer
 
 ROOT = Path(__file__).resolve().parents[2]
 IDENTITIES = ("identity", "games", "payments", "edge", "backoffice", "wallet")
@@ -177,6 +178,9 @@ def open_stubs(
         for identity in identities
     }
     stubs = {k: compliance_pb2_grpc.ComplianceServiceStub(c) for k, c in channels.items()}
+    if "edge" in stubs:
+        # The edge calls for the player whose token it verified: the request's own player.
+        stubs["edge"] = AsEdgePlayer(stubs["edge"])  # type: ignore[assignment]
     return list(channels.values()), stubs
 
 

@@ -14,6 +14,7 @@ from casino.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.client import secure_channel
 from services.runtime.process import ServiceProcess
 from tests.conftest import TEST_AMQP_URL, Launcher, Pki
+from tests.support.edge_player import AsEdgePlayer
 
 WALLET_SECTION = """
 [redis]
@@ -59,7 +60,9 @@ class WalletClients:
                 f"127.0.0.1:{self._port}", self._pki.tls(identity), "wallet", default_timeout=10
             )
             self._channels[identity] = channel
-            self._stubs[identity] = wallet_pb2_grpc.WalletServiceStub(channel)
+            stub = wallet_pb2_grpc.WalletServiceStub(channel)
+            # The edge calls for the player whose token it verified: the request's own player.
+            self._stubs[identity] = AsEdgePlayer(stub) if identity == "edge" else stub  # type: ignore[assignment]
         return self._stubs[identity]
 
     async def close(self) -> None:

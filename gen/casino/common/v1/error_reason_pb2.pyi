@@ -46,6 +46,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The service's own capacity (e.g. its database connection pool) is exhausted; nothing
     was applied; retry after a backoff with the same request_id. Metadata: resource.
     """
+    PLAYER_MISMATCH: _ErrorReason.ValueType  # 10
+    """The call came through the edge for a player other than the one the request names (or
+    for no player at all): a player may act only on their own data. Metadata: player_id
+    (the request's), rpc.
+    """
     INSUFFICIENT_FUNDS: _ErrorReason.ValueType  # 100
     """Wallet.
     Not enough available balance. Metadata: available_minor, posted_minor, reserved_minor,
@@ -67,6 +72,62 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The reservation was already committed or released. Metadata: withdrawal_id, state."""
     WITHDRAWAL_ID_IN_USE: _ErrorReason.ValueType  # 108
     """A second reservation under an existing withdrawal_id."""
+    INVALID_CREDENTIALS: _ErrorReason.ValueType  # 300
+    """Identity (300+).
+    Unknown email or wrong password: deliberately the same answer for both.
+    """
+    ACCOUNT_LOCKED: _ErrorReason.ValueType  # 301
+    """Too many failed logins for this account or from this address; nothing was checked.
+    Metadata: retry_after (seconds), scope (account or address).
+    """
+    EMAIL_TAKEN: _ErrorReason.ValueType  # 302
+    """An account with this email (compared case-insensitively) already exists."""
+    REGISTRATION_DENIED: _ErrorReason.ValueType  # 303
+    """Compliance refused the registration; nothing was stored. Metadata: reasons
+    (comma-separated compliance reasons, e.g. UNDER_AGE,REGISTER_EXCLUDED), verdict_id.
+    """
+    REFRESH_TOKEN_REUSED: _ErrorReason.ValueType  # 304
+    """A refresh token that was already used was presented again: the whole session family is
+    revoked (the token may have been stolen). Log in again.
+    """
+    REFRESH_TOKEN_INVALID: _ErrorReason.ValueType  # 305
+    """The refresh token is unknown, expired or its session was revoked. Log in again."""
+    PLAYER_NOT_FOUND: _ErrorReason.ValueType  # 306
+    """The player has no account (GetProfile). Metadata: player_id."""
+    TOKEN_MISSING: _ErrorReason.ValueType  # 400
+    """Edge: access tokens and rate limits (400+).
+    The operation needs an access token (Authorization: Bearer) and none was sent.
+    """
+    TOKEN_INVALID: _ErrorReason.ValueType  # 401
+    """The access token is malformed, has a bad signature, a wrong algorithm (only EdDSA),
+    issuer or audience, or lacks a required claim.
+    """
+    TOKEN_EXPIRED: _ErrorReason.ValueType  # 402
+    """The access token's exp has passed (beyond the clock-skew leeway): refresh it."""
+    TOKEN_NOT_YET_VALID: _ErrorReason.ValueType  # 403
+    """The access token's nbf is still in the future (beyond the leeway)."""
+    UNKNOWN_KEY_ID: _ErrorReason.ValueType  # 404
+    """The access token names a key id (kid) the edge does not hold (never issued, or retired)."""
+    TOKEN_REVOKED: _ErrorReason.ValueType  # 405
+    """The player's sessions were revoked (logout, refresh-token reuse, self-exclusion) after
+    this token was issued: log in again.
+    """
+    RATE_LIMITED: _ErrorReason.ValueType  # 406
+    """Over the endpoint class's rate limit; the Retry-After header says when to retry.
+    Metadata: policy, retry_after.
+    """
+    ROUTE_NOT_FOUND: _ErrorReason.ValueType  # 450
+    """Edge: routing and transcoding (450+). Each is answered by the edge; nothing was called.
+    No operation has this path (404).
+    """
+    METHOD_NOT_ALLOWED: _ErrorReason.ValueType  # 451
+    """The path exists with other methods (405); the Allow header lists them."""
+    REQUEST_TOO_LARGE: _ErrorReason.ValueType  # 452
+    """The request body is larger than the edge accepts (400). Metadata: none."""
+    SOURCE_NOT_ALLOWED: _ErrorReason.ValueType  # 453
+    """The listener does not serve the client's network (403; the admin listener)."""
+    CLIENT_CLOSED: _ErrorReason.ValueType  # 454
+    """The client went away before its request body arrived."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values the platform returns. A value's
@@ -100,6 +161,11 @@ OVERLOADED: ErrorReason.ValueType  # 9
 """The service's own capacity (e.g. its database connection pool) is exhausted; nothing
 was applied; retry after a backoff with the same request_id. Metadata: resource.
 """
+PLAYER_MISMATCH: ErrorReason.ValueType  # 10
+"""The call came through the edge for a player other than the one the request names (or
+for no player at all): a player may act only on their own data. Metadata: player_id
+(the request's), rpc.
+"""
 INSUFFICIENT_FUNDS: ErrorReason.ValueType  # 100
 """Wallet.
 Not enough available balance. Metadata: available_minor, posted_minor, reserved_minor,
@@ -121,4 +187,60 @@ WITHDRAWAL_ALREADY_FINALISED: ErrorReason.ValueType  # 107
 """The reservation was already committed or released. Metadata: withdrawal_id, state."""
 WITHDRAWAL_ID_IN_USE: ErrorReason.ValueType  # 108
 """A second reservation under an existing withdrawal_id."""
+INVALID_CREDENTIALS: ErrorReason.ValueType  # 300
+"""Identity (300+).
+Unknown email or wrong password: deliberately the same answer for both.
+"""
+ACCOUNT_LOCKED: ErrorReason.ValueType  # 301
+"""Too many failed logins for this account or from this address; nothing was checked.
+Metadata: retry_after (seconds), scope (account or address).
+"""
+EMAIL_TAKEN: ErrorReason.ValueType  # 302
+"""An account with this email (compared case-insensitively) already exists."""
+REGISTRATION_DENIED: ErrorReason.ValueType  # 303
+"""Compliance refused the registration; nothing was stored. Metadata: reasons
+(comma-separated compliance reasons, e.g. UNDER_AGE,REGISTER_EXCLUDED), verdict_id.
+"""
+REFRESH_TOKEN_REUSED: ErrorReason.ValueType  # 304
+"""A refresh token that was already used was presented again: the whole session family is
+revoked (the token may have been stolen). Log in again.
+"""
+REFRESH_TOKEN_INVALID: ErrorReason.ValueType  # 305
+"""The refresh token is unknown, expired or its session was revoked. Log in again."""
+PLAYER_NOT_FOUND: ErrorReason.ValueType  # 306
+"""The player has no account (GetProfile). Metadata: player_id."""
+TOKEN_MISSING: ErrorReason.ValueType  # 400
+"""Edge: access tokens and rate limits (400+).
+The operation needs an access token (Authorization: Bearer) and none was sent.
+"""
+TOKEN_INVALID: ErrorReason.ValueType  # 401
+"""The access token is malformed, has a bad signature, a wrong algorithm (only EdDSA),
+issuer or audience, or lacks a required claim.
+"""
+TOKEN_EXPIRED: ErrorReason.ValueType  # 402
+"""The access token's exp has passed (beyond the clock-skew leeway): refresh it."""
+TOKEN_NOT_YET_VALID: ErrorReason.ValueType  # 403
+"""The access token's nbf is still in the future (beyond the leeway)."""
+UNKNOWN_KEY_ID: ErrorReason.ValueType  # 404
+"""The access token names a key id (kid) the edge does not hold (never issued, or retired)."""
+TOKEN_REVOKED: ErrorReason.ValueType  # 405
+"""The player's sessions were revoked (logout, refresh-token reuse, self-exclusion) after
+this token was issued: log in again.
+"""
+RATE_LIMITED: ErrorReason.ValueType  # 406
+"""Over the endpoint class's rate limit; the Retry-After header says when to retry.
+Metadata: policy, retry_after.
+"""
+ROUTE_NOT_FOUND: ErrorReason.ValueType  # 450
+"""Edge: routing and transcoding (450+). Each is answered by the edge; nothing was called.
+No operation has this path (404).
+"""
+METHOD_NOT_ALLOWED: ErrorReason.ValueType  # 451
+"""The path exists with other methods (405); the Allow header lists them."""
+REQUEST_TOO_LARGE: ErrorReason.ValueType  # 452
+"""The request body is larger than the edge accepts (400). Metadata: none."""
+SOURCE_NOT_ALLOWED: ErrorReason.ValueType  # 453
+"""The listener does not serve the client's network (403; the admin listener)."""
+CLIENT_CLOSED: ErrorReason.ValueType  # 454
+"""The client went away before its request body arrived."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

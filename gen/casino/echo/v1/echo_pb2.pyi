@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,23 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _MirrorKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MirrorKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MirrorKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MIRROR_KIND_UNSPECIFIED: _MirrorKind.ValueType  # 0
+    MIRROR_KIND_PLAIN: _MirrorKind.ValueType  # 1
+    MIRROR_KIND_FANCY: _MirrorKind.ValueType  # 2
+
+class MirrorKind(_MirrorKind, metaclass=_MirrorKindEnumTypeWrapper): ...
+
+MIRROR_KIND_UNSPECIFIED: MirrorKind.ValueType  # 0
+MIRROR_KIND_PLAIN: MirrorKind.ValueType  # 1
+MIRROR_KIND_FANCY: MirrorKind.ValueType  # 2
+Global___MirrorKind: _TypeAlias = MirrorKind  # noqa: Y015
 
 @_typing.final
 class EchoRequest(_message.Message):
@@ -259,3 +277,111 @@ class ListEchoesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListEchoesResponse: _TypeAlias = ListEchoesResponse  # noqa: Y015
+
+@_typing.final
+class MirrorRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    FLAG_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: mirrors/{mirror}."""
+    amount_minor: _builtins.int
+    kind: Global___MirrorKind.ValueType
+    flag: _builtins.bool
+    @_builtins.property
+    def note(self) -> Global___MirrorNote: ...
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        note: Global___MirrorNote | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        amount_minor: _builtins.int = ...,
+        kind: Global___MirrorKind.ValueType = ...,
+        flag: _builtins.bool = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        counts: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "note", b"note"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "at", b"at", "counts", b"counts", "flag", b"flag", "kind", b"kind", "name", b"name", "note", b"note", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MirrorRequest: _TypeAlias = MirrorRequest  # noqa: Y015
+
+@_typing.final
+class MirrorNote(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TITLE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    title: _builtins.str
+    text: _builtins.str
+    priority: _builtins.int
+    def __init__(
+        self,
+        *,
+        title: _builtins.str = ...,
+        text: _builtins.str = ...,
+        priority: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["priority", b"priority", "text", b"text", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MirrorNote: _TypeAlias = MirrorNote  # noqa: Y015
+
+@_typing.final
+class MirrorResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    DEADLINE_REMAINING_MS_FIELD_NUMBER: _builtins.int
+    PLAYER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    caller: _builtins.str
+    """Caller identity the server authenticated from the client certificate."""
+    deadline_remaining_ms: _builtins.int
+    """Milliseconds left of the caller's deadline when the handler started; 0 if none."""
+    player_id: _builtins.str
+    """The x-casino-player-id call metadata as received; empty when none."""
+    request_id: _builtins.str
+    """The x-request-id call metadata as received; empty when none."""
+    @_builtins.property
+    def request(self) -> Global___MirrorRequest:
+        """The request as the server decoded it."""
+
+    def __init__(
+        self,
+        *,
+        request: Global___MirrorRequest | None = ...,
+        caller: _builtins.str = ...,
+        deadline_remaining_ms: _builtins.int = ...,
+        player_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "deadline_remaining_ms", b"deadline_remaining_ms", "player_id", b"player_id", "request", b"request", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MirrorResponse: _TypeAlias = MirrorResponse  # noqa: Y015

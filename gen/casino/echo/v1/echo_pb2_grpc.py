@@ -52,6 +52,11 @@ class EchoServiceStub:
                 request_serializer=casino_dot_echo_dot_v1_dot_echo__pb2.PingRequest.SerializeToString,
                 response_deserializer=casino_dot_echo_dot_v1_dot_echo__pb2.PingResponse.FromString,
                 _registered_method=True)
+        self.Mirror = channel.unary_unary(
+                '/casino.echo.v1.EchoService/Mirror',
+                request_serializer=casino_dot_echo_dot_v1_dot_echo__pb2.MirrorRequest.SerializeToString,
+                response_deserializer=casino_dot_echo_dot_v1_dot_echo__pb2.MirrorResponse.FromString,
+                _registered_method=True)
         self.ListEchoes = channel.unary_unary(
                 '/casino.echo.v1.EchoService/ListEchoes',
                 request_serializer=casino_dot_echo_dot_v1_dot_echo__pb2.ListEchoesRequest.SerializeToString,
@@ -83,6 +88,18 @@ class EchoServiceServicer:
     def Ping(self, request, context):
         """Answers the payload and touches nothing: what one RPC through the runtime costs with no
         work at all (the baseline benchmarks compare services against).
+        Also the edge's unauthenticated catalog stand-in: a query-parameter read, with a
+        body "*" binding beside it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Mirror(self, request, context):
+        """The edge's routing test bed: answers the request exactly as the server decoded it, so a
+        test sees what HTTP/JSON transcoding made of the path, query and body of every HttpRule
+        shape (a variable over several segments with a custom verb, body "field", nested and
+        repeated query parameters, a nested path variable). Touches nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +129,11 @@ def add_EchoServiceServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=casino_dot_echo_dot_v1_dot_echo__pb2.PingRequest.FromString,
                     response_serializer=casino_dot_echo_dot_v1_dot_echo__pb2.PingResponse.SerializeToString,
+            ),
+            'Mirror': grpc.unary_unary_rpc_method_handler(
+                    servicer.Mirror,
+                    request_deserializer=casino_dot_echo_dot_v1_dot_echo__pb2.MirrorRequest.FromString,
+                    response_serializer=casino_dot_echo_dot_v1_dot_echo__pb2.MirrorResponse.SerializeToString,
             ),
             'ListEchoes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEchoes,
@@ -203,6 +225,33 @@ class EchoService:
             '/casino.echo.v1.EchoService/Ping',
             casino_dot_echo_dot_v1_dot_echo__pb2.PingRequest.SerializeToString,
             casino_dot_echo_dot_v1_dot_echo__pb2.PingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Mirror(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casino.echo.v1.EchoService/Mirror',
+            casino_dot_echo_dot_v1_dot_echo__pb2.MirrorRequest.SerializeToString,
+            casino_dot_echo_dot_v1_dot_echo__pb2.MirrorResponse.FromString,
             options,
             channel_credentials,
             insecure,

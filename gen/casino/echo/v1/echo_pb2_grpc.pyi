@@ -45,6 +45,14 @@ class EchoServiceStub:
     Ping: _grpc.UnaryUnaryMultiCallable[_echo_pb2.PingRequest, _echo_pb2.PingResponse]
     """Answers the payload and touches nothing: what one RPC through the runtime costs with no
     work at all (the baseline benchmarks compare services against).
+    Also the edge's unauthenticated catalog stand-in: a query-parameter read, with a
+    body "*" binding beside it.
+    """
+    Mirror: _grpc.UnaryUnaryMultiCallable[_echo_pb2.MirrorRequest, _echo_pb2.MirrorResponse]
+    """The edge's routing test bed: answers the request exactly as the server decoded it, so a
+    test sees what HTTP/JSON transcoding made of the path, query and body of every HttpRule
+    shape (a variable over several segments with a custom verb, body "field", nested and
+    repeated query parameters, a nested path variable). Touches nothing.
     """
     ListEchoes: _grpc.UnaryUnaryMultiCallable[_echo_pb2.ListEchoesRequest, _echo_pb2.ListEchoesResponse]
     """Lists recorded messages, newest first (AIP-158 paging)."""
@@ -66,6 +74,14 @@ class EchoServiceAsyncStub(EchoServiceStub):
     Ping: _aio.UnaryUnaryMultiCallable[_echo_pb2.PingRequest, _echo_pb2.PingResponse]  # type: ignore[assignment]
     """Answers the payload and touches nothing: what one RPC through the runtime costs with no
     work at all (the baseline benchmarks compare services against).
+    Also the edge's unauthenticated catalog stand-in: a query-parameter read, with a
+    body "*" binding beside it.
+    """
+    Mirror: _aio.UnaryUnaryMultiCallable[_echo_pb2.MirrorRequest, _echo_pb2.MirrorResponse]  # type: ignore[assignment]
+    """The edge's routing test bed: answers the request exactly as the server decoded it, so a
+    test sees what HTTP/JSON transcoding made of the path, query and body of every HttpRule
+    shape (a variable over several segments with a custom verb, body "field", nested and
+    repeated query parameters, a nested path variable). Touches nothing.
     """
     ListEchoes: _aio.UnaryUnaryMultiCallable[_echo_pb2.ListEchoesRequest, _echo_pb2.ListEchoesResponse]  # type: ignore[assignment]
     """Lists recorded messages, newest first (AIP-158 paging)."""
@@ -102,6 +118,20 @@ class EchoServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_echo_pb2.PingResponse, _abc.Awaitable[_echo_pb2.PingResponse]]:
         """Answers the payload and touches nothing: what one RPC through the runtime costs with no
         work at all (the baseline benchmarks compare services against).
+        Also the edge's unauthenticated catalog stand-in: a query-parameter read, with a
+        body "*" binding beside it.
+        """
+
+    @_abc_1.abstractmethod
+    def Mirror(
+        self,
+        request: _echo_pb2.MirrorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_echo_pb2.MirrorResponse, _abc.Awaitable[_echo_pb2.MirrorResponse]]:
+        """The edge's routing test bed: answers the request exactly as the server decoded it, so a
+        test sees what HTTP/JSON transcoding made of the path, query and body of every HttpRule
+        shape (a variable over several segments with a custom verb, body "field", nested and
+        repeated query parameters, a nested path variable). Touches nothing.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,1 @@
+"""The HTTP/JSON edge: routes, transcoding, errors and OpenAPI from the gRPC contracts."""

@@ -1,0 +1,593 @@
+"""The edge: player HTTP/JSON in, gRPC to the services out, on three listeners.
+
+One process serves three ASGI apps (Starlette request/response primitives on uvicorn), each
+on its own port with its own rules and its own in-flight budget: `public` (player traffic),
+`webhooks` (PSP callbacks: PAYMENT_WEBHOOK operations only) and `admin` (ADMIN operations
+only, from configured networks only). A request that finds its listener's budget spent is
+refused at once with 503, so a flood on one listener never takes the others' capacity.
+
+Per request: a request id (a valid X-Request-Id is kept, otherwise one is minted; echoed in
+the response, the access log and the upstream call metadata), a span (trace starts here),
+the route from the contracts, the access token (unless the class is AUTH or CATALOG), the
+rate limit of the class, the JSON decoded into the RPC's request (400 before any call when
+it does not fit), the call with the class's deadline budget as its timeout and the player in
+`x-casino-player-id`, the reply as proto3 JSON, one access-log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
+
+import grpc
+import uvicorn
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Tracer
+from redis.asyncio import Redis
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from edge.config import (
+    ADMIN,
+    LISTENERS,
+    PUBLIC,
+    UNAUTHENTICATED_CLASSES,
+    WEBHOOKS,
+    EdgeSettings,
+    edge_settings,
+)
+from edge.errors import EdgeError, bad_request, from_rpc_error, http_status, internal_error
+from edge.netrules import SourceRules
+from edge.openapi import openapi_document
+from edge.transcoding import (
+    Binding,
+    TranscodingError,
+    bindings_for,
+    decode_request,
+    encode_response,
+    load_contracts,
+)
+from services.runtime.client import secure_channel
+from services.runtime.config import ConfigError, ServiceConfig, build, load_config
+from services.runtime.errors import DomainError
+from services.runtime.logs import configure_logging, get_logger
+from services.runtime.secrets import read_secret
+from services.runtime.tracing import configure_tracing
+
+log = get_logger()
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+_JSON = "application/json"
+# Probes answer on every listener to any source: they reveal nothing, and orchestrators probe
+# from node addresses outside the admin networks.
+_HEALTH_PATHS = ("/livez", "/readyz")
+
+
+class Principal(Protocol):
+    @property
+    def player_id(self) -> str: ...
+
+
+class Decision(Protocol):
+    @property
+    def allowed(self) -> bool: ...
+
+    @property
+    def headers(self) -> dict[str, str]: ...
+
+
+class Verifier(Protocol):
+    """edge.auth.TokenVerifier: raises a DomainError (Unauthenticated, DependencyUnavailable)."""
+
+    async def verify(self, authorization: str | None, endpoint_class: str) -> Principal: ...
+
+
+class Limiter(Protocol):
+    """edge.ratelimit.RateLimiter."""
+
+    async def check(self, endpoint_class: str, key: str) -> Decision: ...
+
+
+def listener_of(endpoint_class: str) -> str:
+    """Which listener serves an endpoint class."""
+    if endpoint_class == "PAYMENT_WEBHOOK":
+        return WEBHOOKS
+    if endpoint_class == "ADMIN":
+        return ADMIN
+    return PUBLIC
+
+
+class Router:
+    """Bindings by path template; a known path with another method is a 405."""
+
+    def __init__(self, bindings: Sequence[Binding]) -> None:
+        self.bindings = list(bindings)
+        seen: dict[tuple[str, str], Binding] = {}
+        for b in self.bindings:
+            key = (b.http_method, b.path.regex.pattern)
+            if key in seen:
+                raise ValueError(
+                    f"{b.http_method} {b.path.template} is bound by both "
+                    f"{seen[key].operation_id} and {b.operation_id}"
+                )
+            seen[key] = b
+
+    def match(self, method: str, path: str) -> tuple[Binding, dict[str, str]] | list[str]:
+        """The binding and its variables, or the methods the path allows (empty: unknown)."""
+        allowed = []
+        for b in self.bindings:
+            variables = b.path.match(path)
+            if variables is None:
+                continue
+            if b.http_method == method:
+                return b, variables
+            allowed.append(b.http_method)
+        return sorted(set(allowed))
+
+
+class Readiness:
+    """Ready when Redis answers PING and every upstream answers gRPC health SERVING; probed
+    in the background so /readyz costs nothing."""
+
+    def __init__(
+        self,
+        probes: dict[str, Callable[[], Awaitable[bool]]],
+        interval: float,
+        timeout: float,
+    ) -> None:
+        self._probes = probes
+        self._interval = interval
+        self._timeout = timeout
+        self.ready = False
+        self.failing: list[str] = list(probes)
+
+    async def check_once(self) -> None:
+        async def one(name: str, probe: Callable[[], Awaitable[bool]]) -> bool:
+            try:
+                return await asyncio.wait_for(probe(), self._timeout)
+            except Exception:
+                return False
+
+        names = list(self._probes)
+        results = await asyncio.gather(*(one(n, self._probes[n]) for n in names))
+        failing = [n for n, ok in zip(names, results, strict=True) if not ok]
+        if failing != self.failing:
+            log.info("readiness changed", ready=not failing, failing=failing)
+        self.failing, self.ready = failing, not failing
+
+    async def run(self) -> None:
+        while True:
+            await self.check_once()
+            await asyncio.sleep(self._interval)
+
+
+def upstream_health_probe(channel: grpc.aio.Channel) -> Callable[[], Awaitable[bool]]:
+    stub = health_pb2_grpc.HealthStub(channel)
+
+    async def probe() -> bool:
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    return probe
+
+
+@dataclass
+class Route:
+    binding: Binding
+    call: grpc.aio.UnaryUnaryMultiCallable
+
+
+class ListenerApp:
+    """The ASGI app of one listener."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: EdgeSettings,
+        routes: Sequence[Route],
+        verifier: Verifier,
+        limiter: Limiter,
+        readiness: Readiness,
+        tracer: Tracer,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        config = settings.listener(name)
+        self.rules = SourceRules(config.allowed_networks, config.trusted_proxies)
+        self.max_in_flight = config.max_in_flight
+        self.in_flight = 0
+        self.router = Router([r.binding for r in routes])
+        self.calls = {id(r.binding): r.call for r in routes}
+        self.verifier = verifier
+        self.limiter = limiter
+        self.readiness = readiness
+        self.tracer = tracer
+        self.openapi = openapi_document(
+            [r.binding for r in routes], title=f"Casino platform edge ({name})"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        headers = Headers(scope=scope)
+        given = headers.get("x-request-id", "")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        method, path = scope["method"], scope["path"]
+        peer = scope.get("client")
+        client = self.rules.client_address(
+            peer[0] if peer else None, headers.get("x-forwarded-for")
+        )
+        route = ""
+        with self.tracer.start_as_current_span(
+            f"{method} edge.{self.name}", kind=SpanKind.SERVER
+        ) as span:
+            try:
+                if path in _HEALTH_PATHS:
+                    response = self._health(path)
+                elif not self.rules.allows(client):
+                    raise EdgeError(
+                        403,
+                        "PERMISSION_DENIED",
+                        "this listener does not serve your network",
+                        "SOURCE_NOT_ALLOWED",
+                    )
+                elif path == "/openapi.json":
+                    response = self._openapi(method)
+                elif self.in_flight >= self.max_in_flight:
+                    raise EdgeError(
+                        503,
+                        "UNAVAILABLE",
+                        "the edge is at capacity; retry later",
+                        "OVERLOADED",
+                        {"resource": f"{self.name} listener"},
+                        {"Retry-After": "1"},
+                    )
+                else:
+                    self.in_flight += 1
+                    try:
+                        response, route = await self._serve(
+                            scope, receive, headers, request_id, str(client or ""), started
+                        )
+                    finally:
+                        self.in_flight -= 1
+            except EdgeError as exc:
+                response = _error_response(exc, request_id)
+                route = route or getattr(exc, "route", "")
+            except Exception:
+                log.exception("edge failure", request_id=request_id, path=path)
+                response = _error_response(internal_error(), request_id)
+            response.headers["X-Request-Id"] = request_id
+            span.set_attribute("http.request.method", method)
+            span.set_attribute("http.route", route)
+            span.set_attribute("http.response.status_code", response.status_code)
+            span.set_attribute("casino.request_id", request_id)
+            await response(scope, receive, send)
+            log.info(
+                "request finished",
+                listener=self.name,
+                method=method,
+                path=path,
+                route=route,
+                status=response.status_code,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                request_id=request_id,
+                client=str(client or ""),
+            )
+
+    def _health(self, path: str) -> Response:
+        if path == "/livez":
+            return Response(b'{"status":"ok"}', 200, media_type=_JSON)
+        if self.readiness.ready:
+            return Response(b'{"status":"ready"}', 200, media_type=_JSON)
+        return Response(b'{"status":"not ready"}', 503, media_type=_JSON)
+
+    def _openapi(self, method: str) -> Response:
+        if method not in ("GET", "HEAD"):
+            raise EdgeError(
+                405,
+                "UNIMPLEMENTED",
+                f"{method} is not allowed here",
+                "METHOD_NOT_ALLOWED",
+                headers={"Allow": "GET, HEAD"},
+            )
+        return Response(self.openapi, 200, media_type=_JSON)
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        headers: Headers,
+        request_id: str,
+        client: str,
+        started: float,
+    ) -> tuple[Response, str]:
+        method = scope["method"]
+        match = self.router.match(method, scope["path"])
+        if isinstance(match, list):
+            if not match:
+                raise EdgeError(404, "NOT_FOUND", "no such route", "ROUTE_NOT_FOUND")
+            raise EdgeError(
+                405,
+                "UNIMPLEMENTED",
+                f"{method} is not allowed here; allowed: {', '.join(match)}",
+                "METHOD_NOT_ALLOWED",
+                headers={"Allow": ", ".join(match)},
+            )
+        binding, variables = match
+        route = f"{binding.http_method} {binding.path.template}"
+        endpoint_class = binding.endpoint_class
+        limit = self.settings.max_body_bytes
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            raise _tag(_too_large(limit), route)
+        try:
+            principal = None
+            if endpoint_class not in UNAUTHENTICATED_CLASSES:
+                principal = await self.verifier.verify(headers.get("authorization"), endpoint_class)
+            key = f"player:{principal.player_id}" if principal else f"ip:{client}"
+            decision = await self.limiter.check(endpoint_class, key)
+        except DomainError as exc:
+            raise _tag(from_domain_error(exc), route) from None
+        limit_headers = dict(decision.headers)
+        if not decision.allowed:
+            raise _tag(
+                EdgeError(
+                    429,
+                    "RESOURCE_EXHAUSTED",
+                    f"too many {endpoint_class} requests; retry after the Retry-After seconds",
+                    "RATE_LIMITED",
+                    {
+                        "policy": str(getattr(decision, "policy", endpoint_class.lower())),
+                        "retry_after": limit_headers.get("Retry-After", "1"),
+                    },
+                    limit_headers,
+                ),
+                route,
+            )
+        try:
+            body = await _read_body(receive, limit)
+            query = parse_qsl(
+                scope["query_string"].decode("latin-1"),
+                keep_blank_values=True,
+                encoding="utf-8",
+                errors="strict",
+            )
+            request = decode_request(binding, variables, query, body)
+        except TranscodingError as exc:
+            raise _tag(bad_request(exc.message, exc.field), route, limit_headers) from None
+        except UnicodeDecodeError:
+            raise _tag(bad_request("query string is not UTF-8"), route, limit_headers) from None
+        except EdgeError as exc:
+            raise _tag(exc, route, limit_headers) from None
+        metadata: list[tuple[str, str]] = [("x-request-id", request_id)]
+        if principal is not None:
+            metadata.append(("x-casino-player-id", principal.player_id))
+        budget = self.settings.deadline(endpoint_class) - (time.perf_counter() - started)
+        try:
+            reply: Message = await self.calls[id(binding)](
+                request, timeout=max(budget, 0.001), metadata=metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            error = from_rpc_error(exc)
+            if error.status >= 500:
+                log.warning(
+                    "upstream call failed",
+                    request_id=request_id,
+                    rpc=binding.grpc_path,
+                    grpc_code=exc.code().name,
+                    details=exc.details(),
+                )
+            raise _tag(error, route, limit_headers) from None
+        return (
+            Response(encode_response(binding, reply), 200, media_type=_JSON, headers=limit_headers),
+            route,
+        )
+
+
+def _tag(error: EdgeError, route: str, headers: dict[str, str] | None = None) -> EdgeError:
+    error.route = route  # type: ignore[attr-defined]
+    if headers:
+        error.headers = {**headers, **error.headers}
+    return error
+
+
+def from_domain_error(error: DomainError) -> EdgeError:
+    """An edge-side refusal (token, revocation store) in the one error shape."""
+    code = grpc.StatusCode[error.code.value]
+    status = http_status(code, error.reason)
+    return EdgeError(status, code.name, error.message, error.reason, error.metadata)
+
+
+def _too_large(limit: int) -> EdgeError:
+    return bad_request(f"request body is larger than {limit} bytes", "", "REQUEST_TOO_LARGE")
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise EdgeError(499, "CANCELLED", "the client went away", "CLIENT_CLOSED")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _error_response(error: EdgeError, request_id: str) -> Response:
+    return Response(error.body(request_id), error.status, media_type=_JSON, headers=error.headers)
+
+
+def tracer(provider: Any) -> Tracer:
+    return trace.get_tracer("edge", tracer_provider=provider)
+
+
+class _Server(uvicorn.Server):
+    """One listener's server. Signals are the Edge's business (three servers share them)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Edge:
+    """The edge process: built from its config, serving until stopped."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        from edge.auth import TokenVerifier, TokenVerifierConfig
+        from edge.ratelimit import RateLimitConfig, RateLimiter
+
+        self.config = config
+        configure_logging(config.name, config.telemetry.log_level)
+        self.tracer_provider = configure_tracing(config.name, config.telemetry)
+        self.settings = settings = edge_settings(config)
+        load_contracts()
+        if not config.redis.url:
+            raise ConfigError("edge: [redis] url is required (rate limits, revocation)")
+        password = read_secret(config.redis.password_file) if config.redis.password_file else None
+        self.redis = Redis.from_url(
+            config.redis.url, password=password, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
+        self.channels: dict[str, grpc.aio.Channel] = {}
+        for upstream in sorted(set(settings.services.values())):
+            cfg = config.upstreams[upstream]
+            self.channels[upstream] = secure_channel(
+                cfg.target,
+                config.tls,
+                cfg.service,
+                default_timeout=cfg.timeout_seconds,
+                tracer_provider=self.tracer_provider,
+            )
+        auth = build(TokenVerifierConfig, settings.auth, "edge.auth", config.config_dir)
+        self.verifier = TokenVerifier.from_config(auth, self.redis)
+        limits = build(RateLimitConfig, settings.ratelimit, "edge.ratelimit", config.config_dir)
+        self.limiter = RateLimiter(self.redis, limits)
+        redis_client = self.redis
+
+        async def redis_ready() -> bool:
+            return bool(await redis_client.ping())  # type: ignore[misc]
+
+        self.readiness = Readiness(
+            {
+                "redis": redis_ready,
+                **{f"upstream:{n}": upstream_health_probe(c) for n, c in self.channels.items()},
+            },
+            settings.readiness_interval_seconds,
+            settings.readiness_timeout_seconds,
+        )
+        routes: dict[str, list[Route]] = {name: [] for name in LISTENERS}
+        for service, upstream in settings.services.items():
+            channel = self.channels[upstream]
+            for binding in bindings_for(service):
+                call = channel.unary_unary(
+                    binding.grpc_path,
+                    request_serializer=binding.request_class.SerializeToString,
+                    response_deserializer=binding.response_class.FromString,
+                )
+                routes[listener_of(binding.endpoint_class)].append(Route(binding, call))
+        provider_tracer = tracer(self.tracer_provider)
+        self.apps = {
+            name: ListenerApp(
+                name,
+                settings,
+                routes[name],
+                self.verifier,
+                self.limiter,
+                self.readiness,
+                provider_tracer,
+            )
+            for name in LISTENERS
+        }
+        self.ports: dict[str, int] = {}
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        servers, tasks = [], []
+        for name, app in self.apps.items():
+            listen = self.settings.listener(name)
+            # proto IPPROTO_TCP: asyncio turns Nagle off (TCP_NODELAY) on accepted sockets
+            # only when their proto says TCP; with 0 every small response waits ~40 ms for
+            # the client's delayed ACK. Set on the listener too (Linux: inherited).
+            sock = socket.socket(
+                socket.AF_INET6 if ":" in listen.host else socket.AF_INET,
+                socket.SOCK_STREAM,
+                socket.IPPROTO_TCP,
+            )
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.bind((listen.host, listen.port))
+            self.ports[name] = sock.getsockname()[1]
+            server = _Server(
+                uvicorn.Config(
+                    app,
+                    lifespan="off",
+                    access_log=False,
+                    log_config=None,
+                    server_header=False,
+                    proxy_headers=False,
+                    timeout_graceful_shutdown=int(self.config.shutdown.grace_seconds),
+                )
+            )
+            servers.append(server)
+            tasks.append(asyncio.create_task(server.serve(sockets=[sock]), name=f"edge-{name}"))
+        await self.readiness.check_once()
+        readiness = asyncio.create_task(self.readiness.run(), name="readiness")
+        while not all(s.started for s in servers):
+            if any(t.done() for t in tasks):
+                break
+            await asyncio.sleep(0.01)
+        log.info(
+            "edge started",
+            **{f"{name}_port": port for name, port in self.ports.items()},
+            routes={n: len(a.router.bindings) for n, a in self.apps.items()},
+            ready=self.readiness.ready,
+        )
+        stop_task = asyncio.create_task(stop.wait())
+        await asyncio.wait([stop_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        log.info("shutting down", grace_seconds=self.config.shutdown.grace_seconds)
+        for server in servers:
+            server.should_exit = True
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        stop_task.cancel()
+        readiness.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await readiness
+        for channel in self.channels.values():
+            await channel.close()
+        await self.redis.aclose()
+        self.tracer_provider.shutdown()
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
+        log.info("stopped")
+
+
+def run(config_path: Path) -> None:
+    """`python -m edge --config FILE`: serve until SIGTERM/SIGINT."""
+    config = load_config(config_path)
+
+    async def main() -> None:
+        edge = Edge(config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await edge.serve(stop)
+
+    asyncio.run(main())

@@ -1,0 +1,230 @@
+"""Access-token verification at the edge: no call to identity per request.
+
+Identity signs short-lived JWTs with Ed25519 (alg EdDSA) under a key id (kid); the public
+keys are files `<kid>.pub` (SPKI PEM) in a directory the edge re-reads periodically, so a
+rotation is: identity adds a new key pair and switches to it, the edge picks the new `.pub`
+up within `reload_seconds` (or at once, the first time a token names a kid it does not know),
+the old `.pub` is removed after the access-token lifetime.
+
+The algorithm is pinned: only EdDSA with an Ed25519 key is ever verified, whatever the token
+header says ("none", HS256 signed with the public key as an HMAC secret, RS256 ... are refused
+before any signature check).
+
+Revocation: identity keeps `identity:revoked-before:<player_id>` (unix seconds) in Redis on
+logout, refresh-token reuse and self-exclusion; a token issued before that instant
+(iat < value) is refused. That is one GET per authenticated request. If Redis cannot answer,
+money-moving classes fail closed (503 DEPENDENCY_UNAVAILABLE, the client retries) and
+CATALOG fails open (a revoked token can at most read the lobby until it expires).
+
+Use: `principal = await verifier.verify(request.headers.get("authorization"), "PLAYER_WALLET")`
+raises Unauthenticated (-> 401 with its reason) or DependencyUnavailable (-> 503);
+`verifier.decode(header)` is the signature/claims part alone, without Redis.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+import redis.exceptions
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from redis.asyncio import Redis
+
+from edge.ratelimit import class_name
+from services.runtime.breaker import AsyncBreaker, CircuitOpen
+from services.runtime.errors import Code, DependencyUnavailable, DomainError
+from services.runtime.logs import get_logger
+
+log = get_logger()
+
+ALGORITHM = "EdDSA"
+REVOKED_BEFORE_KEY = "identity:revoked-before:{player_id}"
+# Classes that move or reveal money: a token whose revocation cannot be checked is refused.
+FAIL_OPEN_CLASSES = frozenset({"CATALOG"})
+_MAX_TOKEN_LENGTH = 4096
+# A token naming an unknown kid re-reads the key directory at most this often.
+_UNKNOWN_KID_RELOAD_SECONDS = 1.0
+
+
+class Unauthenticated(DomainError):
+    """401: no usable access token. Reasons: TOKEN_MISSING, TOKEN_INVALID, TOKEN_EXPIRED,
+    TOKEN_NOT_YET_VALID, UNKNOWN_KEY_ID, TOKEN_REVOKED."""
+
+    code = Code.UNAUTHENTICATED
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(reason, message)
+
+
+@dataclass(frozen=True)
+class Principal:
+    player_id: str  # sub
+    session_id: str  # sid: the refresh-token family this access token was issued from
+    iat: int
+    exp: int
+    token_id: str = ""  # jti
+    key_id: str = ""  # kid
+
+
+@dataclass(frozen=True)
+class TokenVerifierConfig:
+    public_key_dir: Path
+    issuer: str = "casino-identity"
+    audience: str = "casino-edge"
+    # Tolerated clock difference between identity and the edge, for exp/nbf/iat.
+    leeway_seconds: float = 30.0
+    # How often the key directory is re-read.
+    reload_seconds: float = 30.0
+
+
+class TokenVerifier:
+    def __init__(
+        self,
+        public_key_dir: Path | str,
+        *,
+        issuer: str = "casino-identity",
+        audience: str = "casino-edge",
+        leeway_seconds: float = 30.0,
+        reload_seconds: float = 30.0,
+        redis_client: Redis | None = None,
+        redis_timeout_ms: int = 50,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._dir = Path(public_key_dir)
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway_seconds
+        self._reload_seconds = reload_seconds
+        self._redis = redis_client
+        self._clock = clock
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._loaded_at = -float("inf")
+        self._breaker = AsyncBreaker(
+            "revocation-redis", fail_max=3, reset_timeout=1.0, call_timeout=redis_timeout_ms / 1000
+        )
+        self.reload()
+
+    @classmethod
+    def from_config(cls, config: TokenVerifierConfig, redis_client: Redis | None) -> TokenVerifier:
+        return cls(
+            config.public_key_dir,
+            issuer=config.issuer,
+            audience=config.audience,
+            leeway_seconds=config.leeway_seconds,
+            reload_seconds=config.reload_seconds,
+            redis_client=redis_client,
+        )
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        return frozenset(self._keys)
+
+    def reload(self) -> None:
+        """Re-read every `<kid>.pub`; a removed file retires its key."""
+        keys: dict[str, Ed25519PublicKey] = {}
+        for path in sorted(self._dir.glob("*.pub")):
+            try:
+                key = load_pem_public_key(path.read_bytes())
+            except (OSError, ValueError) as exc:
+                log.warning("unreadable token public key skipped", file=str(path), error=str(exc))
+                continue
+            if not isinstance(key, Ed25519PublicKey):
+                log.warning("token public key is not Ed25519; skipped", file=str(path))
+                continue
+            keys[path.stem] = key
+        if set(keys) != set(self._keys):
+            log.info("token public keys loaded", key_ids=sorted(keys))
+        self._keys = keys
+        self._loaded_at = time.monotonic()
+
+    def _key(self, kid: str) -> Ed25519PublicKey | None:
+        since = time.monotonic() - self._loaded_at
+        if since > self._reload_seconds or (
+            kid not in self._keys and since > _UNKNOWN_KID_RELOAD_SECONDS
+        ):
+            self.reload()
+        return self._keys.get(kid)
+
+    def decode(self, authorization: str | None) -> Principal:
+        """Check the `Authorization: Bearer <jwt>` header's token: algorithm, key id,
+        signature, issuer, audience, time claims. No Redis."""
+        if not authorization or not authorization.strip():
+            raise Unauthenticated("TOKEN_MISSING", "an access token is required")
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("TOKEN_INVALID", "expected 'Authorization: Bearer <token>'")
+        if len(token) > _MAX_TOKEN_LENGTH:
+            raise Unauthenticated("TOKEN_INVALID", "access token is too long")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthenticated("TOKEN_INVALID", "access token is malformed") from None
+        if header.get("alg") != ALGORITHM:
+            raise Unauthenticated("TOKEN_INVALID", f"access token algorithm must be {ALGORITHM}")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthenticated("TOKEN_INVALID", "access token has no key id")
+        key = self._key(kid)
+        if key is None:
+            raise Unauthenticated("UNKNOWN_KEY_ID", "access token is signed with an unknown key")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "iat", "sub", "sid", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("TOKEN_EXPIRED", "access token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthenticated("TOKEN_NOT_YET_VALID", "access token is not valid yet") from None
+        except jwt.PyJWTError as exc:
+            # Bad signature, wrong issuer or audience, missing or malformed claims: the
+            # client learns only that the token is unusable; the log has which check failed.
+            log.info("access token refused", reason=type(exc).__name__, kid=kid)
+            raise Unauthenticated("TOKEN_INVALID", "access token is invalid") from None
+        sub, sid, iat, exp = claims["sub"], claims["sid"], claims["iat"], claims["exp"]
+        if not (isinstance(sub, str) and sub and isinstance(sid, str) and sid):
+            raise Unauthenticated("TOKEN_INVALID", "access token is invalid")
+        if not isinstance(iat, int) or iat > self._clock() + self._leeway:
+            raise Unauthenticated("TOKEN_INVALID", "access token is invalid")
+        return Principal(
+            player_id=sub,
+            session_id=sid,
+            iat=iat,
+            exp=int(exp),
+            token_id=str(claims.get("jti", "")),
+            key_id=kid,
+        )
+
+    async def verify(self, authorization: str | None, endpoint_class: str | int) -> Principal:
+        """decode() plus the revocation check in Redis."""
+        principal = self.decode(authorization)
+        if self._redis is None:
+            return principal
+        cls = class_name(endpoint_class)
+        redis_client = self._redis
+        key = REVOKED_BEFORE_KEY.format(player_id=principal.player_id)
+        try:
+            value = await self._breaker.call(lambda: redis_client.get(key))
+        except (
+            CircuitOpen,
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            OSError,  # builtin TimeoutError (asyncio's since 3.11) included
+        ) as exc:
+            if cls in FAIL_OPEN_CLASSES:
+                return principal
+            log.warning("token revocation check unavailable", error=repr(exc))
+            raise DependencyUnavailable("redis") from None
+        if value is not None and principal.iat < int(value):
+            raise Unauthenticated("TOKEN_REVOKED", "the session was ended; log in again")
+        return principal

@@ -1,0 +1,117 @@
+"""The edge's own settings: the [edge] section of its TOML file (the runtime's ServiceConfig
+carries the rest: TLS identity, Redis, telemetry and the [upstreams.<name>] it calls).
+
+    [edge]
+    max_body_bytes = 65536
+    [edge.services]                      # gRPC service -> the upstream that serves it
+    "casino.echo.v1.EchoService" = "echo"
+    [edge.listeners.public]
+    port = 8080
+    [edge.listeners.admin]
+    port = 8082
+    allowed_networks = ["10.0.0.0/8"]
+    [edge.deadlines]                     # seconds per endpoint class
+    PLAYER_WALLET = 2.0
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.runtime.config import ConfigError, ServiceConfig, build
+
+# The three listeners, each with its own port, rules and concurrency budget.
+PUBLIC, WEBHOOKS, ADMIN = "public", "webhooks", "admin"
+LISTENERS = (PUBLIC, WEBHOOKS, ADMIN)
+
+# Endpoint classes by short name (the proto enum name without ENDPOINT_CLASS_).
+ENDPOINT_CLASSES = (
+    "PLAYER_WALLET",
+    "GAMEPLAY",
+    "CATALOG",
+    "PAYMENT",
+    "PAYMENT_WEBHOOK",
+    "ADMIN",
+    "AUTH",
+)
+# Classes whose operations need no access token.
+UNAUTHENTICATED_CLASSES = frozenset({"AUTH", "CATALOG"})
+
+# Deadline budget per class, seconds: what a client may wait at most for one request.
+DEFAULT_DEADLINES = {
+    "PLAYER_WALLET": 2.0,
+    "GAMEPLAY": 2.0,
+    "CATALOG": 1.0,
+    "PAYMENT": 10.0,
+    "PAYMENT_WEBHOOK": 10.0,
+    "ADMIN": 30.0,
+    "AUTH": 3.0,
+}
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    host: str = "127.0.0.1"
+    # 0 picks a free port (announced in the "edge started" log line).
+    port: int = 0
+    # Requests served at once on this listener; beyond it a request is refused at once
+    # with 503 (never queued), so a flood on one listener cannot take the others' capacity.
+    max_in_flight: int = 512
+    # Source networks (CIDRs) allowed on this listener; empty: any source. Others get 403
+    # before routing. The admin listener must set it.
+    allowed_networks: list[str] = field(default_factory=list)
+    # Peers whose X-Forwarded-For is believed (a load balancer in front); the client address
+    # is then the rightmost untrusted hop. Empty: the socket peer is the client.
+    trusted_proxies: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for cidr in [*self.allowed_networks, *self.trusted_proxies]:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"edge.listeners: {cidr!r} is not a network (CIDR)") from None
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    # Full gRPC service name -> name of the [upstreams.<name>] that serves it. Only RPCs of
+    # these services with a google.api.http annotation are routed.
+    services: dict[str, str] = field(default_factory=dict)
+    listeners: dict[str, ListenerConfig] = field(default_factory=dict)
+    # Request bodies larger than this are refused with 400 before anything is called.
+    max_body_bytes: int = 64 * 1024
+    deadlines: dict[str, float] = field(default_factory=dict)
+    # The token verifier's table (edge.auth.TokenVerifierConfig: public_key_dir, issuer,
+    # audience, leeway_seconds, reload_seconds).
+    auth: dict[str, Any] = field(default_factory=dict)
+    # The rate limiter's table (edge.ratelimit.RateLimitConfig).
+    ratelimit: dict[str, Any] = field(default_factory=dict)
+    # How often Redis and every upstream are probed for /readyz.
+    readiness_interval_seconds: float = 1.0
+    readiness_timeout_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.listeners) - set(LISTENERS))
+        if unknown:
+            raise ConfigError(f"edge.listeners: unknown listener(s) {unknown}; known {LISTENERS}")
+        unknown = sorted(set(self.deadlines) - set(ENDPOINT_CLASSES))
+        if unknown:
+            raise ConfigError(f"edge.deadlines: unknown endpoint class(es) {unknown}")
+        if self.max_body_bytes <= 0:
+            raise ConfigError("edge.max_body_bytes must be positive")
+
+    def listener(self, name: str) -> ListenerConfig:
+        return self.listeners.get(name, ListenerConfig())
+
+    def deadline(self, endpoint_class: str) -> float:
+        return {**DEFAULT_DEADLINES, **self.deadlines}[endpoint_class]
+
+
+def edge_settings(config: ServiceConfig) -> EdgeSettings:
+    settings = build(EdgeSettings, config.domain, "edge", config.config_dir)
+    missing = sorted({u for u in settings.services.values() if u not in config.upstreams})
+    if missing:
+        raise ConfigError(f"edge.services names upstream(s) without [upstreams.*]: {missing}")
+    return settings

@@ -1,0 +1,289 @@
+"""A running edge process in front of real service processes (echo, wallet), over real HTTP,
+with access tokens minted here from an Ed25519 key pair in a temp dir, and an in-process
+gRPC stand-in of the echo contract that fails on request (the error-mapping rows)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from casino.echo.v1 import echo_pb2, echo_pb2_grpc
+from edge.process import EdgeProcess
+from services.runtime.process import ServiceProcess
+from services.runtime.status import abort
+from services.runtime.tls import ServerCertificates
+from tests.conftest import ROOT, Launcher, Pki
+from tests.wallet.conftest import wallet_extra
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+KID = "edge-test-1"
+
+
+@dataclass(frozen=True)
+class TokenMinter:
+    """Signs access tokens the way identity does (EdDSA, kid header, identity's claims)."""
+
+    key_dir: Path
+    key: Ed25519PrivateKey
+
+    def token(self, player_id: str, *, ttl: int = 900, **claims: object) -> str:
+        now = int(time.time())
+        payload = {
+            "iss": "casino-identity",
+            "aud": "casino-edge",
+            "sub": player_id,
+            "sid": uuid.uuid4().hex,
+            "jti": uuid.uuid4().hex,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl,
+            **claims,
+        }
+        return jwt.encode(payload, self.key, algorithm="EdDSA", headers={"kid": KID})
+
+    def bearer(self, player_id: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(player_id)}"}
+
+
+@pytest.fixture(scope="session")
+def tokens(tmp_path_factory: pytest.TempPathFactory) -> TokenMinter:
+    folder = tmp_path_factory.mktemp("jwt")
+    key = Ed25519PrivateKey.generate()
+    (folder / f"{KID}.pub").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return TokenMinter(folder, key)
+
+
+def edge_config(
+    path: Path,
+    pki: Pki,
+    key_dir: Path,
+    *,
+    upstreams: dict[str, tuple[int, str]],
+    services: dict[str, str],
+    extra: str = "",
+    admin_networks: tuple[str, ...] = ("10.0.0.0/8",),
+    admin_trusted_proxies: tuple[str, ...] = ("127.0.0.1/32",),
+    public_max_in_flight: int = 512,
+    catalog_deadline: float = 1.0,
+    max_body_bytes: int = 4096,
+) -> Path:
+    """An edge config: every listener on a free loopback port; the admin listener only for
+    `admin_networks` (loopback is not among them), believing X-Forwarded-For only from
+    `admin_trusted_proxies` (the test client's loopback address plays the load balancer); a
+    rate-limit key prefix of its own so runs never share budgets; high limits so routing
+    tests are never limited."""
+    upstream_tables = "".join(
+        f'[upstreams.{name}]\ntarget = "127.0.0.1:{port}"\nservice = "{service}"\n'
+        for name, (port, service) in upstreams.items()
+    )
+    service_lines = "".join(f'"{svc}" = "{up}"\n' for svc, up in services.items())
+    networks = ", ".join(f'"{n}"' for n in admin_networks)
+    proxies = ", ".join(f'"{n}"' for n in admin_trusted_proxies)
+    path.write_text(
+        f"""
+[service]
+name = "edge"
+[tls]
+ca_file = "{pki.folder / "ca.crt"}"
+cert_file = "{pki.folder / "edge.crt"}"
+key_file = "{pki.folder / "edge.key"}"
+[redis]
+url = "{REDIS_URL}"
+[telemetry]
+log_level = "info"
+[shutdown]
+grace_seconds = 2
+{upstream_tables}
+[edge]
+max_body_bytes = {max_body_bytes}
+readiness_interval_seconds = 0.2
+[edge.services]
+{service_lines}
+[edge.listeners.public]
+port = 0
+max_in_flight = {public_max_in_flight}
+[edge.listeners.webhooks]
+port = 0
+[edge.listeners.admin]
+port = 0
+allowed_networks = [{networks}]
+trusted_proxies = [{proxies}]
+[edge.deadlines]
+CATALOG = {catalog_deadline}
+[edge.auth]
+public_key_dir = "{key_dir}"
+[edge.ratelimit]
+key_prefix = "edge-test-{uuid.uuid4().hex}"
+[edge.ratelimit.classes.CATALOG]
+rate = 100000
+burst = 100000
+[edge.ratelimit.classes.PLAYER_WALLET]
+rate = 100000
+burst = 100000
+[edge.ratelimit.classes.ADMIN]
+rate = 100000
+burst = 100000
+{extra}
+"""
+    )
+    return path
+
+
+def start_edge(tmp: Path, config: Path, *, ready: bool = True) -> EdgeProcess:
+    process = EdgeProcess(config, tmp / f"{config.stem}.log", cwd=ROOT)
+    process.start()
+    try:
+        process.wait_started()
+        if ready:
+            process.wait_ready()
+    except Exception:
+        process.terminate()
+        raise
+    return process
+
+
+@pytest.fixture(scope="session")
+def edge_services(
+    tmp_path_factory: pytest.TempPathFactory, pki: Pki, test_database: str
+) -> Iterator[dict[str, ServiceProcess]]:
+    """Real echo and wallet processes the edge fronts."""
+    launcher = Launcher(tmp_path_factory.mktemp("edge-services"), pki, [])
+    try:
+        yield {
+            "echo": launcher("echo"),
+            "wallet": launcher("wallet", extra=wallet_extra()),
+        }
+    finally:
+        for process in launcher.started:
+            process.terminate()
+
+
+@pytest.fixture(scope="session")
+def edge(
+    tmp_path_factory: pytest.TempPathFactory,
+    pki: Pki,
+    tokens: TokenMinter,
+    edge_services: dict[str, ServiceProcess],
+) -> Iterator[EdgeProcess]:
+    """The edge in front of the real echo and wallet."""
+    tmp = tmp_path_factory.mktemp("edge")
+    config = edge_config(
+        tmp / "edge.toml",
+        pki,
+        tokens.key_dir,
+        upstreams={
+            "echo": (edge_services["echo"].ports["port"], "echo"),
+            "wallet": (edge_services["wallet"].ports["port"], "wallet"),
+        },
+        services={
+            "casino.echo.v1.EchoService": "echo",
+            "casino.wallet.v1.WalletService": "wallet",
+        },
+    )
+    process = start_edge(tmp, config)
+    yield process
+    process.terminate()
+
+
+@pytest.fixture
+async def http(edge: EdgeProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=edge.url(), timeout=10) as client:
+        yield client
+
+
+# A stand-in upstream for the error table: the echo contract, served over the platform's
+# mTLS with echo's certificate, whose Mirror fails with the status named in the request.
+
+
+class FailingEcho(echo_pb2_grpc.EchoServiceServicer):
+    """Mirror with name "mirrors/<CODE>" fails with that gRPC status; the reason, message
+    and metadata come from note.title, note.text and tags ("k=v")."""
+
+    async def Mirror(
+        self, request: echo_pb2.MirrorRequest, context: grpc.aio.ServicerContext
+    ) -> echo_pb2.MirrorResponse:
+        code_name = request.name.removeprefix("mirrors/")
+        if code_name == "SLOW":
+            await asyncio.sleep(5)
+            return echo_pb2.MirrorResponse(request=request)
+        if code_name == "CRASH":
+            raise RuntimeError("psycopg.connect(password='hunter2') at /srv/wallet/store.py:42")
+        code = grpc.StatusCode[code_name]
+        if not request.note.title:  # a bare status, no ErrorInfo
+            await context.abort(code, request.note.text)
+        metadata = dict(tag.split("=", 1) for tag in request.tags)
+        await abort(context, code, request.note.title, request.note.text, metadata)
+        raise AssertionError("unreachable")
+
+
+@dataclass
+class StubUpstream:
+    server: grpc.aio.Server
+    port: int
+
+
+@pytest.fixture(scope="session")
+async def failing_upstream(pki: Pki) -> AsyncIterator[StubUpstream]:
+    server = grpc.aio.server()
+    echo_pb2_grpc.add_EchoServiceServicer_to_server(FailingEcho(), server)
+    health = health_aio.HealthServicer()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_secure_port("127.0.0.1:0", ServerCertificates(pki.tls("echo")).credentials())
+    await server.start()
+    yield StubUpstream(server, port)
+    await server.stop(0)
+
+
+@pytest.fixture(scope="session")
+def failing_edge(
+    tmp_path_factory: pytest.TempPathFactory,
+    pki: Pki,
+    tokens: TokenMinter,
+    failing_upstream: StubUpstream,
+    unused_port: int,
+) -> Iterator[EdgeProcess]:
+    """An edge whose echo is the failing stand-in and whose wallet is not running."""
+    tmp = tmp_path_factory.mktemp("failing-edge")
+    config = edge_config(
+        tmp / "failing-edge.toml",
+        pki,
+        tokens.key_dir,
+        upstreams={"echo": (failing_upstream.port, "echo"), "wallet": (unused_port, "wallet")},
+        services={
+            "casino.echo.v1.EchoService": "echo",
+            "casino.wallet.v1.WalletService": "wallet",
+        },
+        catalog_deadline=0.5,
+        public_max_in_flight=4,
+    )
+    # Never ready: its wallet is down (which is what /readyz must say).
+    process = start_edge(tmp, config, ready=False)
+    yield process
+    process.terminate()
+
+
+@pytest.fixture(scope="session")
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,142 @@
+"""Rate limits against the real Redis: GCRA per (endpoint class, key) in one script call,
+and the stricter local limiter while Redis is unreachable (a proxy in front of Redis is
+cut; the shared Redis keeps running)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from edge.ratelimit import RateLimitConfig, RateLimiter
+from tests.support.tcp_proxy import TcpProxy
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _config(**overrides: object) -> RateLimitConfig:
+    # A key prefix per test: parallel runs and earlier runs never share a budget.
+    return RateLimitConfig(key_prefix=f"test-ratelimit-{uuid.uuid4().hex}", **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[Redis]:
+    client = Redis.from_url(REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def redis_proxy() -> AsyncIterator[TcpProxy]:
+    proxy = TcpProxy("127.0.0.1", 6379)
+    proxy.start()
+    yield proxy  # type: ignore[misc]
+    proxy.close()
+
+
+async def _burst(limiter: RateLimiter, endpoint_class: str, key: str, n: int) -> tuple[list, float]:  # type: ignore[type-arg]
+    started = time.perf_counter()
+    decisions = [await limiter.check(endpoint_class, key) for _ in range(n)]
+    return decisions, time.perf_counter() - started
+
+
+async def test_51st_wallet_request_within_a_second_is_refused_with_retry_after(
+    redis_client: Redis,
+) -> None:
+    limiter = RateLimiter(redis_client, _config())
+    decisions, elapsed = await _burst(limiter, "PLAYER_WALLET", "player-a", 51)
+
+    # GCRA refills one request per 20 ms; the burst takes a few ms, so at most the refill
+    # of the elapsed time may have been added to the 50.
+    allowed = [d.allowed for d in decisions]
+    assert all(allowed[:50])
+    assert allowed.count(True) <= 50 + int(elapsed * 50)
+    refused = next(d for d in decisions if not d.allowed)
+    assert not decisions[-1].allowed or elapsed >= 0.02
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.headers["RateLimit-Policy"] == '"player_wallet";q=50;w=1'
+    assert refused.headers["RateLimit"] == '"player_wallet";r=0;t=1'
+    assert 0 < refused.retry_after_seconds <= 0.02
+    assert not refused.local
+    assert decisions[0].headers["RateLimit"] == '"player_wallet";r=49;t=1'
+    assert "Retry-After" not in decisions[0].headers
+
+
+async def test_another_player_and_catalog_traffic_are_unaffected(redis_client: Redis) -> None:
+    limiter = RateLimiter(redis_client, _config())
+    await _burst(limiter, "PLAYER_WALLET", "player-a", 60)
+    assert not (await limiter.check("PLAYER_WALLET", "player-a")).allowed
+
+    other, _ = await _burst(limiter, "PLAYER_WALLET", "player-b", 50)
+    assert all(d.allowed for d in other)
+    catalog, _ = await _burst(limiter, "CATALOG", "player-a", 100)
+    assert all(d.allowed for d in catalog)
+    assert catalog[0].headers["RateLimit-Policy"] == '"catalog";q=200;w=1'
+
+
+async def test_replicas_share_one_budget_in_redis(redis_client: Redis) -> None:
+    config = _config()
+    first, second = RateLimiter(redis_client, config), RateLimiter(redis_client, config)
+    await _burst(first, "PAYMENT", "player-a", 10)
+    assert not (await second.check("PAYMENT", "player-a")).allowed
+
+
+async def test_budget_refills_at_the_configured_rate(redis_client: Redis) -> None:
+    limiter = RateLimiter(redis_client, _config())
+    await _burst(limiter, "AUTH", "198.51.100.7", 6)  # 5/s per IP
+    refused = await limiter.check("AUTH", "198.51.100.7")
+    assert not refused.allowed
+    # Poll until the refill; it must come no later than one emission interval (200 ms).
+    deadline = time.monotonic() + 1.0
+    while not (await limiter.check("AUTH", "198.51.100.7")).allowed:
+        assert time.monotonic() < deadline, "AUTH budget did not refill within a second"
+        await asyncio.sleep(0.02)
+
+
+async def test_script_reloaded_after_redis_forgets_it(redis_client: Redis) -> None:
+    limiter = RateLimiter(redis_client, _config())
+    assert (await limiter.check("GAMEPLAY", "player-a")).allowed
+    await redis_client.script_flush()  # as after a Redis restart
+    decision = await limiter.check("GAMEPLAY", "player-a")
+    assert decision.allowed and not decision.local
+    assert decision.remaining == 198  # the second request of the same key: state kept
+
+
+async def test_redis_down_stricter_local_limits_apply_then_redis_again(
+    redis_proxy: TcpProxy,
+) -> None:
+    client = Redis.from_url(
+        f"redis://127.0.0.1:{redis_proxy.port}/0", socket_timeout=0.05, socket_connect_timeout=0.05
+    )
+    limiter = RateLimiter(client, _config(breaker_reset_seconds=0.2))
+    try:
+        assert not (await limiter.check("PLAYER_WALLET", "player-a")).local
+
+        redis_proxy.cut()
+        started = time.perf_counter()
+        decisions, _ = await _burst(limiter, "PLAYER_WALLET", "player-a", 20)
+        # Never unlimited: 50/s burst 50 divided by 4 -> burst 12, and the headers say so.
+        assert all(d.local for d in decisions)
+        assert [d.allowed for d in decisions].count(True) == 12
+        refused = decisions[-1]
+        assert not refused.allowed
+        assert refused.headers["RateLimit-Policy"] == '"player_wallet-local";q=12;w=1'
+        assert refused.headers["Retry-After"] == "1"
+        # Each player still has a budget of their own; the breaker keeps calls fast.
+        assert (await limiter.check("PLAYER_WALLET", "player-b")).allowed
+        assert time.perf_counter() - started < 1.0
+        assert limiter.breaker_state == "open"
+
+        redis_proxy.start()
+        deadline = time.monotonic() + 5
+        while (decision := await limiter.check("CATALOG", "player-c")).local:
+            assert time.monotonic() < deadline, "limiter did not go back to Redis"
+            await asyncio.sleep(0.05)
+        assert decision.allowed
+        assert decision.headers["RateLimit-Policy"] == '"catalog";q=200;w=1'
+    finally:
+        await client.aclose()

@@ -1,0 +1,55 @@
+"""The admin listener's source allow-list."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.netrules import SourceRules, parse_address
+
+
+@pytest.mark.parametrize(
+    ("peer", "allowed"),
+    [
+        ("10.1.2.3", True),
+        ("10.1.2.3:51234", True),
+        ("192.168.0.9", True),
+        ("127.0.0.1", False),
+        ("11.0.0.1", False),
+        ("::ffff:10.0.0.7", True),  # IPv4-mapped IPv6 is the IPv4 address
+        ("[fd00::1]:443", True),
+        ("fe80::1", False),
+        ("", False),
+        ("not-an-address", False),
+        (None, False),
+    ],
+)
+def test_only_configured_networks_are_allowed(peer: str | None, allowed: bool) -> None:
+    rules = SourceRules(["10.0.0.0/8", "192.168.0.0/24", "fd00::/8"])
+    assert rules.allows_request(peer) is allowed
+
+
+def test_empty_allow_list_allows_everyone() -> None:
+    assert SourceRules([]).allows_request("203.0.113.9")
+
+
+def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
+    rules = SourceRules(["10.0.0.0/8"], trusted_proxies=["172.16.0.0/12"])
+    # Straight from the internet: the header is the client's own claim, ignored.
+    assert not rules.allows_request("203.0.113.9", "10.0.0.1")
+    # Through the load balancer: the rightmost hop it did not write is the client.
+    assert rules.allows_request("172.16.0.5", "10.0.0.1")
+    assert not rules.allows_request("172.16.0.5", "10.0.0.1, 203.0.113.9")
+    # A spoofed allowed address left of the real client does not help.
+    assert not rules.allows_request("172.16.0.5", "10.0.0.1, 203.0.113.9, 172.16.0.6")
+    assert not rules.allows_request("172.16.0.5", "garbage")
+
+
+def test_config_typo_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        SourceRules(["10.0.0.0/33"])
+
+
+def test_parse_address_forms() -> None:
+    assert str(parse_address("[::1]:8080")) == "::1"
+    assert str(parse_address("1.2.3.4:80")) == "1.2.3.4"
+    assert parse_address("[::1") is None
