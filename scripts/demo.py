@@ -1,6 +1,7 @@
 """The platform's main job, driven over its real contracts with real service identities.
 
-The money path as the wallet serves it (account, deposit, bet, win, a retried request, a
+A player's app through the HTTP/JSON edge (register, log in, read the balance with a
+token), the money path as the wallet serves it (account, deposit, bet, win, a retried request, a
 refusal, a rollback tombstone, reconciliation), compliance's verdicts (registration against
 the national register, KYC, the slot stake cap, a time-out, an AML case opened from the
 wallet's events, the verified verdict log), then the chassis through the echo example:
@@ -16,12 +17,14 @@ import uuid
 from pathlib import Path
 
 import grpc
+import httpx
 from google.type.date_pb2 import Date
 
 from casino.common.v1.money_pb2 import Money
 from casino.compliance.v1 import compliance_pb2, compliance_pb2_grpc
 from casino.echo.v1 import echo_pb2, echo_pb2_grpc
 from casino.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from services.runtime.call import PLAYER_METADATA
 from services.runtime.client import secure_channel
 from services.runtime.config import TLSConfig
 from services.runtime.status import error_info
@@ -29,6 +32,7 @@ from services.runtime.status import error_info
 ECHO = "127.0.0.1:50100"
 WALLET = "127.0.0.1:50110"
 COMPLIANCE = "127.0.0.1:50120"
+EDGE = "http://127.0.0.1:8080"
 
 
 def _tls(root: Path, identity: str) -> TLSConfig:
@@ -207,7 +211,11 @@ async def compliance_job(root: Path) -> None:
         )
         print(f"bet 1.00 after KYC         -> {await bet(100)}")
         print(f"slot spin 6.00             -> {await bet(600)}")
-        await edge.Exclude(compliance_pb2.ExcludeRequest(player_id=player, timeout_hours=24))
+        # As the edge calls it on behalf of the authenticated player.
+        await edge.Exclude(
+            compliance_pb2.ExcludeRequest(player_id=player, timeout_hours=24),
+            metadata=((PLAYER_METADATA, player),),
+        )
         print(f"bet during a 24 h time-out -> {await bet(100)}")
         await aml_job(root, identity, backoffice, person)
         report = await backoffice.VerifyVerdictLog(compliance_pb2.VerifyVerdictLogRequest())
@@ -260,7 +268,60 @@ async def aml_job(
     print("AML case                   -> none after 10 s (is the relay or consumer down?)")
 
 
+async def player_job() -> None:
+    """A player's app through the public HTTP/JSON edge: register (compliance checks, a wallet
+    account opened), log in, read the balance with the access token."""
+    email = f"sam.{uuid.uuid4().hex[:8]}@example.org"
+    async with httpx.AsyncClient(base_url=EDGE, timeout=10) as http:
+        registered = await http.post(
+            "/v1/players:register",
+            json={
+                "requestId": uuid.uuid4().hex,
+                "email": email,
+                "password": "correct horse battery staple",
+                "givenName": "Sam",
+                "familyName": f"Edge{uuid.uuid4().hex[:6]}",
+                "birthDate": {"year": 1990, "month": 5, "day": 17},
+                "address": {
+                    "line1": "1 Upper Street",
+                    "city": "London",
+                    "postcode": "N1 9GU",
+                    "countryCode": "GB",
+                },
+            },
+        )
+        player = registered.json()["player"]["playerId"]
+        print(
+            f"\nEdge (HTTP/JSON):\nPOST /v1/players:register  -> {registered.status_code} {player}"
+        )
+        wrong = await http.post("/v1/sessions:login", json={"email": email, "password": "nope"})
+        reason = wrong.json()["reason"]
+        print(f"POST /v1/sessions:login    -> {wrong.status_code} {reason} (bad password)")
+        login = await http.post(
+            "/v1/sessions:login",
+            json={"email": email, "password": "correct horse battery staple"},
+        )
+        token = login.json()["session"]["accessToken"]
+        print(f"POST /v1/sessions:login    -> {login.status_code} EdDSA access token, 15 min")
+        path = f"/v1/players/{player}/accounts/GBP/balance"
+        anonymous = await http.get(path)
+        print(f"GET balance, no token      -> {anonymous.status_code} {anonymous.json()['reason']}")
+        balance = await http.get(path, headers={"Authorization": f"Bearer {token}"})
+        body = balance.json()["balance"]
+        posted = body.get("postedMinor", "0")  # proto3 JSON: int64 as a string, 0 omitted
+        print(
+            f"GET balance, with token    -> {balance.status_code} posted {posted}"
+            f" {body['currencyCode']} (rate limit: {balance.headers.get('RateLimit-Policy')})"
+        )
+        other = await http.get(
+            "/v1/players/player-someone-else/accounts/GBP/balance",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        print(f"GET another's balance      -> {other.status_code} {other.json()['reason']}")
+
+
 async def run(root: Path) -> None:
+    await player_job()
     await wallet_job(root)
     await compliance_job(root)
     key = uuid.uuid4().hex
