@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl
 
 import grpc
@@ -40,6 +40,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from edge.auth import TokenVerifier, TokenVerifierConfig
 from edge.config import (
     ADMIN,
     LISTENERS,
@@ -52,6 +53,7 @@ from edge.config import (
 from edge.errors import EdgeError, bad_request, from_rpc_error, http_status, internal_error
 from edge.netrules import SourceRules
 from edge.openapi import openapi_document
+from edge.ratelimit import RateLimitConfig, RateLimiter
 from edge.transcoding import (
     Binding,
     TranscodingError,
@@ -74,31 +76,6 @@ _JSON = "application/json"
 # Probes answer on every listener to any source: they reveal nothing, and orchestrators probe
 # from node addresses outside the admin networks.
 _HEALTH_PATHS = ("/livez", "/readyz")
-
-
-class Principal(Protocol):
-    @property
-    def player_id(self) -> str: ...
-
-
-class Decision(Protocol):
-    @property
-    def allowed(self) -> bool: ...
-
-    @property
-    def headers(self) -> dict[str, str]: ...
-
-
-class Verifier(Protocol):
-    """edge.auth.TokenVerifier: raises a DomainError (Unauthenticated, DependencyUnavailable)."""
-
-    async def verify(self, authorization: str | None, endpoint_class: str) -> Principal: ...
-
-
-class Limiter(Protocol):
-    """edge.ratelimit.RateLimiter."""
-
-    async def check(self, endpoint_class: str, key: str) -> Decision: ...
 
 
 def listener_of(endpoint_class: str) -> str:
@@ -198,8 +175,8 @@ class ListenerApp:
         name: str,
         settings: EdgeSettings,
         routes: Sequence[Route],
-        verifier: Verifier,
-        limiter: Limiter,
+        verifier: TokenVerifier,
+        limiter: RateLimiter,
         readiness: Readiness,
         tracer: Tracer,
     ) -> None:
@@ -335,11 +312,17 @@ class ListenerApp:
         if length is not None and (not length.isdigit() or int(length) > limit):
             raise _tag(_too_large(limit), route)
         try:
-            principal = None
-            if endpoint_class not in UNAUTHENTICATED_CLASSES:
-                principal = await self.verifier.verify(headers.get("authorization"), endpoint_class)
-            key = f"player:{principal.player_id}" if principal else f"ip:{client}"
-            decision = await self.limiter.check(endpoint_class, key)
+            if endpoint_class in UNAUTHENTICATED_CLASSES:
+                principal = None
+                decision = await self.limiter.check(endpoint_class, f"ip:{client}")
+            else:
+                # The signature is checked here; the revocation check and the rate limit are
+                # two independent Redis calls, made at once.
+                principal = self.verifier.decode(headers.get("authorization"))
+                _, decision = await asyncio.gather(
+                    self.verifier.ensure_not_revoked(principal, endpoint_class),
+                    self.limiter.check(endpoint_class, f"player:{principal.player_id}"),
+                )
         except DomainError as exc:
             raise _tag(from_domain_error(exc), route) from None
         limit_headers = dict(decision.headers)
@@ -451,8 +434,6 @@ class Edge:
     """The edge process: built from its config, serving until stopped."""
 
     def __init__(self, config: ServiceConfig) -> None:
-        from edge.auth import TokenVerifier, TokenVerifierConfig
-        from edge.ratelimit import RateLimitConfig, RateLimiter
 
         self.config = config
         configure_logging(config.name, config.telemetry.log_level)

@@ -208,8 +208,13 @@ class TokenVerifier:
     async def verify(self, authorization: str | None, endpoint_class: str | int) -> Principal:
         """decode() plus the revocation check in Redis."""
         principal = self.decode(authorization)
+        await self.ensure_not_revoked(principal, endpoint_class)
+        return principal
+
+    async def ensure_not_revoked(self, principal: Principal, endpoint_class: str | int) -> None:
+        """The player's sessions were not ended after this token was issued (one GET)."""
         if self._redis is None:
-            return principal
+            return
         cls = class_name(endpoint_class)
         redis_client = self._redis
         key = REVOKED_BEFORE_KEY.format(player_id=principal.player_id)
@@ -222,9 +227,8 @@ class TokenVerifier:
             OSError,  # builtin TimeoutError (asyncio's since 3.11) included
         ) as exc:
             if cls in FAIL_OPEN_CLASSES:
-                return principal
+                return
             log.warning("token revocation check unavailable", error=repr(exc))
             raise DependencyUnavailable("redis") from None
         if value is not None and principal.iat < int(value):
             raise Unauthenticated("TOKEN_REVOKED", "the session was ended; log in again")
-        return principal
