@@ -66,12 +66,21 @@ async def test_metrics_port_exports_per_rpc_counts_and_latency(launch, pki: Pki)
         with pytest.raises(grpc.aio.AioRpcError):  # the denial has its own test
             await client.Echo(echo_pb2.EchoRequest(request_id="x", message="m"), timeout=5)
     url = f"http://127.0.0.1:{echo.ports['metrics_port']}/metrics"
-    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    denied = 'grpc_code="PERMISSION_DENIED",grpc_method="Echo"'
+    # A call is counted as it finishes on the server, which can be a moment after the
+    # client has its answer: scrape until it shows (as Prometheus would, next time).
+    for _ in range(50):
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+        )
+        if denied in body:
+            break
+        await asyncio.sleep(0.1)
     assert (
         'grpc_server_handled_total{grpc_code="OK",grpc_method="Echo",'
         'grpc_service="casino.echo.v1.EchoService"} 1.0' in body
     )
-    assert 'grpc_code="PERMISSION_DENIED",grpc_method="Echo"' in body
+    assert denied in body
     assert 'grpc_server_handling_seconds_bucket{grpc_method="Echo"' in body
     assert 'casino_dependency_up{dependency="database"} 1.0' in body
 
