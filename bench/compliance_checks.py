@@ -50,6 +50,7 @@ from casino.common.v1.money_pb2 import Money  # noqa: E402
 from casino.compliance.v1 import compliance_pb2 as pb  # noqa: E402
 from casino.compliance.v1 import compliance_pb2_grpc  # noqa: E402
 from casino.echo.v1 import echo_pb2, echo_pb2_grpc  # noqa: E402
+from services.runtime.call import PLAYER_METADATA  # noqa: E402
 from services.runtime.client import secure_channel  # noqa: E402
 
 TARGET_P99_MS = 5.0
@@ -93,7 +94,8 @@ async def enrol(stubs: dict[str, compliance_pb2_grpc.ComplianceServiceStub], n: 
                         kind=kind,
                         period=pb.LIMIT_PERIOD_MONTH,
                         amount=gbp(10**12),
-                    )
+                    ),
+                    metadata=((PLAYER_METADATA, player),),  # as the edge sends it
                 )
 
     for start in range(0, n, 50):
