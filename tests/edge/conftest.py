@@ -70,6 +70,19 @@ def tokens(tmp_path_factory: pytest.TempPathFactory) -> TokenMinter:
     return TokenMinter(folder, key)
 
 
+HIGH_LIMITS = """
+[edge.ratelimit.classes.CATALOG]
+rate = 100000
+burst = 100000
+[edge.ratelimit.classes.PLAYER_WALLET]
+rate = 100000
+burst = 100000
+[edge.ratelimit.classes.ADMIN]
+rate = 100000
+burst = 100000
+"""
+
+
 def edge_config(
     path: Path,
     pki: Pki,
@@ -83,12 +96,14 @@ def edge_config(
     public_max_in_flight: int = 512,
     catalog_deadline: float = 1.0,
     max_body_bytes: int = 4096,
+    limits: str = HIGH_LIMITS,
+    redis_url: str = REDIS_URL,
 ) -> Path:
     """An edge config: every listener on a free loopback port; the admin listener only for
     `admin_networks` (loopback is not among them), believing X-Forwarded-For only from
     `admin_trusted_proxies` (the test client's loopback address plays the load balancer); a
-    rate-limit key prefix of its own so runs never share budgets; high limits so routing
-    tests are never limited."""
+    rate-limit key prefix of its own so runs never share budgets; high limits (unless
+    `limits` says otherwise) so routing tests are never limited."""
     upstream_tables = "".join(
         f'[upstreams.{name}]\ntarget = "127.0.0.1:{port}"\nservice = "{service}"\n'
         for name, (port, service) in upstreams.items()
@@ -105,7 +120,7 @@ ca_file = "{pki.folder / "ca.crt"}"
 cert_file = "{pki.folder / "edge.crt"}"
 key_file = "{pki.folder / "edge.key"}"
 [redis]
-url = "{REDIS_URL}"
+url = "{redis_url}"
 [telemetry]
 log_level = "info"
 [shutdown]
@@ -131,15 +146,7 @@ CATALOG = {catalog_deadline}
 public_key_dir = "{key_dir}"
 [edge.ratelimit]
 key_prefix = "edge-test-{uuid.uuid4().hex}"
-[edge.ratelimit.classes.CATALOG]
-rate = 100000
-burst = 100000
-[edge.ratelimit.classes.PLAYER_WALLET]
-rate = 100000
-burst = 100000
-[edge.ratelimit.classes.ADMIN]
-rate = 100000
-burst = 100000
+{limits}
 {extra}
 """
     )

@@ -1,0 +1,174 @@
+"""Rate limits as a player meets them: real HTTP through a running edge with the default
+per-class limits, its Redis reached through a proxy the test can cut."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from casino.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from edge.process import EdgeProcess
+from services.runtime.client import secure_channel
+from services.runtime.process import ServiceProcess
+from tests.conftest import Pki
+from tests.edge.conftest import REDIS_URL, TokenMinter, edge_config, start_edge
+from tests.support.tcp_proxy import TcpProxy
+
+WALLET_RATE = 50  # the PLAYER_WALLET default, per player per second
+
+
+@pytest.fixture(scope="module")
+def redis_proxy() -> Iterator[TcpProxy]:
+    proxy = TcpProxy("127.0.0.1", 6379)
+    proxy.start()
+    yield proxy
+    proxy.close()
+
+
+def start_limited_edge(
+    tmp: Path, pki: Pki, tokens: TokenMinter, edge_services: dict[str, ServiceProcess], redis: str
+) -> EdgeProcess:
+    config = edge_config(
+        tmp / "edge.toml",
+        pki,
+        tokens.key_dir,
+        upstreams={
+            "echo": (edge_services["echo"].ports["port"], "echo"),
+            "wallet": (edge_services["wallet"].ports["port"], "wallet"),
+        },
+        services={
+            "casino.echo.v1.EchoService": "echo",
+            "casino.wallet.v1.WalletService": "wallet",
+        },
+        limits="",  # the defaults
+        redis_url=redis,
+    )
+    return start_edge(tmp, config)
+
+
+@pytest.fixture(scope="module")
+def limited_edge(
+    tmp_path_factory: pytest.TempPathFactory,
+    pki: Pki,
+    tokens: TokenMinter,
+    edge_services: dict[str, ServiceProcess],
+) -> Iterator[EdgeProcess]:
+    process = start_limited_edge(
+        tmp_path_factory.mktemp("limited-edge"), pki, tokens, edge_services, REDIS_URL
+    )
+    yield process
+    process.terminate()
+
+
+@pytest.fixture(scope="module")
+def edge_behind_cuttable_redis(
+    tmp_path_factory: pytest.TempPathFactory,
+    pki: Pki,
+    tokens: TokenMinter,
+    edge_services: dict[str, ServiceProcess],
+    redis_proxy: TcpProxy,
+) -> Iterator[EdgeProcess]:
+    process = start_limited_edge(
+        tmp_path_factory.mktemp("cuttable-edge"),
+        pki,
+        tokens,
+        edge_services,
+        f"redis://127.0.0.1:{redis_proxy.port}/0",
+    )
+    yield process
+    process.terminate()
+
+
+async def open_account(edge_services: dict[str, ServiceProcess], pki: Pki) -> str:
+    player_id = f"player-{uuid.uuid4().hex[:12]}"
+    async with secure_channel(
+        f"127.0.0.1:{edge_services['wallet'].ports['port']}",
+        pki.tls("identity"),
+        "wallet",
+        default_timeout=10,
+    ) as channel:
+        await wallet_pb2_grpc.WalletServiceStub(channel).OpenAccount(
+            wallet_pb2.OpenAccountRequest(player_id=player_id, currency_code="EUR")
+        )
+    return player_id
+
+
+async def burst(http: httpx.AsyncClient, path: str, n: int, **kw: object) -> list[httpx.Response]:
+    """`n` GETs, ten in flight at a time: a player's app in a hurry."""
+    gate = asyncio.Semaphore(10)
+
+    async def one() -> httpx.Response:
+        async with gate:
+            return await http.get(path, **kw)  # type: ignore[arg-type]
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+async def test_a_players_51st_wallet_request_in_a_second_is_refused_and_no_one_elses(
+    limited_edge: EdgeProcess,
+    tokens: TokenMinter,
+    edge_services: dict[str, ServiceProcess],
+    pki: Pki,
+) -> None:
+    hasty, other = await open_account(edge_services, pki), await open_account(edge_services, pki)
+    async with httpx.AsyncClient(base_url=limited_edge.url(), timeout=10) as http:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        replies = await burst(
+            http,
+            f"/v1/players/{hasty}/accounts/EUR/balance",
+            WALLET_RATE + 40,
+            headers=tokens.bearer(hasty),
+        )
+        elapsed = loop.time() - started
+        served = [r for r in replies if r.status_code == 200]
+        refused = [r for r in replies if r.status_code == 429]
+        assert len(served) + len(refused) == len(replies), {r.text for r in replies}
+        # The burst allowance, plus what the rate refilled while the burst was in flight.
+        assert WALLET_RATE <= len(served) <= WALLET_RATE + int(elapsed * WALLET_RATE) + 1
+        assert refused
+        limited = refused[0]
+        assert limited.json()["reason"] == "RATE_LIMITED"
+        assert int(limited.headers["Retry-After"]) >= 1
+        assert '"player_wallet";q=50;w=1' in limited.headers["RateLimit-Policy"]
+        assert "RateLimit" in limited.headers
+        # Another player's budget, and the catalog's, are their own.
+        theirs = await http.get(
+            f"/v1/players/{other}/accounts/EUR/balance", headers=tokens.bearer(other)
+        )
+        assert theirs.status_code == 200, theirs.text
+        assert (await http.get("/v1/ping")).status_code == 200
+
+
+async def test_with_redis_down_stricter_local_limits_apply_and_money_reads_fail_closed(
+    edge_behind_cuttable_redis: EdgeProcess,
+    tokens: TokenMinter,
+    edge_services: dict[str, ServiceProcess],
+    pki: Pki,
+    redis_proxy: TcpProxy,
+) -> None:
+    player = await open_account(edge_services, pki)
+    redis_proxy.cut()
+    try:
+        async with httpx.AsyncClient(base_url=edge_behind_cuttable_redis.url(), timeout=10) as http:
+            # The catalog needs no token and stays open, under a local limiter at a quarter
+            # of its rate and burst (200 -> 50): never unlimited.
+            replies = await burst(http, "/v1/ping", 120)
+            served = [r for r in replies if r.status_code == 200]
+            refused = [r for r in replies if r.status_code == 429]
+            assert len(served) + len(refused) == len(replies), {r.status_code for r in replies}
+            assert refused and len(served) < 100
+            assert "catalog-local" in refused[0].headers["RateLimit-Policy"]
+            # A money read cannot check the token's revocation: refused, not waved through.
+            wallet = await http.get(
+                f"/v1/players/{player}/accounts/EUR/balance", headers=tokens.bearer(player)
+            )
+            assert wallet.status_code == 503, wallet.text
+            assert wallet.json()["reason"] == "DEPENDENCY_UNAVAILABLE"
+    finally:
+        redis_proxy.start()
