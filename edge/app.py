@@ -62,6 +62,7 @@ from edge.transcoding import (
     encode_response,
     load_contracts,
 )
+from services.runtime.call import CLIENT_ADDRESS_METADATA, PLAYER_METADATA
 from services.runtime.client import secure_channel
 from services.runtime.config import ConfigError, ServiceConfig, build, load_config
 from services.runtime.errors import DomainError
@@ -183,7 +184,7 @@ class ListenerApp:
         self.name = name
         self.settings = settings
         config = settings.listener(name)
-        self.rules = SourceRules(config.allowed_networks, config.trusted_proxies)
+        self.rules = SourceRules(config.allowed_networks, config.trusted_proxies, config.sources)
         self.max_in_flight = config.max_in_flight
         self.in_flight = 0
         self.router = Router([r.binding for r in routes])
@@ -237,7 +238,13 @@ class ListenerApp:
                     self.in_flight += 1
                     try:
                         response, route = await self._serve(
-                            scope, receive, headers, request_id, str(client or ""), started
+                            scope,
+                            receive,
+                            headers,
+                            request_id,
+                            str(client or ""),
+                            self.rules.rate_key(client),
+                            started,
                         )
                     finally:
                         self.in_flight -= 1
@@ -290,6 +297,7 @@ class ListenerApp:
         headers: Headers,
         request_id: str,
         client: str,
+        anonymous_key: str,
         started: float,
     ) -> tuple[Response, str]:
         method = scope["method"]
@@ -314,7 +322,8 @@ class ListenerApp:
         try:
             if endpoint_class in UNAUTHENTICATED_CLASSES:
                 principal = None
-                decision = await self.limiter.check(endpoint_class, f"ip:{client}")
+                # No player: the client address's budget, or its named source's (a PSP).
+                decision = await self.limiter.check(endpoint_class, anonymous_key)
             else:
                 # The signature is checked here; the revocation check and the rate limit are
                 # two independent Redis calls, made at once.
@@ -357,8 +366,10 @@ class ListenerApp:
         except EdgeError as exc:
             raise _tag(exc, route, limit_headers) from None
         metadata: list[tuple[str, str]] = [("x-request-id", request_id)]
+        if client:
+            metadata.append((CLIENT_ADDRESS_METADATA, client))
         if principal is not None:
-            metadata.append(("x-casino-player-id", principal.player_id))
+            metadata.append((PLAYER_METADATA, principal.player_id))
         budget = self.settings.deadline(endpoint_class) - (time.perf_counter() - started)
         try:
             reply: Message = await self.calls[id(binding)](

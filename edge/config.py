@@ -37,7 +37,9 @@ ENDPOINT_CLASSES = (
     "AUTH",
 )
 # Classes whose operations need no access token.
-UNAUTHENTICATED_CLASSES = frozenset({"AUTH", "CATALOG"})
+# No player token: AUTH and CATALOG are public; a PSP's webhook is authenticated by its
+# signature over the raw body, checked by the payments service.
+UNAUTHENTICATED_CLASSES = frozenset({"AUTH", "CATALOG", "PAYMENT_WEBHOOK"})
 
 # Deadline budget per class, seconds: what a client may wait at most for one request.
 DEFAULT_DEADLINES = {
@@ -65,9 +67,13 @@ class ListenerConfig:
     # Peers whose X-Forwarded-For is believed (a load balancer in front); the client address
     # is then the rightmost untrusted hop. Empty: the socket peer is the client.
     trusted_proxies: list[str] = field(default_factory=list)
+    # Named sources (a payment provider -> its callback networks): on the webhooks listener a
+    # PSP's callbacks share one rate-limit budget, whichever of its addresses they come from.
+    sources: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for cidr in [*self.allowed_networks, *self.trusted_proxies]:
+        named = [cidr for cidrs in self.sources.values() for cidr in cidrs]
+        for cidr in [*self.allowed_networks, *self.trusted_proxies, *named]:
             try:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:

@@ -40,10 +40,17 @@ def parse_address(text: str | None) -> Address | None:
 
 
 class SourceRules:
-    def __init__(self, allowed_networks: Iterable[str], trusted_proxies: Iterable[str] = ()):
-        """`allowed_networks` empty: every source is allowed (the public listener)."""
+    def __init__(
+        self,
+        allowed_networks: Iterable[str],
+        trusted_proxies: Iterable[str] = (),
+        sources: dict[str, list[str]] | None = None,
+    ):
+        """`allowed_networks` empty: every source is allowed (the public listener).
+        `sources` names networks (a PSP -> its callback networks)."""
         self.allowed = _networks(allowed_networks)
         self.trusted_proxies = _networks(trusted_proxies)
+        self.sources = {name: _networks(cidrs) for name, cidrs in (sources or {}).items()}
 
     @staticmethod
     def _within(address: Address, networks: tuple[Network, ...]) -> bool:
@@ -62,6 +69,15 @@ class SourceRules:
             if not self._within(hop_address, self.trusted_proxies):
                 return hop_address
         return address  # only proxies: the request started at one of them
+
+    def rate_key(self, address: Address | None) -> str:
+        """Whose budget a request without a player spends: its named source's, else its
+        address's."""
+        if address is not None:
+            for name, networks in self.sources.items():
+                if self._within(address, networks):
+                    return f"source:{name}"
+        return f"ip:{address}"
 
     def allows(self, address: Address | None) -> bool:
         if not self.allowed:

@@ -22,15 +22,16 @@ from services.identity.sessions import Sessions
 from services.identity.store import PlayerRecord
 from services.identity.tokens import TokenSigner, ensure_key_pair
 from services.identity.upstreams import ComplianceClient, WalletClient
-from services.runtime.call import EDGE_IDENTITY, current_call, require_player
+from services.runtime.call import (
+    CLIENT_ADDRESS_METADATA,
+    EDGE_IDENTITY,
+    current_call,
+    require_player,
+)
 from services.runtime.config import ConfigError, domain_config
 from services.runtime.errors import InvalidArgument, NotFound
 from services.runtime.messages import timestamp
 from services.runtime.server import ServiceRuntime
-
-# The edge names the client's address in this metadata key (believed only from the edge):
-# failed logins are also counted per address.
-CLIENT_ADDRESS_METADATA = "x-casino-client-ip"
 
 
 @dataclass(frozen=True)

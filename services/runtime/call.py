@@ -15,6 +15,9 @@ from services.runtime.errors import Code, DomainError
 # The edge authenticates players (it verifies their access tokens) and names the player in
 # this call metadata key; services believe it only from the edge's certificate identity.
 PLAYER_METADATA = "x-casino-player-id"
+# The client's address as the edge saw it (believed only from the edge), e.g. for counting
+# failed logins per address.
+CLIENT_ADDRESS_METADATA = "x-casino-client-ip"
 EDGE_IDENTITY = "edge"
 
 

@@ -53,3 +53,14 @@ def test_parse_address_forms() -> None:
     assert str(parse_address("[::1]:8080")) == "::1"
     assert str(parse_address("1.2.3.4:80")) == "1.2.3.4"
     assert parse_address("[::1") is None
+
+
+def test_a_named_source_shares_one_budget_across_its_networks() -> None:
+    rules = SourceRules(
+        [], sources={"acquirer-a": ["203.0.113.0/28", "2001:db8:a::/48"], "psp-b": ["198.51.100.7"]}
+    )
+    assert rules.rate_key(parse_address("203.0.113.9")) == "source:acquirer-a"
+    assert rules.rate_key(parse_address("2001:db8:a::10")) == "source:acquirer-a"
+    assert rules.rate_key(parse_address("198.51.100.7")) == "source:psp-b"
+    assert rules.rate_key(parse_address("198.51.100.8")) == "ip:198.51.100.8"
+    assert rules.rate_key(None) == "ip:None"
