@@ -24,6 +24,7 @@ raises Unauthenticated (-> 401 with its reason) or DependencyUnavailable (-> 503
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ REVOKED_BEFORE_KEY = "identity:revoked-before:{player_id}"
 # Classes that move or reveal money: a token whose revocation cannot be checked is refused.
 FAIL_OPEN_CLASSES = frozenset({"CATALOG"})
 _MAX_TOKEN_LENGTH = 4096
+# Verified tokens kept (about 1 KiB each).
+_VERIFIED_CACHE_SIZE = 50_000
 # A token naming an unknown kid re-reads the key directory at most this often.
 _UNKNOWN_KID_RELOAD_SECONDS = 1.0
 
@@ -103,6 +106,10 @@ class TokenVerifier:
         self._clock = clock
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._loaded_at = -float("inf")
+        # Tokens whose signature and claims were checked, by their text: an app sends the
+        # same token for up to 15 minutes, and the signature check is most of decode's cost.
+        # Times are still checked on every use; a change of keys empties it.
+        self._verified: OrderedDict[str, Principal] = OrderedDict()
         self._breaker = AsyncBreaker(
             "revocation-redis", fail_max=3, reset_timeout=1.0, call_timeout=redis_timeout_ms / 1000
         )
@@ -136,8 +143,11 @@ class TokenVerifier:
                 log.warning("token public key is not Ed25519; skipped", file=str(path))
                 continue
             keys[path.stem] = key
-        if set(keys) != set(self._keys):
+        if keys.keys() != self._keys.keys() or any(
+            keys[k].public_bytes_raw() != self._keys[k].public_bytes_raw() for k in keys
+        ):
             log.info("token public keys loaded", key_ids=sorted(keys))
+            self._verified.clear()
         self._keys = keys
         self._loaded_at = time.monotonic()
 
@@ -160,6 +170,21 @@ class TokenVerifier:
             raise Unauthenticated("TOKEN_INVALID", "expected 'Authorization: Bearer <token>'")
         if len(token) > _MAX_TOKEN_LENGTH:
             raise Unauthenticated("TOKEN_INVALID", "access token is too long")
+        known = self._verified.get(token)
+        if known is not None and self._key(known.key_id) is not None:
+            now = self._clock()
+            if now > known.exp + self._leeway:
+                del self._verified[token]
+                raise Unauthenticated("TOKEN_EXPIRED", "access token has expired")
+            self._verified.move_to_end(token)
+            return known
+        principal = self._check(token)
+        self._verified[token] = principal
+        while len(self._verified) > _VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return principal
+
+    def _check(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

@@ -183,6 +183,19 @@ def test_algorithm_confusion_is_refused(issuer: Issuer) -> None:
     assert _reason(f"Bearer {unsigned}", verifier) == "TOKEN_INVALID"
 
 
+def test_a_token_verified_before_still_expires(issuer: Issuer) -> None:
+    """Verified tokens are remembered (the signature is checked once), never past their
+    expiry."""
+    kid = issuer.new_key()
+    now = [time.time()]
+    verifier = TokenVerifier(issuer.folder, leeway_seconds=0, clock=lambda: now[0])
+    header = f"Bearer {issuer.token(kid, exp=int(now[0]) + 60)}"
+    first = verifier.decode(header)
+    assert verifier.decode(header) is first  # remembered, not verified again
+    now[0] += 61
+    assert _reason(header, verifier) == "TOKEN_EXPIRED"
+
+
 def test_rotation_new_kid_is_picked_up_and_a_retired_one_refused(issuer: Issuer) -> None:
     old = issuer.new_key()
     verifier = TokenVerifier(issuer.folder, reload_seconds=3600)
