@@ -14,8 +14,6 @@ This module is an entrypoint, like server.py: the generated event type stops her
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import uuid
@@ -23,8 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -33,18 +30,13 @@ from casino.wallet.v1 import events_pb2, wallet_pb2
 from services.compliance import aml, rules, store
 from services.compliance.cases import record_verdict
 from services.compliance.fx import EurConverter, UnconvertibleCurrency
+from services.runtime.consumer import Handler, Undeliverable
 from services.runtime.logs import get_logger
-from services.runtime.outbox import declare_events_exchange
 
 EVENT_TYPE = "casino.wallet.v1.TransactionPosted"
 BINDING = "wallet.transaction.#"
 CALLER = "compliance.monitoring"
 
-EVENTS = Counter(
-    "casino_compliance_monitoring_events_total",
-    "Wallet events taken by AML monitoring, by outcome (processed, duplicate, dead_lettered).",
-    ["outcome"],
-)
 FINDINGS = Counter("casino_compliance_aml_findings_total", "AML rule findings, by rule.", ["rule"])
 
 log = get_logger()
@@ -57,10 +49,6 @@ RuleEnabled = Callable[[str, str, str], bool]  # (rule, player_id, country) -> o
 
 def every_rule_on(rule: str, player_id: str, country: str) -> bool:
     return True
-
-
-class Undeliverable(ValueError):
-    """A message monitoring can never process: it goes to the dead-letter queue."""
 
 
 @dataclass(frozen=True)
@@ -237,98 +225,14 @@ class Monitoring:
         return state
 
 
-class MonitoringConsumer:
-    """The background worker: a durable queue bound to the wallet's events, with a
-    dead-letter queue beside it, consumed with a bounded prefetch."""
+def handler(monitoring: Monitoring) -> Handler:
+    """What the runtime's EventConsumer does with each wallet event."""
 
-    def __init__(
-        self,
-        monitoring: Monitoring,
-        amqp_url: str,
-        queue: str,
-        *,
-        prefetch: int = 32,
-        retry_seconds: float = 1.0,
-    ) -> None:
-        self._monitoring = monitoring
-        self._amqp_url = amqp_url
-        self._queue_name = queue
-        self._prefetch = prefetch
-        self._retry = retry_seconds
-        self._connection: AbstractRobustConnection | None = None
-
-    @property
-    def dead_letter_queue(self) -> str:
-        return f"{self._queue_name}.dead"
-
-    async def _consume(self) -> None:
-        self._connection = await aio_pika.connect_robust(self._amqp_url, timeout=5)
-        channel = await self._connection.channel()
-        await channel.set_qos(prefetch_count=self._prefetch)
-        events = await declare_events_exchange(channel)
-        dead = await channel.declare_exchange(
-            self.dead_letter_queue, aio_pika.ExchangeType.FANOUT, durable=True
-        )
-        dead_queue = await channel.declare_queue(self.dead_letter_queue, durable=True)
-        await dead_queue.bind(dead)
-        queue = await channel.declare_queue(
-            self._queue_name,
-            durable=True,
-            arguments={"x-dead-letter-exchange": self.dead_letter_queue},
-        )
-        await queue.bind(events, BINDING)
-        log.info("aml monitoring consuming", queue=self._queue_name)
-        async with queue.iterator() as messages:
-            async for message in messages:
-                await self.handle(message)
-
-    async def handle(self, message: AbstractIncomingMessage) -> None:
+    async def handle(message: AbstractIncomingMessage) -> str:
         try:
-            event = decode(message.body, message.type)
-            applied = await self._monitoring.apply(event)
-        except (Undeliverable, UnconvertibleCurrency) as exc:
-            log.error(
-                "wallet event dead-lettered",
-                message_id=message.message_id,
-                routing_key=message.routing_key,
-                error=str(exc),
-            )
-            await message.reject(requeue=False)
-            EVENTS.labels("dead_lettered").inc()
-            return
-        except Exception as exc:
-            # The database (or something transient) failed: nothing was committed. Back
-            # off, then let the broker deliver it again.
-            log.warning(
-                "wallet event not processed, will retry",
-                message_id=message.message_id,
-                error=str(exc) or type(exc).__name__,
-            )
-            await asyncio.sleep(self._retry)
-            await message.nack(requeue=True)
-            return
-        await message.ack()
-        EVENTS.labels("processed" if applied else "duplicate").inc()
+            applied = await monitoring.apply(decode(message.body, message.type))
+        except UnconvertibleCurrency as exc:
+            raise Undeliverable(str(exc)) from None
+        return "processed" if applied else "duplicate"
 
-    async def run(self) -> None:
-        backoff = self._retry
-        while True:
-            try:
-                await self._consume()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Broker away: checks are unaffected; events wait in the durable queue.
-                log.warning("aml monitoring stalled", error=str(exc) or type(exc).__name__)
-                await self._reset()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-
-    async def _reset(self) -> None:
-        if self._connection is not None:
-            with contextlib.suppress(Exception):
-                await self._connection.close()
-        self._connection = None
-
-    async def close(self) -> None:
-        await self._reset()
+    return handle

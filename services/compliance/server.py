@@ -23,12 +23,15 @@ from services.compliance.cases import AmlCases
 from services.compliance.decisions import Compliance, Recorded
 from services.compliance.flags import RuleFlags
 from services.compliance.fx import EurConverter
-from services.compliance.monitoring import Monitoring, MonitoringConsumer
+from services.compliance.monitoring import BINDING as MONITORED_EVENTS
+from services.compliance.monitoring import Monitoring
+from services.compliance.monitoring import handler as monitoring_handler
 from services.compliance.policy import Policy
 from services.compliance.register import SelfExclusionRegister
 from services.compliance.rules import ComplianceConfig
 from services.runtime.call import authenticated_caller, require_player
 from services.runtime.config import ConfigError, domain_config
+from services.runtime.consumer import EventConsumer
 from services.runtime.errors import InvalidArgument
 from services.runtime.messages import timestamp
 from services.runtime.outbox import OutboxRelay
@@ -533,10 +536,11 @@ async def build(runtime: ServiceRuntime) -> None:
             rule_enabled=rule_flags.enabled,
         )
         runtime.add_background(
-            MonitoringConsumer(
-                monitoring,
+            EventConsumer(
+                monitoring_handler(monitoring),
                 settings.amqp_url,
                 settings.monitoring_queue,
+                [MONITORED_EVENTS],
                 prefetch=settings.monitoring_prefetch,
             )
         )

@@ -12,9 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from casino.identity.v1 import identity_pb2 as pb
 from casino.identity.v1 import identity_pb2_grpc
-from services.identity import store
+from services.identity import exclusions, store
 from services.identity.authentication import Authenticator, IssuedSession
-from services.identity.exclusions import ExclusionConsumer
 from services.identity.lockout import LockoutPolicy, LoginThrottle
 from services.identity.passwords import Argon2Parameters, Passwords, ensure_pepper
 from services.identity.registration import Application, Registrar
@@ -29,6 +28,7 @@ from services.runtime.call import (
     require_player,
 )
 from services.runtime.config import ConfigError, domain_config
+from services.runtime.consumer import EventConsumer
 from services.runtime.errors import InvalidArgument, NotFound
 from services.runtime.messages import timestamp
 from services.runtime.server import ServiceRuntime
@@ -212,5 +212,11 @@ async def build(runtime: ServiceRuntime) -> None:
     )
     if settings.exclusion_events:
         runtime.add_background(
-            ExclusionConsumer(sessions, redis, settings.amqp_url, settings.exclusion_queue)
+            EventConsumer(
+                exclusions.handler(sessions, redis),
+                settings.amqp_url,
+                settings.exclusion_queue,
+                [exclusions.BINDING],
+                prefetch=16,
+            )
         )

@@ -127,7 +127,7 @@ def metric(process: ServiceProcess, outcome: str) -> float:
         f"http://127.0.0.1:{process.ports['metrics_port']}/metrics"
     ).read()
     for line in text.decode().splitlines():
-        if line.startswith(f'casino_compliance_monitoring_events_total{{outcome="{outcome}"}}'):
+        if line.startswith(f'casino_events_consumed_total{{outcome="{outcome}",'):
             return float(line.split()[-1])
     return 0.0
 

@@ -1,0 +1,141 @@
+"""Consuming the platform's events: one durable queue bound to the `casino.events` topic
+exchange, a dead-letter queue beside it (`<queue>.dead`), a bounded prefetch, and one rule
+for every message:
+
+- the handler returns an outcome (counted) -> ack, after the handler's own commit;
+- it raises Undeliverable (a message that can never be processed: wrong type, undecodable,
+  impossible to judge) -> rejected to the dead-letter queue, logged;
+- it raises anything else (a database or cache away) -> wait, then nack with requeue: the
+  broker delivers it again. Handlers are idempotent by event id, so at-least-once is safe.
+
+The broker going away stalls nothing but this worker: it reconnects with backoff while the
+service keeps answering from the state it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from prometheus_client import Counter
+
+from services.runtime.logs import get_logger
+from services.runtime.outbox import declare_events_exchange
+
+log = get_logger()
+
+EVENTS_CONSUMED = Counter(
+    "casino_events_consumed_total",
+    "Events taken from a queue, by queue and outcome (dead_lettered, retried, or the"
+    " handler's own outcome such as processed or duplicate).",
+    ["queue", "outcome"],
+)
+
+Handler = Callable[[AbstractIncomingMessage], Awaitable[str]]
+
+
+class Undeliverable(ValueError):
+    """A message that can never be processed: it goes to the dead-letter queue."""
+
+
+class EventConsumer:
+    """A background worker (ServiceRuntime.add_background) feeding `handler` the events
+    routed to `queue` by `bindings` (topic patterns such as `wallet.transaction.#`)."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        amqp_url: str,
+        queue: str,
+        bindings: Sequence[str],
+        *,
+        prefetch: int = 32,
+        retry_seconds: float = 1.0,
+    ) -> None:
+        self._handler = handler
+        self._amqp_url = amqp_url
+        self.queue = queue
+        self._bindings = list(bindings)
+        self._prefetch = prefetch
+        self._retry = retry_seconds
+        self._connection: AbstractRobustConnection | None = None
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.queue}.dead"
+
+    async def run(self) -> None:
+        backoff = self._retry
+        while True:
+            try:
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "event consumer stalled", queue=self.queue, error=str(exc) or type(exc).__name__
+                )
+                await self._reset()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    async def close(self) -> None:
+        await self._reset()
+
+    async def _reset(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+        self._connection = None
+
+    async def _consume(self) -> None:
+        self._connection = await aio_pika.connect_robust(self._amqp_url, timeout=5)
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=self._prefetch)
+        events = await declare_events_exchange(channel)
+        dead = await channel.declare_exchange(
+            self.dead_letter_queue, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        dead_queue = await channel.declare_queue(self.dead_letter_queue, durable=True)
+        await dead_queue.bind(dead)
+        queue = await channel.declare_queue(
+            self.queue, durable=True, arguments={"x-dead-letter-exchange": self.dead_letter_queue}
+        )
+        for binding in self._bindings:
+            await queue.bind(events, binding)
+        log.info("events consuming", queue=self.queue, bindings=self._bindings)
+        async with queue.iterator() as messages:
+            async for message in messages:
+                await self.deliver(message)
+
+    async def deliver(self, message: AbstractIncomingMessage) -> None:
+        try:
+            outcome = await self._handler(message)
+        except Undeliverable as exc:
+            log.error(
+                "event dead-lettered",
+                queue=self.queue,
+                message_id=message.message_id,
+                routing_key=message.routing_key,
+                error=str(exc),
+            )
+            await message.reject(requeue=False)
+            EVENTS_CONSUMED.labels(self.queue, "dead_lettered").inc()
+            return
+        except Exception as exc:
+            # Nothing was committed: back off, then let the broker deliver it again.
+            log.warning(
+                "event not processed, will retry",
+                queue=self.queue,
+                message_id=message.message_id,
+                error=str(exc) or type(exc).__name__,
+            )
+            await asyncio.sleep(self._retry)
+            await message.nack(requeue=True)
+            EVENTS_CONSUMED.labels(self.queue, "retried").inc()
+            return
+        await message.ack()
+        EVENTS_CONSUMED.labels(self.queue, outcome).inc()
