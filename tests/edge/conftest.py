@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -190,8 +191,20 @@ def edge(
     edge_services: dict[str, ServiceProcess],
 ) -> Iterator[EdgeProcess]:
     """The edge in front of the real echo and wallet."""
-    tmp = tmp_path_factory.mktemp("edge")
-    config = edge_config(
+    process = start_edge_for(tmp_path_factory.mktemp("edge"), pki, tokens, edge_services)
+    yield process
+    process.terminate()
+
+
+def start_edge_for(
+    tmp: Path,
+    pki: Pki,
+    tokens: TokenMinter,
+    edge_services: dict[str, ServiceProcess],
+    **config: Any,
+) -> EdgeProcess:
+    """An edge in front of the real echo and wallet; `config` as for edge_config."""
+    path = edge_config(
         tmp / "edge.toml",
         pki,
         tokens.key_dir,
@@ -203,10 +216,9 @@ def edge(
             "casino.echo.v1.EchoService": "echo",
             "casino.wallet.v1.WalletService": "wallet",
         },
+        **config,
     )
-    process = start_edge(tmp, config)
-    yield process
-    process.terminate()
+    return start_edge(tmp, path)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +15,7 @@ from edge.process import EdgeProcess
 from services.runtime.client import secure_channel
 from services.runtime.process import ServiceProcess
 from tests.conftest import Pki
-from tests.edge.conftest import REDIS_URL, TokenMinter, edge_config, start_edge
+from tests.edge.conftest import TokenMinter, start_edge_for
 from tests.support.tcp_proxy import TcpProxy
 
 WALLET_RATE = 50  # the PLAYER_WALLET default, per player per second
@@ -30,27 +29,6 @@ def redis_proxy() -> Iterator[TcpProxy]:
     proxy.close()
 
 
-def start_limited_edge(
-    tmp: Path, pki: Pki, tokens: TokenMinter, edge_services: dict[str, ServiceProcess], redis: str
-) -> EdgeProcess:
-    config = edge_config(
-        tmp / "edge.toml",
-        pki,
-        tokens.key_dir,
-        upstreams={
-            "echo": (edge_services["echo"].ports["port"], "echo"),
-            "wallet": (edge_services["wallet"].ports["port"], "wallet"),
-        },
-        services={
-            "casino.echo.v1.EchoService": "echo",
-            "casino.wallet.v1.WalletService": "wallet",
-        },
-        limits="",  # the defaults
-        redis_url=redis,
-    )
-    return start_edge(tmp, config)
-
-
 @pytest.fixture(scope="module")
 def limited_edge(
     tmp_path_factory: pytest.TempPathFactory,
@@ -58,8 +36,8 @@ def limited_edge(
     tokens: TokenMinter,
     edge_services: dict[str, ServiceProcess],
 ) -> Iterator[EdgeProcess]:
-    process = start_limited_edge(
-        tmp_path_factory.mktemp("limited-edge"), pki, tokens, edge_services, REDIS_URL
+    process = start_edge_for(
+        tmp_path_factory.mktemp("limited-edge"), pki, tokens, edge_services, limits=""
     )
     yield process
     process.terminate()
@@ -73,12 +51,13 @@ def edge_behind_cuttable_redis(
     edge_services: dict[str, ServiceProcess],
     redis_proxy: TcpProxy,
 ) -> Iterator[EdgeProcess]:
-    process = start_limited_edge(
+    process = start_edge_for(
         tmp_path_factory.mktemp("cuttable-edge"),
         pki,
         tokens,
         edge_services,
-        f"redis://127.0.0.1:{redis_proxy.port}/0",
+        limits="",  # the defaults
+        redis_url=f"redis://127.0.0.1:{redis_proxy.port}/0",
     )
     yield process
     process.terminate()
