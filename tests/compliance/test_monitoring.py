@@ -27,6 +27,7 @@ from services.runtime.process import ServiceProcess
 from tests.compliance.conftest import Simulator, compliance_extra, open_stubs
 from tests.compliance.test_compliance_service import verified_player
 from tests.conftest import TEST_AMQP_URL, Launcher, Pki
+from tests.support.amqp import delete_queues, delete_queues_now
 from tests.wallet.conftest import wallet_extra
 
 ALLOW, DENY = pb.DECISION_ALLOW, pb.DECISION_DENY
@@ -40,14 +41,6 @@ def monitoring_extra(register: Simulator, folder: Path, queue: str, *, on: bool 
         monitoring=on,
         settings=f'monitoring_queue = "{queue}"\nfx_to_eur = {{ EUR = "1", GBP = "1.17" }}',
     )
-
-
-async def delete_queues(*names: str) -> None:
-    connection = await aio_pika.connect_robust(TEST_AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        for name in names:
-            await channel.queue_delete(name)
 
 
 async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 15.0) -> T:
@@ -173,7 +166,7 @@ def monitored(
     )
     yield process
     process.terminate()
-    asyncio.run(delete_queues(queue, f"{queue}.dead"))
+    delete_queues_now(queue, f"{queue}.dead")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ the real wallet as further processes, on the test database, Redis and RabbitMQ."
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -11,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import grpc
 import pytest
 from google.type.date_pb2 import Date
@@ -29,6 +27,7 @@ from tests.compliance.conftest import (
     run_simulator,
 )
 from tests.conftest import TEST_AMQP_URL, Launcher, Pki
+from tests.support.amqp import delete_queues_now
 from tests.wallet.conftest import wallet_extra
 
 PASSWORD = "correct horse battery staple"
@@ -108,14 +107,6 @@ max_lock_seconds = 8
 """
 
 
-async def delete_queues(*names: str) -> None:
-    connection = await aio_pika.connect_robust(TEST_AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        for name in names:
-            await channel.queue_delete(name)
-
-
 @dataclass
 class Identity:
     process: ServiceProcess
@@ -158,7 +149,7 @@ def start_identity(
     yield start
     for instance in started:
         instance.process.terminate()
-    asyncio.run(delete_queues(*(q for i in started for q in (i.queue, f"{i.queue}.dead"))))
+    delete_queues_now(*(q for i in started for q in (i.queue, f"{i.queue}.dead")))
 
 
 @pytest.fixture(scope="package")

@@ -128,6 +128,32 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The listener does not serve the client's network (403; the admin listener)."""
     CLIENT_CLOSED: _ErrorReason.ValueType  # 454
     """The client went away before its request body arrived."""
+    ROUND_NOT_FOUND: _ErrorReason.ValueType  # 500
+    """RNG (500-509).
+    No round has this id. Metadata: round_id.
+    """
+    ROUND_CLOSED: _ErrorReason.ValueType  # 501
+    """The round is closed: no more draws. Metadata: round_id."""
+    RNG_UNHEALTHY: _ErrorReason.ValueType  # 502
+    """The RNG failed its self-test or continuous health test (or entropy is unavailable): it
+    refuses to draw; games must become unavailable. Metadata: detail.
+    """
+    UNKNOWN_ALGORITHM_VERSION: _ErrorReason.ValueType  # 503
+    """The round was recorded under an algorithm version this build does not implement.
+    Metadata: version.
+    """
+    SERVER_SEED_NOT_FOUND: _ErrorReason.ValueType  # 504
+    """The fair key has no active server seed (CommitServerSeed first). Metadata: fair_key."""
+    DRAW_OUT_OF_ORDER: _ErrorReason.ValueType  # 505
+    """The draw index is not the round's next draw nor one already made. Metadata: round_id,
+    next_draw_index.
+    """
+    SEED_UNSEALABLE: _ErrorReason.ValueType  # 506
+    """The sealed round seed cannot be opened (wrong key or altered). Metadata: round_id."""
+    SERVER_SEED_IN_USE: _ErrorReason.ValueType  # 507
+    """The fair key's server seed still has open rounds: close them before it is revealed.
+    Metadata: fair_key.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values the platform returns. A value's
@@ -243,4 +269,30 @@ SOURCE_NOT_ALLOWED: ErrorReason.ValueType  # 453
 """The listener does not serve the client's network (403; the admin listener)."""
 CLIENT_CLOSED: ErrorReason.ValueType  # 454
 """The client went away before its request body arrived."""
+ROUND_NOT_FOUND: ErrorReason.ValueType  # 500
+"""RNG (500-509).
+No round has this id. Metadata: round_id.
+"""
+ROUND_CLOSED: ErrorReason.ValueType  # 501
+"""The round is closed: no more draws. Metadata: round_id."""
+RNG_UNHEALTHY: ErrorReason.ValueType  # 502
+"""The RNG failed its self-test or continuous health test (or entropy is unavailable): it
+refuses to draw; games must become unavailable. Metadata: detail.
+"""
+UNKNOWN_ALGORITHM_VERSION: ErrorReason.ValueType  # 503
+"""The round was recorded under an algorithm version this build does not implement.
+Metadata: version.
+"""
+SERVER_SEED_NOT_FOUND: ErrorReason.ValueType  # 504
+"""The fair key has no active server seed (CommitServerSeed first). Metadata: fair_key."""
+DRAW_OUT_OF_ORDER: ErrorReason.ValueType  # 505
+"""The draw index is not the round's next draw nor one already made. Metadata: round_id,
+next_draw_index.
+"""
+SEED_UNSEALABLE: ErrorReason.ValueType  # 506
+"""The sealed round seed cannot be opened (wrong key or altered). Metadata: round_id."""
+SERVER_SEED_IN_USE: ErrorReason.ValueType  # 507
+"""The fair key's server seed still has open rounds: close them before it is revealed.
+Metadata: fair_key.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
