@@ -23,6 +23,7 @@ from google.type.date_pb2 import Date
 from casino.common.v1.money_pb2 import Money
 from casino.compliance.v1 import compliance_pb2, compliance_pb2_grpc
 from casino.echo.v1 import echo_pb2, echo_pb2_grpc
+from casino.rng.v1 import rng_pb2, rng_pb2_grpc
 from casino.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.call import PLAYER_METADATA
 from services.runtime.client import secure_channel
@@ -32,6 +33,7 @@ from services.runtime.status import error_info
 ECHO = "127.0.0.1:50100"
 WALLET = "127.0.0.1:50110"
 COMPLIANCE = "127.0.0.1:50120"
+RNG = "127.0.0.1:50150"
 EDGE = "http://127.0.0.1:8080"
 
 
@@ -320,8 +322,34 @@ async def player_job() -> None:
         print(f"GET another's balance      -> {other.status_code} {other.json()['reason']}")
 
 
+async def rng_job(root: Path) -> None:
+    """A roulette spin's randomness as the games service will ask for it: a round opened
+    under a sealed one-time seed, a pocket drawn without bias, the round replayed."""
+    async with secure_channel(RNG, _tls(root, "games"), "rng") as channel:
+        rng = rng_pb2_grpc.RngServiceStub(channel)
+        opened = await rng.OpenRound(
+            rng_pb2.OpenRoundRequest(
+                request_id=uuid.uuid4().hex, game_id="roulette", game_inputs=b"bets:red"
+            )
+        )
+        round_id = opened.round.round_id
+        drawn = await rng.Draw(
+            rng_pb2.DrawRequest(
+                round_id=round_id,
+                specs=[rng_pb2.DrawSpec(integers=rng_pb2.IntegerDraw(low=0, high=36, count=1))],
+            )
+        )
+        await rng.CloseRound(rng_pb2.CloseRoundRequest(round_id=round_id))
+        replay = await rng.ReplayRound(rng_pb2.ReplayRoundRequest(round_id=round_id))
+        print(
+            f"\nRNG: roulette round {round_id[:8]}.. pocket {drawn.results[0].values[0]}; "
+            f"replayed from the sealed seed -> matches={replay.matches}"
+        )
+
+
 async def run(root: Path) -> None:
     await player_job()
+    await rng_job(root)
     await wallet_job(root)
     await compliance_job(root)
     key = uuid.uuid4().hex
