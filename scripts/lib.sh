@@ -45,6 +45,8 @@ ensure_system_packages() {
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
     command -v git >/dev/null || missing+=(git)
+    # The RNG benchmark runs the dieharder battery over raw generator output.
+    command -v dieharder >/dev/null || missing+=(dieharder)
     if [ "${#missing[@]}" -gt 0 ]; then
         apt_install "${missing[@]}"
     fi
