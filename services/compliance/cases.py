@@ -13,8 +13,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.compliance import rules, store, verdict_log, verdicts
+from services.compliance import rules, store, verdicts
 from services.compliance.aml import AmlAction, AmlAlert, AmlConfig
+from services.runtime import verdict_log
 from services.runtime.errors import Code, DomainError, InvalidArgument
 
 SCHEMA = "compliance"

@@ -30,9 +30,10 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.compliance import rules, store, verdict_log, verdicts
+from services.compliance import rules, store, verdicts
 from services.compliance.policy import Policy
 from services.compliance.rules import Action, Decision, LimitKind
+from services.runtime import verdict_log
 from services.runtime.errors import DomainError, InvalidArgument
 
 log = structlog.get_logger()

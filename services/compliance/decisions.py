@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.compliance import flags, reality, rules, store, verdict_log, verdicts
+from services.compliance import flags, reality, rules, store, verdicts
 from services.compliance.checks import ActionChecks, CheckRequest
 from services.compliance.policy import Policy
 from services.compliance.rules import (
@@ -27,6 +27,7 @@ from services.compliance.rules import (
     Period,
     Reason,
 )
+from services.runtime import verdict_log
 from services.runtime.call import current_call
 from services.runtime.errors import Code, DomainError, InvalidArgument
 from services.runtime.outbox import Event, enqueue

@@ -17,7 +17,7 @@ import grpc
 from casino.common.v1 import money_pb2
 from casino.compliance.v1 import compliance_pb2 as pb
 from casino.compliance.v1 import compliance_pb2_grpc, events_pb2
-from services.compliance import flags, rules, verdict_log
+from services.compliance import flags, rules
 from services.compliance.aml import AmlAlert, AmlConfig
 from services.compliance.cases import AmlCases
 from services.compliance.decisions import Compliance, Recorded
@@ -29,6 +29,7 @@ from services.compliance.monitoring import handler as monitoring_handler
 from services.compliance.policy import Policy
 from services.compliance.register import SelfExclusionRegister
 from services.compliance.rules import ComplianceConfig
+from services.runtime import verdict_log
 from services.runtime.call import authenticated_caller, require_player
 from services.runtime.config import ConfigError, domain_config
 from services.runtime.consumer import EventConsumer

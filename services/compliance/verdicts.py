@@ -8,7 +8,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from services.compliance import rules, verdict_log
+from services.compliance import rules
+from services.runtime import verdict_log
 
 
 def verdict(

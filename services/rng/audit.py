@@ -3,7 +3,7 @@
 A background worker signs the chain head (Ed25519) into ``checkpoint_dir`` whenever it has
 moved, so rewriting history is exposed by the next verification with a checkpoint:
 
-    python -m services.compliance.verdict_log verify --dsn-file F --schema rng \\
+    python -m services.runtime.verdict_log verify --dsn-file F --schema rng \\
         --public-key rng-signing.pub --checkpoint CHECKPOINT_DIR
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.compliance import verdict_log
+from services.runtime import verdict_log
 from services.runtime.logs import get_logger
 
 log = get_logger()

@@ -27,11 +27,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.compliance import verdict_log
 from services.rng import draws, fair
 from services.rng.draws import Spec, StreamSource
 from services.rng.sealing import ROUND_SEED, SERVER_SEED, Sealer, SealError
 from services.rng.selftest import RngHealth
+from services.runtime import verdict_log
 from services.runtime.errors import Code, DomainError, IdempotencyMismatch, InvalidArgument
 
 SCHEMA = "rng"

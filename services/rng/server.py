@@ -10,7 +10,6 @@ import grpc
 
 from casino.rng.v1 import rng_pb2 as pb
 from casino.rng.v1 import rng_pb2_grpc
-from services.compliance import verdict_log
 from services.rng import draws, versions
 from services.rng.audit import AuditCheckpointer
 from services.rng.drbg import DRBG_VERSION, ChaChaDrbg
@@ -18,6 +17,7 @@ from services.rng.rounds import SCHEMA, DrawRecord, Round, Rounds
 from services.rng.sampling import SAMPLING_VERSION
 from services.rng.sealing import Sealer, ensure_seal_key
 from services.rng.selftest import RngHealth
+from services.runtime import verdict_log
 from services.runtime.call import authenticated_caller
 from services.runtime.config import ConfigError, domain_config
 from services.runtime.errors import IdempotencyKeyRequired, InvalidArgument

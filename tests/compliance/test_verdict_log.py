@@ -26,8 +26,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from services.compliance import verdict_log as vl
-from services.compliance.verdict_log import (
+from services.runtime import verdict_log as vl
+from services.runtime.secrets import SecretFileError
+from services.runtime.verdict_log import (
     GENESIS_HASH,
     CheckpointConflict,
     CheckpointSigner,
@@ -44,7 +45,6 @@ from services.compliance.verdict_log import (
     verify,
     write_checkpoint,
 )
-from services.runtime.secrets import SecretFileError
 from tests.conftest import TEST_DATABASE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -614,7 +614,9 @@ async def test_a_signed_checkpoint_verifies(
     assert content["log"] == "compliance-verdicts"
     assert (content["seq"], content["hash"]) == (5, stored[-1].hash.hex())
     assert content["key_id"] == signer.key_id and len(signer.key_id) == 16
-    assert vl.check_checkpoint(content, vl.load_public_key(public_key)).seq == 5
+    assert (
+        vl.check_checkpoint(content, vl.load_public_key(public_key), vl.log_name(SCHEMA)).seq == 5
+    )
 
     report = await check(service, public_key, written)
     assert report.ok, report.render()
@@ -658,7 +660,9 @@ async def test_a_modified_checkpoint_has_a_bad_signature(
     elif forgery == "other-key":
         other = tmp_path / "other"
         ensure_signing_key(other / "k", other / "k.pub")
-        content = CheckpointSigner(other / "k").sign(4, stored[-1].hash, dt.datetime.now(dt.UTC))
+        content = CheckpointSigner(other / "k").sign(
+            vl.log_name(SCHEMA), 4, stored[-1].hash, dt.datetime.now(dt.UTC)
+        )
     forged = tmp_path / "forged.json"
     forged.write_text("{not json" if forgery == "garbage" else json.dumps(content))
     report = await check(service, public_key, forged)
@@ -739,10 +743,12 @@ def test_a_checkpoint_is_never_overwritten_with_another_hash(
     signer: CheckpointSigner, tmp_path: Path
 ) -> None:
     now = dt.datetime.now(dt.UTC)
-    first = write_checkpoint(tmp_path, signer.sign(3, b"\x01" * 32, now))
-    assert write_checkpoint(tmp_path, signer.sign(3, b"\x01" * 32, now)) == first
+    first = write_checkpoint(tmp_path, signer.sign(vl.log_name(SCHEMA), 3, b"\x01" * 32, now))
+    assert (
+        write_checkpoint(tmp_path, signer.sign(vl.log_name(SCHEMA), 3, b"\x01" * 32, now)) == first
+    )
     with pytest.raises(CheckpointConflict):
-        write_checkpoint(tmp_path, signer.sign(3, b"\x02" * 32, now))
+        write_checkpoint(tmp_path, signer.sign(vl.log_name(SCHEMA), 3, b"\x02" * 32, now))
     assert json.loads(first.read_text())["hash"] == "01" * 32
 
 
@@ -762,7 +768,7 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.compliance.verdict_log",
+        "services.runtime.verdict_log",
         *args,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
@@ -810,3 +816,14 @@ async def test_the_command_line_verifies_and_checkpoints(
     dsn_file.chmod(0o644)
     code, out, err = await run_cli(*verify_args)
     assert code == 2 and "readable by group/others" in err
+
+
+def test_a_checkpoint_of_another_log_is_refused(tmp_path: Path) -> None:
+    """One log per schema: the RNG's round-record checkpoints never pass for compliance's."""
+    ensure_signing_key(tmp_path / "k", tmp_path / "k.pub")
+    signer = CheckpointSigner(tmp_path / "k")
+    now = dt.datetime.now(dt.UTC)
+    rng = signer.sign(vl.log_name("rng"), 3, b"\x01" * 32, now)
+    assert vl.check_checkpoint(rng, signer.public_key, vl.log_name("rng")).seq == 3
+    with pytest.raises(vl.InvalidCheckpoint, match="rng-verdicts"):
+        vl.check_checkpoint(rng, signer.public_key, vl.log_name(SCHEMA))

@@ -170,7 +170,7 @@ def verify_chain(folder: Path, *extra: str) -> subprocess.CompletedProcess[str]:
         [
             sys.executable,
             "-m",
-            "services.compliance.verdict_log",
+            "services.runtime.verdict_log",
             "verify",
             "--dsn-file",
             str(dsn_file),

@@ -8,7 +8,7 @@ Revises: 0001
 
 from alembic import op
 
-from services.compliance.verdict_log import verdict_log_functions
+from services.runtime.verdict_log import verdict_log_functions
 
 revision = "0002"
 down_revision = "0001"

@@ -7,7 +7,7 @@ Revises:
 
 from alembic import op
 
-from services.compliance.verdict_log import verdict_log_ddl
+from services.runtime.verdict_log import verdict_log_ddl
 
 revision = "0001"
 down_revision = None

@@ -1,4 +1,5 @@
-"""The compliance service's tamper-evident verdict log.
+"""A tamper-evident, append-only log of decisions, one per service schema: compliance's
+verdicts, the RNG's round records.
 
 Every compliance decision (a *verdict*: ALLOW, DENY or merely RECORDED) is appended, in the
 transaction that acts on it, to ``<schema>.verdicts``. What the log guarantees, and how:
@@ -48,11 +49,11 @@ a checkpoint taken before the rewrite exposes that. Checkpoint often, and keep t
 
 Command line (the DSN is read from a file, never from the environment or argv)::
 
-    python -m services.compliance.verdict_log verify --dsn-file F --schema compliance \\
+    python -m services.runtime.verdict_log verify --dsn-file F --schema compliance \\
         --public-key F [--checkpoint FILE_OR_DIR]
-    python -m services.compliance.verdict_log checkpoint --dsn-file F --schema compliance \\
+    python -m services.runtime.verdict_log checkpoint --dsn-file F --schema compliance \\
         --private-key F --directory D
-    python -m services.compliance.verdict_log keygen --private-key F --public-key F
+    python -m services.runtime.verdict_log keygen --private-key F --public-key F
 
 ``verify`` exits 0 when the log is intact, 1 when it found problems, 2 when it could not check.
 """
@@ -93,7 +94,13 @@ from sqlalchemy.pool import NullPool
 
 from services.runtime.secrets import SecretFileError, read_secret, read_secret_bytes
 
-LOG_NAME = "compliance-verdicts"
+
+def log_name(schema: str) -> str:
+    """The log a checkpoint belongs to: one log per schema (compliance's verdicts, the RNG's
+    round records), so a checkpoint of one is never taken for another's."""
+    return f"{_ident(schema)}-verdicts"
+
+
 GENESIS_HASH = bytes(32)
 DECISIONS = ("ALLOW", "DENY", "RECORDED")
 # The actions the service records today; informative (the column accepts any text).
@@ -684,7 +691,7 @@ class CheckpointSigner:
         self.public_key: Ed25519PublicKey = self._key.public_key()
         self.key_id: str = key_id(self.public_key)
 
-    def sign(self, seq: int, head_hash: bytes, at: datetime) -> dict[str, Any]:
+    def sign(self, log: str, seq: int, head_hash: bytes, at: datetime) -> dict[str, Any]:
         """``{"log", "seq", "hash" (hex), "time", "key_id", "signature" (base64)}``, the
         signature being over the canonical JSON of the other five fields."""
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
@@ -692,7 +699,7 @@ class CheckpointSigner:
         if len(head_hash) != 32:
             raise ValueError("head_hash must be 32 bytes")
         fields: dict[str, Any] = {
-            "log": LOG_NAME,
+            "log": log,
             "seq": seq,
             "hash": head_hash.hex(),
             "time": _utc_iso(at),
@@ -709,7 +716,9 @@ class CheckedCheckpoint(NamedTuple):
     key_id: str
 
 
-def check_checkpoint(checkpoint: object, public_key: Ed25519PublicKey) -> CheckedCheckpoint:
+def check_checkpoint(
+    checkpoint: object, public_key: Ed25519PublicKey, log_of: str
+) -> CheckedCheckpoint:
     """The checkpoint's seq and hash if it is a well-formed checkpoint of this log, signed by
     ``public_key``; raises InvalidCheckpoint otherwise."""
     if not isinstance(checkpoint, dict):
@@ -719,8 +728,8 @@ def check_checkpoint(checkpoint: object, public_key: Ed25519PublicKey) -> Checke
         raise InvalidCheckpoint(f"missing fields: {', '.join(sorted(missing))}")
     log, seq, hash_hex = checkpoint["log"], checkpoint["seq"], checkpoint["hash"]
     time, signer, signature = checkpoint["time"], checkpoint["key_id"], checkpoint["signature"]
-    if log != LOG_NAME:
-        raise InvalidCheckpoint(f"checkpoint of log {log!r}, not {LOG_NAME!r}")
+    if log != log_of:
+        raise InvalidCheckpoint(f"checkpoint of log {log!r}, not {log_of!r}")
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
         raise InvalidCheckpoint("seq is not a non-negative integer")
     if not isinstance(hash_hex, str) or not re.fullmatch(r"[0-9a-f]{64}", hash_hex):
@@ -812,7 +821,7 @@ async def checkpoint(
         try:
             previous = await asyncio.to_thread(read_checkpoint, previous_path)
             if isinstance(previous, dict) and previous.get("key_id") == signer.key_id:
-                checked = check_checkpoint(previous, signer.public_key)
+                checked = check_checkpoint(previous, signer.public_key, log_name(schema))
             else:  # signed before a key rotation: trust its seq and hash as filed
                 if not isinstance(previous, dict):
                     raise InvalidCheckpoint("a checkpoint is a JSON object")
@@ -827,7 +836,7 @@ async def checkpoint(
         await _check_extends(conn, schema, checked, head, report)
         if not report.ok:
             raise ChainError(report.problems)
-    signed = signer.sign(head_seq, head_hash, datetime.now(UTC))
+    signed = signer.sign(log_name(schema), head_seq, head_hash, datetime.now(UTC))
     return await asyncio.to_thread(write_checkpoint, Path(directory), signed)
 
 
@@ -1015,7 +1024,7 @@ async def verify(
     if checkpoint_path is not None:
         try:
             content = await asyncio.to_thread(read_checkpoint, Path(checkpoint_path))
-            checked = check_checkpoint(content, public_key)
+            checked = check_checkpoint(content, public_key, log_name(schema))
         except (OSError, ValueError) as exc:  # InvalidCheckpoint and JSON errors included
             report.add(BAD_SIGNATURE, None, f"checkpoint {checkpoint_path}: {exc}")
         else:
@@ -1095,7 +1104,7 @@ async def _run_checkpoint(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m services.compliance.verdict_log",
+        prog="python -m services.runtime.verdict_log",
         description="Verify, checkpoint and key the compliance verdict log.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
