@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -106,8 +107,9 @@ class Snapshot:
         flags.update({f.rule: f for f in stored if f.rule in REGISTRY})
         return cls(flags)
 
-    @property
+    @functools.cached_property
     def version(self) -> str:
+        # Cached: a snapshot never changes, and every check records its version.
         canonical = json.dumps(
             [
                 [f.rule, f.enabled, f.rollout_percent, list(f.countries), f.version]

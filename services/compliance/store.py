@@ -25,13 +25,17 @@ from services.compliance.rules import (
     Window,
 )
 
-_PLAYER = text(
-    "SELECT player_id, birth_date, country, name_verified, address_verified,"
+# The columns of a player's compliance state (each a PlayerState field).
+_STATE_COLUMNS = (
+    "player_id, birth_date, country, name_verified, address_verified,"
     " birth_date_verified, cdd_required, excluded_until, excluded_indefinitely, exclusion_kind,"
     " play_hold, reality_check_minutes, affordability_assessed_at"
-    " FROM compliance.players WHERE player_id = :p"
 )
+_PLAYER = text(f"SELECT {_STATE_COLUMNS} FROM compliance.players WHERE player_id = :p")
 _PLAYER_FOR_UPDATE = text(_PLAYER.text + " FOR UPDATE")
+_PLAYERS_WITH_VERSIONS = text(
+    f"SELECT version, {_STATE_COLUMNS} FROM compliance.players WHERE player_id = ANY(:ids)"
+)
 
 
 async def player(
@@ -334,14 +338,7 @@ async def players(
     conn: AsyncConnection, player_ids: list[str]
 ) -> dict[str, tuple[int, PlayerState]]:
     """The players' states with their versions (inside the caller's lock)."""
-    rows = await conn.execute(
-        text(
-            _PLAYER.text.replace("player_id = :p", "player_id = ANY(:ids)").replace(
-                "SELECT player_id,", "SELECT version, player_id,"
-            )
-        ),
-        {"ids": player_ids},
-    )
+    rows = await conn.execute(_PLAYERS_WITH_VERSIONS, {"ids": player_ids})
     return {r.player_id: (r.version, _player_state(r)) for r in rows}
 
 
