@@ -96,7 +96,6 @@ class Compliance:
         policy: Policy | None = None,
     ) -> None:
         self._engine = engine
-        self._config = config
         self._register = register
         self._encode_excluded = encode_excluded
         self._now = clock
@@ -120,7 +119,7 @@ class Compliance:
     ) -> Recorded:
         """Append the verdict; a decision about a player records their jurisdiction and is
         versioned with its configuration."""
-        config = jurisdiction.config if jurisdiction else self._config
+        config = jurisdiction.config if jurisdiction else self.policy.default
         if jurisdiction is not None:
             inputs = {**inputs, "jurisdiction": jurisdiction.code}
         stored = await verdict_log.append(
@@ -365,7 +364,7 @@ class Compliance:
 
     @property
     def cooling_off(self) -> dt.timedelta:
-        return dt.timedelta(hours=self._config.limit_cooling_off_hours)
+        return dt.timedelta(hours=self.policy.default.limit_cooling_off_hours)
 
     async def exclude(
         self,
