@@ -11,7 +11,6 @@ import grpc
 from casino.rng.v1 import rng_pb2 as pb
 from casino.rng.v1 import rng_pb2_grpc
 from services.rng import draws, versions
-from services.rng.audit import AuditCheckpointer
 from services.rng.drbg import DRBG_VERSION, ChaChaDrbg
 from services.rng.rounds import SCHEMA, DrawRecord, Round, Rounds
 from services.rng.sampling import SAMPLING_VERSION
@@ -19,6 +18,7 @@ from services.rng.sealing import Sealer, ensure_seal_key
 from services.rng.selftest import RngHealth
 from services.runtime import verdict_log
 from services.runtime.call import authenticated_caller
+from services.runtime.checkpoints import ChainCheckpointer
 from services.runtime.config import ConfigError, domain_config
 from services.runtime.errors import IdempotencyKeyRequired, InvalidArgument
 from services.runtime.messages import timestamp
@@ -253,7 +253,7 @@ async def build(runtime: ServiceRuntime) -> None:
         rng_pb2_grpc.add_RngServiceServicer_to_server,
     )
     runtime.add_background(
-        AuditCheckpointer(
+        ChainCheckpointer(
             engine,
             SCHEMA,
             settings.signing_key_file,

@@ -13,6 +13,7 @@ rounding, ``nominal_rtp`` is ``1 - house_edge``.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -93,9 +94,25 @@ def settle(bet: DiceBet, roll: int) -> int:
     return bet.win_payout if bet.wins(roll) else 0
 
 
-def play(stream: ByteStream, bet: DiceBet) -> Outcome:
-    roll = draw(stream, ROLLS)
+def ranges(bet: DiceBet) -> tuple[int, ...]:
+    """The range of each integer the round draws, in draw order: one roll in [0, ROLLS)."""
+    return (ROLLS,)
+
+
+def resolve(bet: DiceBet, draws: Sequence[int]) -> Outcome:
+    """The outcome of a round whose integers, drawn in the ranges ``ranges(bet)``, are
+    ``draws``: what ``play`` settles when its stream yields them. ValueError if they could
+    not have been drawn (wrong count, not an integer, out of range)."""
+    if len(draws) != 1:
+        raise ValueError(f"a dice round draws 1 integer, got {len(draws)}")
+    roll = draws[0]
+    if isinstance(roll, bool) or not isinstance(roll, int) or not 0 <= roll < ROLLS:
+        raise ValueError(f"a roll is an integer in 0..{ROLLS - 1}, got {roll!r}")
     return Outcome(version=VERSION, stake=bet.stake, payout=settle(bet, roll), draws=(roll,))
+
+
+def play(stream: ByteStream, bet: DiceBet) -> Outcome:
+    return resolve(bet, tuple(draw(stream, n) for n in ranges(bet)))
 
 
 def nominal_rtp(house_edge: Fraction = DEFAULT_HOUSE_EDGE) -> Fraction:

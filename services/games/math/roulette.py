@@ -169,9 +169,23 @@ def settle(bets: Sequence[RouletteBet], pocket: int) -> tuple[int, ...]:
     return tuple(bet.returns(pocket) for bet in bets)
 
 
-def play(stream: ByteStream, bets: Sequence[RouletteBet]) -> RouletteOutcome:
+def ranges(bets: Sequence[RouletteBet]) -> tuple[int, ...]:
+    """The range of each integer the spin draws, in draw order: one pocket in [0, POCKETS).
+    Refuses an empty table first, so nothing is drawn for a spin that cannot be settled."""
     validate(bets)
-    pocket = draw(stream, POCKETS)
+    return (POCKETS,)
+
+
+def resolve(bets: Sequence[RouletteBet], draws: Sequence[int]) -> RouletteOutcome:
+    """The outcome of a spin whose integers, drawn in the ranges ``ranges(bets)``, are
+    ``draws``: what ``play`` settles when its stream yields them. ValueError if they could
+    not have been drawn (wrong count, not an integer, out of range)."""
+    validate(bets)
+    if len(draws) != 1:
+        raise ValueError(f"a roulette spin draws 1 integer, got {len(draws)}")
+    pocket = draws[0]
+    if isinstance(pocket, bool) or not isinstance(pocket, int) or not 0 <= pocket < POCKETS:
+        raise ValueError(f"a pocket is an integer in 0..{POCKETS - 1}, got {pocket!r}")
     returns = settle(bets, pocket)
     return RouletteOutcome(
         version=VERSION,
@@ -181,6 +195,10 @@ def play(stream: ByteStream, bets: Sequence[RouletteBet]) -> RouletteOutcome:
         pocket=pocket,
         bet_returns=returns,
     )
+
+
+def play(stream: ByteStream, bets: Sequence[RouletteBet]) -> RouletteOutcome:
+    return resolve(bets, tuple(draw(stream, n) for n in ranges(bets)))
 
 
 def _unit_bet(kind: BetKind, cover: Iterable[int]) -> RouletteBet:

@@ -77,6 +77,11 @@ class SlotMachine:
         )
 
     @functools.cached_property
+    def stop_counts(self) -> tuple[int, ...]:
+        """Per reel, the number of stops: the range each reel's stop is drawn in."""
+        return tuple(len(strip) for strip in self.strips)
+
+    @functools.cached_property
     def line_pay_cache(self) -> dict[tuple[str, ...], int]:
         return {}
 
@@ -152,11 +157,37 @@ def spin_units(machine: SlotMachine, window: Sequence[Sequence[str]]) -> tuple[i
     return units, scatters
 
 
-def play(stream: ByteStream, bet: SlotBet, machine: SlotMachine | None = None) -> SlotOutcome:
+def ranges(bet: SlotBet, machine: SlotMachine | None = None) -> tuple[int, ...]:
+    """The range of each integer the spin draws, in draw order: one stop per reel."""
+    return (machine or MACHINE).stop_counts
+
+
+def resolve(bet: SlotBet, draws: Sequence[int], machine: SlotMachine | None = None) -> SlotOutcome:
+    """The outcome of a spin whose stops, drawn in the ranges ``ranges(bet, machine)``, are
+    ``draws``: what ``play`` settles when its stream yields them. ValueError if they could
+    not have been drawn (wrong count, not an integer, out of range)."""
     machine = machine or MACHINE
-    stops = tuple(draw(stream, len(strip)) for strip in machine.strips)
-    window = tuple(machine.windows[reel][stop] for reel, stop in enumerate(stops))
+    if len(draws) != REELS:
+        raise ValueError(f"a spin draws {REELS} integers (one stop per reel), got {len(draws)}")
     # Unrolled over the five reels: this runs a million times per simulation.
+    s0, s1, s2, s3, s4 = draws
+    n0, n1, n2, n3, n4 = machine.stop_counts
+    if not (
+        type(s0) is int
+        and type(s1) is int
+        and type(s2) is int
+        and type(s3) is int
+        and type(s4) is int
+        and 0 <= s0 < n0
+        and 0 <= s1 < n1
+        and 0 <= s2 < n2
+        and 0 <= s3 < n3
+        and 0 <= s4 < n4
+    ):
+        raise ValueError(f"stops must be integers in [0, strip length) per reel, got {draws!r}")
+    stops = (s0, s1, s2, s3, s4)
+    windows = machine.windows
+    window = (windows[0][s0], windows[1][s1], windows[2][s2], windows[3][s3], windows[4][s4])
     w0, w1, w2, w3, w4 = window
     wins: list[LineWin] = []
     for index, (r0, r1, r2, r3, r4) in enumerate(machine.paylines):
@@ -179,6 +210,11 @@ def play(stream: ByteStream, bet: SlotBet, machine: SlotMachine | None = None) -
         scatters=scatters,
         scatter_win=scatter_win,
     )
+
+
+def play(stream: ByteStream, bet: SlotBet, machine: SlotMachine | None = None) -> SlotOutcome:
+    machine = machine or MACHINE
+    return resolve(bet, tuple(draw(stream, n) for n in ranges(bet, machine)), machine)
 
 
 def _cached_line_pay(machine: SlotMachine, symbols: tuple[str, ...]) -> int:

@@ -154,6 +154,32 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The fair key's server seed still has open rounds: close them before it is revealed.
     Metadata: fair_key.
     """
+    GAME_NOT_FOUND: _ErrorReason.ValueType  # 520
+    """Games (520-539).
+    No game has this id. Metadata: game_id.
+    """
+    SESSION_NOT_FOUND: _ErrorReason.ValueType  # 521
+    """No session has this id for the player (or it expired when idle). Metadata: session_id."""
+    SESSION_ENDED: _ErrorReason.ValueType  # 522
+    """The session was ended. Metadata: session_id."""
+    SPIN_TOO_SOON: _ErrorReason.ValueType  # 523
+    """A slot spin came less than the minimum interval after the session's previous one.
+    Metadata: retry_after_ms, min_interval_ms.
+    """
+    REALITY_CHECK_DUE: _ErrorReason.ValueType  # 524
+    """A reality check is due: play resumes once the player acknowledges it. Metadata:
+    session_id, next_check_time.
+    """
+    BET_REFUSED: _ErrorReason.ValueType  # 525
+    """Compliance denied the bet or the game launch. Metadata: verdict_id, reasons (comma
+    separated), and the first reason's own metadata.
+    """
+    GAME_UNAVAILABLE: _ErrorReason.ValueType  # 526
+    """The game cannot be played now (the RNG is unhealthy or unreachable): nothing was debited.
+    Metadata: detail.
+    """
+    NOT_PROVABLY_FAIR: _ErrorReason.ValueType  # 527
+    """The game does not offer provably-fair play. Metadata: game_id."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values the platform returns. A value's
@@ -295,4 +321,30 @@ SERVER_SEED_IN_USE: ErrorReason.ValueType  # 507
 """The fair key's server seed still has open rounds: close them before it is revealed.
 Metadata: fair_key.
 """
+GAME_NOT_FOUND: ErrorReason.ValueType  # 520
+"""Games (520-539).
+No game has this id. Metadata: game_id.
+"""
+SESSION_NOT_FOUND: ErrorReason.ValueType  # 521
+"""No session has this id for the player (or it expired when idle). Metadata: session_id."""
+SESSION_ENDED: ErrorReason.ValueType  # 522
+"""The session was ended. Metadata: session_id."""
+SPIN_TOO_SOON: ErrorReason.ValueType  # 523
+"""A slot spin came less than the minimum interval after the session's previous one.
+Metadata: retry_after_ms, min_interval_ms.
+"""
+REALITY_CHECK_DUE: ErrorReason.ValueType  # 524
+"""A reality check is due: play resumes once the player acknowledges it. Metadata:
+session_id, next_check_time.
+"""
+BET_REFUSED: ErrorReason.ValueType  # 525
+"""Compliance denied the bet or the game launch. Metadata: verdict_id, reasons (comma
+separated), and the first reason's own metadata.
+"""
+GAME_UNAVAILABLE: ErrorReason.ValueType  # 526
+"""The game cannot be played now (the RNG is unhealthy or unreachable): nothing was debited.
+Metadata: detail.
+"""
+NOT_PROVABLY_FAIR: ErrorReason.ValueType  # 527
+"""The game does not offer provably-fair play. Metadata: game_id."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -1,7 +1,7 @@
-"""Signed checkpoints of the RNG audit chain (``rng.verdicts``, the verdict-log machinery).
-
-A background worker signs the chain head (Ed25519) into ``checkpoint_dir`` whenever it has
-moved, so rewriting history is exposed by the next verification with a checkpoint:
+"""Signed checkpoints of a service's hash chain (the verdict-log machinery: the RNG's audit
+chain, the games archive chain). A background worker signs the chain head (Ed25519) into a
+directory outside the database on an interval, so rewriting history is exposed by the next
+verification with a checkpoint:
 
     python -m services.runtime.verdict_log verify --dsn-file F --schema rng \\
         --public-key rng-signing.pub --checkpoint CHECKPOINT_DIR
@@ -20,7 +20,7 @@ from services.runtime.logs import get_logger
 log = get_logger()
 
 
-class AuditCheckpointer:
+class ChainCheckpointer:
     def __init__(
         self,
         engine: AsyncEngine,

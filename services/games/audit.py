@@ -1,0 +1,157 @@
+"""What an auditor asks of the archive: replay one round (re-derive its draws at the RNG,
+recompute its outcome under its math version, check its record against its hash and the
+chain), and verify the archive over a time range against the chain (altered, missing and
+unrecorded rounds)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.games import catalog, store
+from services.games.rounds import record_hash
+from services.games.upstreams import RngClient
+from services.runtime import verdict_log
+from services.runtime.errors import NotFound
+
+
+class RoundNotFound(NotFound):
+    def __init__(self, round_id: str) -> None:
+        super().__init__("ROUND_NOT_FOUND", "no such round for this player", {"round_id": round_id})
+
+
+@dataclass
+class ReplayReport:
+    record: dict[str, Any]
+    digest: bytes
+    recomputed_draws: tuple[int, ...] = ()
+    recomputed_outcome: dict[str, Any] | None = None
+    recomputed_payout: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ArchiveProblem:
+    kind: str
+    round_id: str
+    detail: str
+
+
+@dataclass
+class ArchiveReport:
+    rounds_checked: int
+    chain_length: int
+    problems: list[ArchiveProblem]
+
+
+async def _chain_hash(engine: AsyncEngine, round_id: uuid.UUID) -> str | None:
+    async with engine.connect() as conn:
+        stored = await verdict_log.get(conn, store.SCHEMA, store.archive_chain_id(round_id))
+    return None if stored is None else str(stored.inputs.get("record_hash"))
+
+
+async def replay(
+    engine: AsyncEngine, rng: RngClient, player_id: str, round_id: uuid.UUID
+) -> ReplayReport:
+    async with engine.connect() as conn:
+        journal = await store.get(conn, player_id, round_id)
+        if journal is None or journal.close_time is None:
+            raise RoundNotFound(str(round_id))
+        found = await store.archived(conn, player_id, round_id, journal.close_time)
+    if found is None:
+        raise RoundNotFound(str(round_id))
+    record, digest = found
+    report = ReplayReport(record, digest)
+    if record_hash(record) != digest:
+        report.problems.append("the archived record does not hash to its stored hash")
+    chained = await _chain_hash(engine, round_id)
+    if chained is None:
+        report.problems.append("the archive chain has no record of this round")
+    elif chained != digest.hex():
+        report.problems.append("the archive chain holds another hash for this round")
+    rng_round = record["rng"]["round_id"]
+    if not rng_round:
+        return report  # voided before the RNG opened: nothing was drawn
+    replayed = await rng.replay(uuid.UUID(rng_round))
+    report.recomputed_draws = replayed.recomputed
+    if not replayed.matches:
+        report.problems.append("the RNG's recomputed draws differ from its audit records")
+    math = catalog.by_version(record["math_version"])
+    expected_inputs = catalog.canonical_json(
+        {
+            "round_id": record["round_id"],
+            "player_id": record["player_id"],
+            "game_id": record["game_id"],
+            "math_version": record["math_version"],
+            "currency": record["currency"],
+            "bet": record["bet"],
+        }
+    )
+    if replayed.game_inputs != expected_inputs:
+        report.problems.append(
+            "the archived bet differs from the bet the RNG round was opened with"
+        )
+    archived_draws = tuple(record["draws"] or ())
+    if archived_draws != replayed.recomputed:
+        report.problems.append(
+            f"archived draws {list(archived_draws)} differ from recomputed"
+            f" {list(replayed.recomputed)}"
+        )
+    if replayed.recomputed:
+        outcome = math.resolve(math.parse_bet(record["bet"]), replayed.recomputed)
+        report.recomputed_outcome = math.outcome_json(outcome)
+        report.recomputed_payout = outcome.payout
+        if record["state"] == "COMPLETED":
+            if report.recomputed_outcome != record["outcome"]:
+                report.problems.append("the archived outcome differs from the recomputed one")
+            if outcome.payout != record["payout_minor"]:
+                report.problems.append(
+                    f"archived payout {record['payout_minor']} differs from recomputed"
+                    f" {outcome.payout}"
+                )
+    return report
+
+
+async def verify_archive(
+    engine: AsyncEngine, public_key: Path, start: dt.datetime, end: dt.datetime
+) -> ArchiveReport:
+    problems: list[ArchiveProblem] = []
+    async with engine.connect() as conn:
+        chain = await verdict_log.verify(conn, store.SCHEMA, public_key)
+        rows = await store.archive_rows(conn, start, end)
+        records = await store.chain_records(conn, start, end)
+    for p in chain.problems:
+        problems.append(ArchiveProblem(p.kind, "", f"chain seq {p.seq}: {p.detail}"))
+    seen: set[uuid.UUID] = set()
+    for round_id, record, digest, player_id, close_time, state in rows:
+        seen.add(round_id)
+        rid = str(round_id)
+        if record_hash(record) != digest:
+            problems.append(
+                ArchiveProblem("RECORD_ALTERED", rid, "content does not hash to its hash")
+            )
+        elif (record.get("round_id"), record.get("player_id"), record.get("state")) != (
+            rid,
+            player_id,
+            state,
+        ) or dt.datetime.fromisoformat(record["close_time"]) != close_time:
+            problems.append(
+                ArchiveProblem("RECORD_ALTERED", rid, "indexed columns disagree with the record")
+            )
+        chained = records.get(round_id)
+        if chained is None:
+            problems.append(ArchiveProblem("ROUND_UNRECORDED", rid, "not in the archive chain"))
+        elif chained[1].get("record_hash") != digest.hex():
+            problems.append(
+                ArchiveProblem("RECORD_ALTERED", rid, "the chain holds another hash for it")
+            )
+    for round_id in records.keys() - seen:
+        problems.append(
+            ArchiveProblem("ROUND_MISSING", str(round_id), "chained but not in the archive")
+        )
+    return ArchiveReport(len(rows), chain.rows_checked, problems)

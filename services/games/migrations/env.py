@@ -1,0 +1,3 @@
+from services.runtime.migrations import run_env
+
+run_env()

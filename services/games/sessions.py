@@ -1,0 +1,248 @@
+"""Active game sessions in Redis: the game, the currency, the balance shown, the
+reality-check clock and the running net position, with an idle TTL.
+
+One hash per session (`games:session:{<session_id>}`; the braces keep a session's keys in
+one cluster slot). The session is display and pacing state: losing it loses no money (the
+wallet and the round journal are the truth), so a player whose session expired simply starts
+a new one. Slot spin spacing is one atomic script on that hash, so two concurrent spins of a
+session cannot both pass."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from services.runtime.errors import Code, DomainError, NotFound
+
+SESSION_KEY = "games:session:{{{session_id}}}"
+REQUEST_KEY = "games:session-request:{{{player_id}}}:{request_id}"
+
+
+class SessionNotFound(NotFound):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(
+            "SESSION_NOT_FOUND",
+            "no such game session (sessions end after a period without play)",
+            {"session_id": session_id},
+        )
+
+
+class SessionEnded(DomainError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__("SESSION_ENDED", "the game session was ended", {"session_id": session_id})
+
+
+class SpinTooSoon(DomainError):
+    code = Code.FAILED_PRECONDITION
+
+    def __init__(self, retry_after_ms: int, min_interval_ms: int) -> None:
+        super().__init__(
+            "SPIN_TOO_SOON",
+            f"slot spins are at least {min_interval_ms} ms apart; retry in {retry_after_ms} ms",
+            {"retry_after_ms": retry_after_ms, "min_interval_ms": min_interval_ms},
+        )
+
+
+class RealityCheckDue(DomainError):
+    def __init__(self, session_id: str, due: dt.datetime) -> None:
+        super().__init__(
+            "REALITY_CHECK_DUE",
+            "a reality check is due: acknowledge it to go on playing",
+            {"session_id": session_id, "next_check_time": due.isoformat()},
+        )
+
+
+@dataclass(frozen=True)
+class Session:
+    session_id: str
+    player_id: str
+    game_id: str
+    currency: str
+    country: str
+    start_time: dt.datetime
+    expire_time: dt.datetime
+    balance_minor: int
+    rounds_played: int
+    staked_minor: int
+    won_minor: int
+    reality_interval_minutes: int
+    next_check_time: dt.datetime
+    client_seed: str
+    fair_commitment: str
+    ended: bool
+
+    @property
+    def net_position_minor(self) -> int:
+        return self.won_minor - self.staked_minor
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _ms(moment: dt.datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _moment(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+
+# Returns 0 and records the spin, or the milliseconds left before one is allowed.
+_CLAIM_SPIN = """
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_spin_ms') or '0')
+local now, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if last > 0 and now - last < interval then return interval - (now - last) end
+redis.call('HSET', KEYS[1], 'last_spin_ms', now, 'previous_spin_ms', last)
+return 0
+"""
+
+# A spin that never reached the wallet gives its slot back (only if no later spin took it).
+_RELEASE_SPIN = """
+if redis.call('HGET', KEYS[1], 'last_spin_ms') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'last_spin_ms', redis.call('HGET', KEYS[1], 'previous_spin_ms'))
+end
+return 0
+"""
+
+# Counts a finished round and keeps the session alive; nothing if the session is gone.
+_RECORD_ROUND = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'rounds', 1)
+redis.call('HINCRBY', KEYS[1], 'staked', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'won', ARGV[2])
+redis.call('HSET', KEYS[1], 'balance', ARGV[3], 'expire_ms', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
+class Sessions:
+    def __init__(self, redis: Redis, idle_seconds: int) -> None:
+        self._redis = redis
+        self._idle_ms = idle_seconds * 1000
+        self._claim = redis.register_script(_CLAIM_SPIN)
+        self._release = redis.register_script(_RELEASE_SPIN)
+        self._record = redis.register_script(_RECORD_ROUND)
+
+    async def start(
+        self,
+        *,
+        player_id: str,
+        request_id: str,
+        game_id: str,
+        currency: str,
+        country: str,
+        balance_minor: int,
+        reality_interval_minutes: int,
+        next_check_time: dt.datetime,
+        client_seed: str,
+        fair_commitment: str,
+        now: dt.datetime,
+    ) -> Session:
+        """A new session, or the one this request_id already started (if still alive)."""
+        request_key = REQUEST_KEY.format(player_id=player_id, request_id=request_id)
+        session_id = str(uuid.uuid4())
+        won = await self._redis.set(request_key, session_id, nx=True, px=self._idle_ms)
+        if not won:
+            existing = await self._redis.get(request_key)
+            if existing is not None:
+                return await self.load(player_id, _str(existing), allow_ended=True)
+        fields = {
+            "player_id": player_id,
+            "game_id": game_id,
+            "currency": currency,
+            "country": country,
+            "start_ms": _ms(now),
+            "expire_ms": _ms(now) + self._idle_ms,
+            "balance": balance_minor,
+            "rounds": 0,
+            "staked": 0,
+            "won": 0,
+            "interval_minutes": reality_interval_minutes,
+            "next_check_ms": _ms(next_check_time),
+            "client_seed": client_seed,
+            "fair_commitment": fair_commitment,
+            "ended": 0,
+            "last_spin_ms": 0,
+            "previous_spin_ms": 0,
+        }
+        key = SESSION_KEY.format(session_id=session_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.pexpire(key, self._idle_ms)
+            await pipe.execute()
+        return await self.load(player_id, session_id)
+
+    async def load(self, player_id: str, session_id: str, *, allow_ended: bool = False) -> Session:
+        raw = await self._redis.hgetall(SESSION_KEY.format(session_id=session_id))  # type: ignore[misc]
+        data = {_str(k): _str(v) for k, v in raw.items()}
+        # Another player's session is as unknown to this player as a missing one.
+        if not data or data.get("player_id") != player_id:
+            raise SessionNotFound(session_id)
+        session = Session(
+            session_id=session_id,
+            player_id=player_id,
+            game_id=data["game_id"],
+            currency=data["currency"],
+            country=data["country"],
+            start_time=_moment(int(data["start_ms"])),
+            expire_time=_moment(int(data["expire_ms"])),
+            balance_minor=int(data["balance"]),
+            rounds_played=int(data["rounds"]),
+            staked_minor=int(data["staked"]),
+            won_minor=int(data["won"]),
+            reality_interval_minutes=int(data["interval_minutes"]),
+            next_check_time=_moment(int(data["next_check_ms"])),
+            client_seed=data["client_seed"],
+            fair_commitment=data["fair_commitment"],
+            ended=data["ended"] == "1",
+        )
+        if session.ended and not allow_ended:
+            raise SessionEnded(session_id)
+        return session
+
+    def require_no_reality_check(self, session: Session, now: dt.datetime) -> None:
+        if now >= session.next_check_time:
+            raise RealityCheckDue(session.session_id, session.next_check_time)
+
+    async def claim_spin(self, session: Session, min_interval_ms: int, now: dt.datetime) -> int:
+        """Record a spin starting now; SpinTooSoon if the previous was too recent. Returns the
+        claim, for `release_spin`."""
+        now_ms = _ms(now)
+        key = SESSION_KEY.format(session_id=session.session_id)
+        wait = int(await self._claim(keys=[key], args=[now_ms, min_interval_ms]))
+        if wait < 0:
+            raise SessionNotFound(session.session_id)
+        if wait > 0:
+            raise SpinTooSoon(wait, min_interval_ms)
+        return now_ms
+
+    async def release_spin(self, session: Session, claim: int) -> None:
+        await self._release(keys=[SESSION_KEY.format(session_id=session.session_id)], args=[claim])
+
+    async def record_round(
+        self, session: Session, staked: int, won: int, balance: int, now: dt.datetime
+    ) -> None:
+        await self._record(
+            keys=[SESSION_KEY.format(session_id=session.session_id)],
+            args=[staked, won, balance, self._idle_ms, _ms(now) + self._idle_ms],
+        )
+
+    async def acknowledge(self, session: Session, now: dt.datetime) -> Session:
+        """The next check falls one interval after the last one due, and after now."""
+        interval_ms = max(session.reality_interval_minutes, 1) * 60_000
+        start_ms, now_ms = _ms(session.start_time), _ms(now)
+        elapsed = (now_ms - start_ms) // interval_ms + 1
+        key = SESSION_KEY.format(session_id=session.session_id)
+        await self._redis.hset(key, "next_check_ms", start_ms + elapsed * interval_ms)  # type: ignore[misc]
+        return await self.load(session.player_id, session.session_id)
+
+    async def end(self, session: Session) -> Session:
+        key = SESSION_KEY.format(session_id=session.session_id)
+        await self._redis.hset(key, "ended", 1)  # type: ignore[misc]
+        return await self.load(session.player_id, session.session_id, allow_ended=True)

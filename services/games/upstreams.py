@@ -1,0 +1,370 @@
+"""The compliance, wallet and RNG contracts as the round lifecycle uses them: gRPC clients that
+map generated messages to domain values, and upstream failures to the runtime's errors.
+
+A failure is either *final* (the upstream decided: a refusal the round must act on, raised
+as `Refused` with the upstream's reason) or *transient* (unreachable, overloaded, timed
+out: `DependencyUnavailable`; the round stays where it is and is resumed by a retry with the
+same request_id or by the recovery worker)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from casino.common.v1 import money_pb2
+from casino.compliance.v1 import compliance_pb2, compliance_pb2_grpc
+from casino.rng.v1 import rng_pb2, rng_pb2_grpc
+from casino.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from services.runtime.errors import Code, DependencyUnavailable, DomainError
+from services.runtime.messages import timestamp
+from services.runtime.status import error_info
+
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.CANCELLED,
+}
+
+
+class Refused(Exception):
+    """An upstream's final refusal: its status code, ErrorInfo reason and metadata."""
+
+    def __init__(
+        self,
+        service: str,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        metadata: Mapping[str, str],
+    ) -> None:
+        super().__init__(f"{service} refused: {reason}: {message}")
+        self.service = service
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata = dict(metadata)
+
+
+def _failure(service: str, exc: grpc.aio.AioRpcError) -> Exception:
+    info = error_info(exc)
+    if exc.code() in _TRANSIENT and (info is None or info.reason != "RNG_UNHEALTHY"):
+        return DependencyUnavailable(service)
+    if info is None:
+        # No ErrorInfo: not one of our services' deliberate answers; a bug between contracts.
+        return RuntimeError(f"{service} answered {exc.code().name}: {exc.details()}")
+    return Refused(service, exc.code(), info.reason, exc.details() or "", dict(info.metadata))
+
+
+# ---------------------------------------------------------------------------- compliance
+
+
+@dataclass(frozen=True)
+class BetVerdict:
+    allowed: bool
+    verdict_id: str
+    # Each reason with its metadata, in the verdict's order.
+    reasons: tuple[tuple[str, Mapping[str, str]], ...]
+
+
+@dataclass(frozen=True)
+class RealityCheckClock:
+    interval_minutes: int
+    next_check_time: dt.datetime
+
+
+_ACTIONS = {"BET": compliance_pb2.ACTION_BET, "GAME_LAUNCH": compliance_pb2.ACTION_GAME_LAUNCH}
+_PRODUCTS = {"SLOTS": compliance_pb2.PRODUCT_SLOTS, "TABLE": compliance_pb2.PRODUCT_TABLE}
+
+
+class ComplianceClient:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = compliance_pb2_grpc.ComplianceServiceStub(channel)
+
+    async def check(
+        self,
+        *,
+        player_id: str,
+        action: str,
+        amount_minor: int,
+        currency: str,
+        product: str,
+        country: str,
+        request_id: str,
+    ) -> BetVerdict:
+        request = compliance_pb2.CheckActionRequest(
+            player_id=player_id,
+            action=_ACTIONS[action],
+            product=_PRODUCTS[product],
+            request_country_code=country,
+            request_id=request_id,
+        )
+        if amount_minor:
+            request.amount.CopyFrom(
+                money_pb2.Money(amount_minor=amount_minor, currency_code=currency)
+            )
+        try:
+            reply = await self._stub.CheckAction(request)
+        except grpc.aio.AioRpcError as exc:
+            raise _failure("compliance", exc) from None
+        verdict = reply.verdict
+        return BetVerdict(
+            allowed=verdict.decision == compliance_pb2.DECISION_ALLOW,
+            verdict_id=verdict.verdict_id,
+            reasons=tuple((r.reason, dict(r.metadata)) for r in verdict.reasons),
+        )
+
+    async def reality_check(self, player_id: str, session_start: dt.datetime) -> RealityCheckClock:
+        try:
+            reply = await self._stub.GetRealityCheck(
+                compliance_pb2.GetRealityCheckRequest(
+                    player_id=player_id, session_start_time=timestamp(session_start)
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _failure("compliance", exc) from None
+        return RealityCheckClock(
+            reply.interval_minutes, reply.next_check_time.ToDatetime(tzinfo=dt.UTC)
+        )
+
+
+# -------------------------------------------------------------------------------- wallet
+
+
+@dataclass(frozen=True)
+class WalletStep:
+    transaction_id: str
+    available_minor: int
+
+
+def _money(amount: int, currency: str) -> money_pb2.Money:
+    return money_pb2.Money(amount_minor=amount, currency_code=currency)
+
+
+def _step(posting: wallet_pb2.Posting) -> WalletStep:
+    return WalletStep(posting.transaction.request_id, posting.balance.available_minor)
+
+
+class WalletClient:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = wallet_pb2_grpc.WalletServiceStub(channel)
+
+    async def available(self, player_id: str, currency: str) -> int:
+        try:
+            reply = await self._stub.GetBalance(
+                wallet_pb2.GetBalanceRequest(player_id=player_id, currency_code=currency)
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _failure("wallet", exc) from None
+        return int(reply.balance.available_minor)
+
+    async def place_bet(
+        self,
+        *,
+        request_id: str,
+        player_id: str,
+        amount: int,
+        currency: str,
+        round_id: str,
+        game_id: str,
+    ) -> WalletStep:
+        try:
+            reply = await self._stub.PlaceBet(
+                wallet_pb2.PlaceBetRequest(
+                    request_id=request_id,
+                    player_id=player_id,
+                    amount=_money(amount, currency),
+                    round_id=round_id,
+                    game_id=game_id,
+                    provider="inhouse",
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _failure("wallet", exc) from None
+        return _step(reply.posting)
+
+    async def settle_win(
+        self,
+        *,
+        request_id: str,
+        player_id: str,
+        amount: int,
+        currency: str,
+        round_id: str,
+        bet_request_id: str,
+        game_id: str,
+    ) -> WalletStep:
+        try:
+            reply = await self._stub.SettleWin(
+                wallet_pb2.SettleWinRequest(
+                    request_id=request_id,
+                    player_id=player_id,
+                    amount=_money(amount, currency),
+                    round_id=round_id,
+                    bet_request_id=bet_request_id,
+                    game_id=game_id,
+                    provider="inhouse",
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _failure("wallet", exc) from None
+        return _step(reply.posting)
+
+    async def rollback_bet(
+        self, *, request_id: str, player_id: str, currency: str, bet_request_id: str, round_id: str
+    ) -> WalletStep:
+        try:
+            reply = await self._stub.RollbackBet(
+                wallet_pb2.RollbackBetRequest(
+                    request_id=request_id,
+                    player_id=player_id,
+                    currency_code=currency,
+                    bet_request_id=bet_request_id,
+                    round_id=round_id,
+                    provider="inhouse",
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _failure("wallet", exc) from None
+        return _step(reply.posting)
+
+
+# ----------------------------------------------------------------------------------- rng
+
+
+@dataclass(frozen=True)
+class RngRound:
+    round_id: uuid.UUID
+    generator: str
+    sampling: str
+    draw_count: int
+    fair_commitment: str = ""
+    fair_nonce: int | None = None
+
+
+@dataclass(frozen=True)
+class RngReplay:
+    matches: bool
+    archived: tuple[int, ...]
+    recomputed: tuple[int, ...]
+    # The game inputs as the RNG recorded them when the round opened.
+    game_inputs: bytes
+
+
+@dataclass(frozen=True)
+class FairSeed:
+    commitment: str
+    next_nonce: int
+
+
+@dataclass(frozen=True)
+class RevealedSeed:
+    server_seed: str
+    commitment: str
+    rounds: int
+    next_commitment: str
+
+
+def _rng_round(r: rng_pb2.Round) -> RngRound:
+    fair = r.provably_fair if r.HasField("provably_fair") else None
+    return RngRound(
+        uuid.UUID(r.round_id),
+        r.versions.generator,
+        r.versions.sampling,
+        r.draw_count,
+        fair.server_seed_commitment if fair else "",
+        fair.nonce if fair else None,
+    )
+
+
+def _flatten(results: Sequence[rng_pb2.DrawResult]) -> tuple[int, ...]:
+    return tuple(v for result in results for v in result.values)
+
+
+class RngClient:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = rng_pb2_grpc.RngServiceStub(channel)
+
+    async def open_round(
+        self, *, request_id: str, game_id: str, game_inputs: bytes, fair_key: str, client_seed: str
+    ) -> RngRound:
+        try:
+            reply = await self._stub.OpenRound(
+                rng_pb2.OpenRoundRequest(
+                    request_id=request_id,
+                    game_id=game_id,
+                    game_inputs=game_inputs,
+                    fair_key=fair_key,
+                    client_seed=client_seed,
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _failure("rng", exc) from None
+        return _rng_round(reply.round)
+
+    async def draw(self, round_id: uuid.UUID, ranges: Sequence[int]) -> tuple[int, ...]:
+        """The round's first (and only) draw: one integer in [0, n) per range, in order. A
+        repeat returns the values already drawn; it never draws again."""
+        specs = [
+            rng_pb2.DrawSpec(integers=rng_pb2.IntegerDraw(low=0, high=n - 1, count=1))
+            for n in ranges
+        ]
+        try:
+            reply = await self._stub.Draw(
+                rng_pb2.DrawRequest(round_id=str(round_id), specs=specs, draw_index=0)
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _failure("rng", exc) from None
+        return _flatten(reply.results)
+
+    async def close_round(self, round_id: uuid.UUID) -> RngRound:
+        try:
+            reply = await self._stub.CloseRound(rng_pb2.CloseRoundRequest(round_id=str(round_id)))
+        except grpc.aio.AioRpcError as exc:
+            raise _failure("rng", exc) from None
+        return _rng_round(reply.round)
+
+    async def replay(self, round_id: uuid.UUID) -> RngReplay:
+        try:
+            reply = await self._stub.ReplayRound(rng_pb2.ReplayRoundRequest(round_id=str(round_id)))
+        except grpc.aio.AioRpcError as exc:
+            raise _failure("rng", exc) from None
+        return RngReplay(
+            reply.matches,
+            _flatten(reply.archived),
+            _flatten(reply.recomputed),
+            reply.round.game_inputs,
+        )
+
+    async def commitment(self, fair_key: str) -> FairSeed:
+        try:
+            reply = await self._stub.CommitServerSeed(
+                rng_pb2.CommitServerSeedRequest(fair_key=fair_key)
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _failure("rng", exc) from None
+        return FairSeed(reply.server_seed_commitment, reply.next_nonce)
+
+    async def reveal(self, fair_key: str) -> RevealedSeed:
+        try:
+            reply = await self._stub.RevealServerSeed(
+                rng_pb2.RevealServerSeedRequest(fair_key=fair_key)
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _failure("rng", exc) from None
+        return RevealedSeed(
+            reply.revealed_server_seed,
+            reply.revealed_commitment,
+            reply.rounds,
+            reply.server_seed_commitment,
+        )
+
+
+def refusal(exc: Refused) -> DomainError:
+    """An upstream's final refusal passed on to our caller with the same reason."""
+    code = Code[exc.code.name] if exc.code.name in Code.__members__ else Code.FAILED_PRECONDITION
+    return DomainError(exc.reason, exc.message, exc.metadata, code=code)
