@@ -1,0 +1,297 @@
+"""The round archive as an auditor and a player see it: replay of every game from the RNG's
+sealed seed, tamper detection on archived rounds and RNG records, 12 months of paged
+history, round events on RabbitMQ, and provably-fair rounds verified offline."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import subprocess
+import sys
+import uuid
+
+import aio_pika
+import psycopg
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from casino.games.v1 import events_pb2
+from casino.games.v1 import games_pb2 as pb
+from services.games.catalog import canonical_json
+from services.runtime.outbox import EXCHANGE, declare_events_exchange
+from tests.conftest import ROOT, TEST_AMQP_URL
+from tests.games.conftest import Clients, dice_bet, start_session
+from tests.support.amqp import delete_queues
+from tests.wallet.conftest import admin_dsn
+
+pytestmark = pytest.mark.asyncio
+
+BETS = {
+    "dice": dice_bet(stake=100, target=4000),
+    "roulette": pb.Bet(
+        roulette=pb.RouletteSpin(
+            bets=[pb.RouletteBet(kind=pb.ROULETTE_BET_KIND_STRAIGHT, stake_minor=10, numbers=[7])]
+        )
+    ),
+    "slot": pb.Bet(slot=pb.SlotSpin(line_bet_minor=2)),
+}
+
+
+async def play(stub, player: str, game_id: str) -> pb.Round:
+    session = await start_session(stub, player, game_id)
+    reply = await stub.PlayRound(
+        pb.PlayRoundRequest(
+            player_id=player,
+            session_id=session.session_id,
+            request_id=uuid.uuid4().hex,
+            bet=BETS[game_id],
+        )
+    )
+    return reply.round
+
+
+def ts(moment: dt.datetime) -> Timestamp:
+    t = Timestamp()
+    t.FromDatetime(moment)
+    return t
+
+
+def tamper(sql: str, *params: object) -> None:
+    """What only a superuser can do: change rows behind the triggers' back."""
+    with psycopg.connect(admin_dsn(), autocommit=False) as conn:
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute(sql, params)
+        conn.commit()
+
+
+@pytest.mark.parametrize("game_id", ["dice", "roulette", "slot"])
+async def test_replay_reproduces_the_archived_outcome_of_every_game(
+    games, clients: Clients, game_id: str
+) -> None:
+    player = await clients.player()
+    r = await play(clients.games(games), player, game_id)
+    replay = await clients.games(games, "backoffice").ReplayRound(
+        pb.ReplayRoundRequest(player_id=player, round_id=r.round_id)
+    )
+    assert replay.matches, replay.problems
+    assert list(replay.recomputed_draws) == list(r.draws)
+    assert replay.recomputed_outcome == r.outcome
+    assert replay.recomputed_payout.amount_minor == r.payout.amount_minor
+    assert replay.round.rng_versions.sampling == "sampling/rejection-v1"
+
+
+async def test_an_altered_archived_round_is_detected_by_replay_and_archive_verification(
+    games, clients: Clients
+) -> None:
+    player = await clients.player()
+    r = await play(clients.games(games), player, "dice")
+    backoffice = clients.games(games, "backoffice")
+    close = r.close_time.ToDatetime(dt.UTC)
+    window = (ts(close - dt.timedelta(seconds=1)), ts(close + dt.timedelta(seconds=1)))
+    clean = await backoffice.VerifyArchive(
+        pb.VerifyArchiveRequest(start_time=window[0], end_time=window[1])
+    )
+    assert clean.ok and clean.rounds_checked >= 1, clean.problems
+
+    # A generous payout written into the archived record.
+    tamper(
+        "UPDATE games.round_archive SET record = jsonb_set(record, '{payout_minor}', '100000')"
+        " WHERE round_id = %s",
+        uuid.UUID(r.round_id),
+    )
+    replay = await backoffice.ReplayRound(
+        pb.ReplayRoundRequest(player_id=player, round_id=r.round_id)
+    )
+    assert not replay.matches
+    assert any("hash" in p for p in replay.problems), replay.problems
+    report = await backoffice.VerifyArchive(
+        pb.VerifyArchiveRequest(start_time=window[0], end_time=window[1])
+    )
+    assert not report.ok
+    assert ("RECORD_ALTERED", r.round_id) in {(p.kind, p.round_id) for p in report.problems}
+
+    # Rehashing the forged record does not help: the chain holds the original hash.
+    with psycopg.connect(admin_dsn()) as conn:
+        (record,) = conn.execute(
+            "SELECT record FROM games.round_archive WHERE round_id = %s", (uuid.UUID(r.round_id),)
+        ).fetchone()
+    tamper(
+        "UPDATE games.round_archive SET record_hash = %s WHERE round_id = %s",
+        hashlib.sha256(canonical_json(record)).digest(),
+        uuid.UUID(r.round_id),
+    )
+    replay = await backoffice.ReplayRound(
+        pb.ReplayRoundRequest(player_id=player, round_id=r.round_id)
+    )
+    assert "the archive chain holds another hash for this round" in replay.problems
+    assert any("payout" in p for p in replay.problems), replay.problems
+
+
+async def test_a_deleted_archived_round_is_reported_missing(games, clients: Clients) -> None:
+    player = await clients.player()
+    r = await play(clients.games(games), player, "roulette")
+    tamper("DELETE FROM games.round_archive WHERE round_id = %s", uuid.UUID(r.round_id))
+    close = r.close_time.ToDatetime(dt.UTC)
+    report = await clients.games(games, "backoffice").VerifyArchive(
+        pb.VerifyArchiveRequest(
+            start_time=ts(close - dt.timedelta(seconds=1)),
+            end_time=ts(close + dt.timedelta(seconds=1)),
+        )
+    )
+    assert ("ROUND_MISSING", r.round_id) in {(p.kind, p.round_id) for p in report.problems}
+
+
+async def test_an_altered_rng_draw_record_is_detected_by_replay(games, clients: Clients) -> None:
+    player = await clients.player()
+    r = await play(clients.games(games), player, "dice")
+    forged = (r.draws[0] + 1) % 10_000
+    tamper(
+        "UPDATE rng.verdicts SET inputs = jsonb_set(inputs, '{values}', %s::jsonb)"
+        " WHERE action = 'ROUND_DRAW' AND inputs->>'round_id' = %s",
+        json.dumps([[forged]]),
+        r.rng_round_id,
+    )
+    replay = await clients.games(games, "backoffice").ReplayRound(
+        pb.ReplayRoundRequest(player_id=player, round_id=r.round_id)
+    )
+    assert not replay.matches
+    assert "the RNG's recomputed draws differ from its audit records" in replay.problems
+
+
+async def test_history_pages_newest_first_over_twelve_months(games, clients: Clients) -> None:
+    stub = clients.games(games)
+    player = await clients.player()
+    played = [await play(stub, player, "dice") for _ in range(3)]
+    # An archived round from eleven months ago, as the archive holds it (its month's
+    # partition was created ahead of time by the service).
+    with psycopg.connect(admin_dsn()) as conn:
+        (record,) = conn.execute(
+            "SELECT record FROM games.round_archive WHERE round_id = %s",
+            (uuid.UUID(played[0].round_id),),
+        ).fetchone()
+    old_close = dt.datetime.now(dt.UTC) - dt.timedelta(days=335)
+    old_id = str(uuid.uuid4())
+    record = {
+        **record,
+        "round_id": old_id,
+        "close_time": old_close.isoformat(timespec="microseconds"),
+    }
+    with psycopg.connect(admin_dsn()) as conn:
+        conn.execute(
+            "INSERT INTO games.round_archive"
+            " (player_id, close_time, round_id, game_id, state, record, record_hash)"
+            " VALUES (%s, %s, %s, 'dice', 'COMPLETED', %s, %s)",
+            (
+                player,
+                old_close,
+                old_id,
+                json.dumps(record),
+                hashlib.sha256(canonical_json(record)).digest(),
+            ),
+        )
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await stub.ListRounds(
+            pb.ListRoundsRequest(player_id=player, page_size=2, page_token=token)
+        )
+        seen += [r.round_id for r in page.rounds]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [r.round_id for r in reversed(played)] + [old_id]
+    # A time filter, and a token presented with another filter is refused.
+    recent = await stub.ListRounds(
+        pb.ListRoundsRequest(
+            player_id=player, start_time=ts(dt.datetime.now(dt.UTC) - dt.timedelta(days=30))
+        )
+    )
+    assert [r.round_id for r in recent.rounds] == [r.round_id for r in reversed(played)]
+    first = await stub.ListRounds(pb.ListRoundsRequest(player_id=player, page_size=1))
+    with pytest.raises(Exception) as raised:
+        await stub.ListRounds(
+            pb.ListRoundsRequest(player_id=player, game_id="slot", page_token=first.next_page_token)
+        )
+    assert "page_token" in str(raised.value)
+
+
+async def test_each_archived_round_is_published_as_an_event(games, clients: Clients) -> None:
+    queue_name = f"test.games.rounds.{uuid.uuid4().hex[:8]}"
+    connection = await aio_pika.connect_robust(TEST_AMQP_URL)
+    try:
+        channel = await connection.channel()
+        await declare_events_exchange(channel)
+        queue = await channel.declare_queue(queue_name, durable=False, auto_delete=True)
+        await queue.bind(EXCHANGE, routing_key="games.round.*")
+        player = await clients.player()
+        r = await play(clients.games(games), player, "dice")
+        deadline = asyncio.get_running_loop().time() + 15
+        event = None
+        while event is None and asyncio.get_running_loop().time() < deadline:
+            message = await queue.get(fail=False)
+            if message is None:
+                await asyncio.sleep(0.1)
+                continue
+            await message.ack()
+            candidate = events_pb2.RoundArchived.FromString(message.body)
+            if candidate.round.round_id == r.round_id:
+                event = (message, candidate)
+        assert event is not None, "no RoundArchived event for the round"
+        message, archived = event
+        assert message.routing_key == "games.round.completed"
+        assert message.type == "casino.games.v1.RoundArchived"
+        assert archived.round.payout == r.payout and len(archived.round.record_hash) == 64
+        assert uuid.UUID(archived.event_id) and message.message_id == archived.event_id
+    finally:
+        await connection.close()
+        await delete_queues(queue_name)
+
+
+async def test_a_provably_fair_dice_round_verifies_offline_and_a_tampered_seed_does_not(
+    games, clients: Clients
+) -> None:
+    stub = clients.games(games)
+    player = await clients.player()
+    seed = await stub.GetFairSeed(pb.GetFairSeedRequest(player_id=player, game_id="dice"))
+    session = await start_session(stub, player, "dice", client_seed="my-lucky-seed")
+    assert session.server_seed_commitment == seed.server_seed_commitment
+    r = (
+        await stub.PlayRound(
+            pb.PlayRoundRequest(
+                player_id=player,
+                session_id=session.session_id,
+                request_id=uuid.uuid4().hex,
+                bet=dice_bet(),
+            )
+        )
+    ).round
+    assert r.provably_fair.server_seed_commitment == seed.server_seed_commitment
+    assert r.provably_fair.client_seed == "my-lucky-seed"
+    assert r.provably_fair.nonce == seed.next_nonce
+    revealed = await stub.RotateFairSeed(pb.RotateFairSeedRequest(player_id=player, game_id="dice"))
+    assert revealed.revealed_commitment == seed.server_seed_commitment
+    assert revealed.server_seed_commitment != seed.server_seed_commitment
+
+    def verify(server_seed: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable, "-m", "services.rng.verify_fair",
+                "--server-seed", server_seed,
+                "--commitment", r.provably_fair.server_seed_commitment,
+                "--client-seed", r.provably_fair.client_seed,
+                "--nonce", str(r.provably_fair.nonce),
+                "--specs", json.dumps([{"integers": {"low": 0, "high": 9999, "count": 1}}]),
+                "--expect", json.dumps([list(r.draws)]),
+            ],
+            cwd=ROOT, capture_output=True, text=True,
+        )  # fmt: skip
+
+    good = verify(revealed.revealed_server_seed)
+    assert good.returncode == 0 and "VERIFIED" in good.stdout, good.stdout + good.stderr
+    forged = revealed.revealed_server_seed[:-2] + (
+        "00" if revealed.revealed_server_seed[-2:] != "00" else "01"
+    )
+    bad = verify(forged)
+    assert bad.returncode == 1 and "commitment MISMATCH" in bad.stdout
