@@ -1,7 +1,9 @@
 """The platform's main job, driven over its real contracts with real service identities.
 
 A player's app through the HTTP/JSON edge (register, log in, read the balance with a
-token), the money path as the wallet serves it (account, deposit, bet, win, a retried request, a
+token, then, verified and funded, play dice and a slot: every round checked by compliance,
+staked and paid in the wallet, drawn by the RNG, archived, and replayed by the back office),
+the money path as the wallet serves it (account, deposit, bet, win, a retried request, a
 refusal, a rollback tombstone, reconciliation), compliance's verdicts (registration against
 the national register, KYC, the slot stake cap, a time-out, an AML case opened from the
 wallet's events, the verified verdict log), then the chassis through the echo example:
@@ -23,7 +25,7 @@ from google.type.date_pb2 import Date
 from casino.common.v1.money_pb2 import Money
 from casino.compliance.v1 import compliance_pb2, compliance_pb2_grpc
 from casino.echo.v1 import echo_pb2, echo_pb2_grpc
-from casino.rng.v1 import rng_pb2, rng_pb2_grpc
+from casino.games.v1 import games_pb2, games_pb2_grpc
 from casino.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.call import PLAYER_METADATA
 from services.runtime.client import secure_channel
@@ -33,7 +35,7 @@ from services.runtime.status import error_info
 ECHO = "127.0.0.1:50100"
 WALLET = "127.0.0.1:50110"
 COMPLIANCE = "127.0.0.1:50120"
-RNG = "127.0.0.1:50150"
+GAMES = "127.0.0.1:50160"
 EDGE = "http://127.0.0.1:8080"
 
 
@@ -270,9 +272,10 @@ async def aml_job(
     print("AML case                   -> none after 10 s (is the relay or consumer down?)")
 
 
-async def player_job() -> None:
+async def player_job() -> tuple[str, str]:
     """A player's app through the public HTTP/JSON edge: register (compliance checks, a wallet
-    account opened), log in, read the balance with the access token."""
+    account opened), log in, read the balance with the access token. Returns the player and
+    their access token."""
     email = f"sam.{uuid.uuid4().hex[:8]}@example.org"
     async with httpx.AsyncClient(base_url=EDGE, timeout=10) as http:
         registered = await http.post(
@@ -320,36 +323,96 @@ async def player_job() -> None:
             headers={"Authorization": f"Bearer {token}"},
         )
         print(f"GET another's balance      -> {other.status_code} {other.json()['reason']}")
+    return player, token
 
 
-async def rng_job(root: Path) -> None:
-    """A roulette spin's randomness as the games service will ask for it: a round opened
-    under a sealed one-time seed, a pocket drawn without bias, the round replayed."""
-    async with secure_channel(RNG, _tls(root, "games"), "rng") as channel:
-        rng = rng_pb2_grpc.RngServiceStub(channel)
-        opened = await rng.OpenRound(
-            rng_pb2.OpenRoundRequest(
-                request_id=uuid.uuid4().hex, game_id="roulette", game_inputs=b"bets:red"
+async def games_job(root: Path, player: str, token: str) -> None:
+    """The platform's main job: the player, once verified and funded, plays the in-house games
+    through the edge; every round passes compliance, moves money in the wallet, draws from the
+    RNG and is archived; the back office replays one from its sealed seed."""
+    async with (
+        secure_channel(COMPLIANCE, _tls(root, "backoffice"), "compliance") as kyc,
+        secure_channel(WALLET, _tls(root, "payments"), "wallet") as payments,
+    ):
+        await compliance_pb2_grpc.ComplianceServiceStub(kyc).UpdateVerification(
+            compliance_pb2.UpdateVerificationRequest(
+                player_id=player,
+                name_verified=True,
+                address_verified=True,
+                birth_date_verified=True,
+                verified_by="kyc-provider:demo",
             )
         )
-        round_id = opened.round.round_id
-        drawn = await rng.Draw(
-            rng_pb2.DrawRequest(
-                round_id=round_id,
-                specs=[rng_pb2.DrawSpec(integers=rng_pb2.IntegerDraw(low=0, high=36, count=1))],
+        await wallet_pb2_grpc.WalletServiceStub(payments).Deposit(
+            wallet_pb2.DepositRequest(
+                request_id=uuid.uuid4().hex,
+                player_id=player,
+                amount=Money(amount_minor=5_000, currency_code="GBP"),
+                payment_id="demo-payment",
             )
         )
-        await rng.CloseRound(rng_pb2.CloseRoundRequest(round_id=round_id))
-        replay = await rng.ReplayRound(rng_pb2.ReplayRoundRequest(round_id=round_id))
+    print("\nGames (HTTP/JSON, after KYC and a 50.00 GBP deposit):")
+    auth = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=EDGE, timeout=10, headers=auth) as http:
+        lobby = (await http.get("/v1/games")).json()["games"]
         print(
-            f"\nRNG: roulette round {round_id[:8]}.. pocket {drawn.results[0].values[0]}; "
-            f"replayed from the sealed seed -> matches={replay.matches}"
+            "GET /v1/games              -> "
+            + ", ".join(f"{g['gameId']} RTP {g['rtpPercent']}%" for g in lobby)
+        )
+
+        async def start(game: str) -> dict[str, object]:
+            reply = await http.post(
+                f"/v1/players/{player}/gameSessions",
+                json={
+                    "requestId": uuid.uuid4().hex,
+                    "gameId": game,
+                    "currencyCode": "GBP",
+                    "requestCountryCode": "GB",
+                },
+            )
+            return dict(reply.json()["session"])
+
+        async def play(session: dict[str, object], bet: dict[str, object]) -> httpx.Response:
+            return await http.post(
+                f"/v1/players/{player}/gameSessions/{session['sessionId']}/rounds",
+                json={"requestId": uuid.uuid4().hex, "bet": bet},
+            )
+
+        dice = await start("dice")
+        for target in (5000, 2500, 9000):
+            bet = {
+                "dice": {"stakeMinor": "100", "target": target, "direction": "DICE_DIRECTION_UNDER"}
+            }
+            r = (await play(dice, bet)).json()["round"]
+            print(
+                f"dice 1.00 under {target:<5}     -> roll {r['outcome']['dice'].get('roll', 0):>4}"
+                f" paid {r['payout'].get('amountMinor', '0'):>3}, balance {r['balanceAfterMinor']}"
+            )
+        slot = await start("slot")
+        spin = {"slot": {"lineBetMinor": "2"}}
+        r = (await play(slot, spin)).json()["round"]
+        print(f"slot 10 lines x 0.02       -> {' | '.join(r['outcome']['slot']['rows'])}")
+        again = await play(slot, spin)
+        print(
+            f"slot again at once         -> {again.status_code} {again.json()['reason']}"
+            f" (retry in {again.json()['metadata']['retry_after_ms']} ms)"
+        )
+        history = (await http.get(f"/v1/players/{player}/rounds", params={"pageSize": 10})).json()
+        rounds = history["rounds"]
+        print(f"GET round history          -> {len(rounds)} rounds, newest {rounds[0]['gameId']}")
+    async with secure_channel(GAMES, _tls(root, "backoffice"), "games") as channel:
+        replay = await games_pb2_grpc.GamesServiceStub(channel).ReplayRound(
+            games_pb2.ReplayRoundRequest(player_id=player, round_id=rounds[-1]["roundId"])
+        )
+        print(
+            f"back office replay         -> draws {list(replay.recomputed_draws)} from the sealed"
+            f" seed, matches={replay.matches}"
         )
 
 
 async def run(root: Path) -> None:
-    await player_job()
-    await rng_job(root)
+    player, token = await player_job()
+    await games_job(root, player, token)
     await wallet_job(root)
     await compliance_job(root)
     key = uuid.uuid4().hex

@@ -3,6 +3,7 @@ wires the service on the runtime."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 import uuid
@@ -397,6 +398,9 @@ async def build(runtime: ServiceRuntime) -> None:
     if settings.lease_seconds <= 0:
         raise ConfigError("games: lease_seconds must be positive")
     verdict_log.ensure_signing_key(settings.signing_key_file, settings.public_key_file)
+    # The lobby shows each game's exact RTP; the slot's is a full enumeration of its reels
+    # (seconds of CPU), done once before serving rather than inside a lobby request.
+    await asyncio.to_thread(lambda: [m.reference_rtp for m in catalog.GAMES])
     engine = runtime.database()
     compliance = ComplianceClient(runtime.channel("compliance"))
     wallet = WalletClient(runtime.channel("wallet"))
