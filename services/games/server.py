@@ -83,6 +83,12 @@ def _round_id(value: str) -> uuid.UUID:
         raise InvalidArgument("round_id", "round_id is not a round id") from None
 
 
+def _own_player(player_id: str) -> str:
+    """The request's player, who must be the caller's own when the call came through the edge."""
+    require_player(text_field("player_id", player_id))
+    return player_id
+
+
 def _fair_game(game_id: str) -> catalog.GameMath:
     math = catalog.current(text_field("game_id", game_id))
     if not math.provably_fair:
@@ -126,14 +132,14 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
         )
 
     async def _session(self, player_id: str, session_id: str) -> Session:
-        require_player(text_field("player_id", player_id))
-        return await self._sessions.load(player_id, text_field("session_id", session_id))
+        return await self._sessions.load(
+            _own_player(player_id), text_field("session_id", session_id)
+        )
 
     async def StartSession(
         self, request: pb.StartSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartSessionResponse:
-        player_id = text_field("player_id", request.player_id)
-        require_player(player_id)
+        player_id = _own_player(request.player_id)
         request_id = request_id_field(request.request_id)
         math = catalog.current(text_field("game_id", request.game_id))
         if not _CURRENCY.match(request.currency_code):
@@ -185,9 +191,10 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
     async def GetSession(
         self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSessionResponse:
-        require_player(text_field("player_id", request.player_id))
         session = await self._sessions.load(
-            request.player_id, text_field("session_id", request.session_id), allow_ended=True
+            _own_player(request.player_id),
+            text_field("session_id", request.session_id),
+            allow_ended=True,
         )
         return pb.GetSessionResponse(session=messages.session_message(session))
 
@@ -201,9 +208,10 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
     async def EndSession(
         self, request: pb.EndSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.EndSessionResponse:
-        require_player(text_field("player_id", request.player_id))
         session = await self._sessions.load(
-            request.player_id, text_field("session_id", request.session_id), allow_ended=True
+            _own_player(request.player_id),
+            text_field("session_id", request.session_id),
+            allow_ended=True,
         )
         session = await self._sessions.end(session)
         return pb.EndSessionResponse(session=messages.session_message(session))
@@ -256,8 +264,7 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
     async def GetRound(
         self, request: pb.GetRoundRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetRoundResponse:
-        player_id = text_field("player_id", request.player_id)
-        require_player(player_id)
+        player_id = _own_player(request.player_id)
         round_id = _round_id(request.round_id)
         async with self._engine.connect() as conn:
             r = await store.get(conn, player_id, round_id)
@@ -275,8 +282,7 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
     async def ListRounds(
         self, request: pb.ListRoundsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRoundsResponse:
-        player_id = text_field("player_id", request.player_id)
-        require_player(player_id)
+        player_id = _own_player(request.player_id)
         if request.page_size < 0:
             raise InvalidArgument("page_size", "page_size must not be negative")
         size = min(request.page_size or _DEFAULT_HISTORY_PAGE, _MAX_HISTORY_PAGE)
@@ -323,8 +329,7 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
     async def GetFairSeed(
         self, request: pb.GetFairSeedRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetFairSeedResponse:
-        player_id = text_field("player_id", request.player_id)
-        require_player(player_id)
+        player_id = _own_player(request.player_id)
         math = _fair_game(request.game_id)
         seed = await self._rng.commitment(fair_key(player_id, math.game_id))
         return pb.GetFairSeedResponse(
@@ -334,8 +339,7 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
     async def RotateFairSeed(
         self, request: pb.RotateFairSeedRequest, context: grpc.aio.ServicerContext
     ) -> pb.RotateFairSeedResponse:
-        player_id = text_field("player_id", request.player_id)
-        require_player(player_id)
+        player_id = _own_player(request.player_id)
         math = _fair_game(request.game_id)
         try:
             revealed = await self._rng.reveal(fair_key(player_id, math.game_id))

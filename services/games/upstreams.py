@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
@@ -22,6 +23,8 @@ from casino.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.errors import Code, DependencyUnavailable, DomainError
 from services.runtime.messages import timestamp
 from services.runtime.status import error_info
+
+T = TypeVar("T")
 
 _TRANSIENT = {
     grpc.StatusCode.UNAVAILABLE,
@@ -48,6 +51,13 @@ class Refused(Exception):
         self.reason = reason
         self.message = message
         self.metadata = dict(metadata)
+
+
+async def _call(service: str, call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        raise _failure(service, exc) from None
 
 
 def _failure(service: str, exc: grpc.aio.AioRpcError) -> Exception:
@@ -107,10 +117,7 @@ class ComplianceClient:
             request.amount.CopyFrom(
                 money_pb2.Money(amount_minor=amount_minor, currency_code=currency)
             )
-        try:
-            reply = await self._stub.CheckAction(request)
-        except grpc.aio.AioRpcError as exc:
-            raise _failure("compliance", exc) from None
+        reply = await _call("compliance", self._stub.CheckAction(request))
         verdict = reply.verdict
         return BetVerdict(
             allowed=verdict.decision == compliance_pb2.DECISION_ALLOW,
@@ -119,14 +126,14 @@ class ComplianceClient:
         )
 
     async def reality_check(self, player_id: str, session_start: dt.datetime) -> RealityCheckClock:
-        try:
-            reply = await self._stub.GetRealityCheck(
+        reply = await _call(
+            "compliance",
+            self._stub.GetRealityCheck(
                 compliance_pb2.GetRealityCheckRequest(
                     player_id=player_id, session_start_time=timestamp(session_start)
                 )
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _failure("compliance", exc) from None
+            ),
+        )
         return RealityCheckClock(
             reply.interval_minutes, reply.next_check_time.ToDatetime(tzinfo=dt.UTC)
         )
@@ -154,12 +161,12 @@ class WalletClient:
         self._stub = wallet_pb2_grpc.WalletServiceStub(channel)
 
     async def available(self, player_id: str, currency: str) -> int:
-        try:
-            reply = await self._stub.GetBalance(
+        reply = await _call(
+            "wallet",
+            self._stub.GetBalance(
                 wallet_pb2.GetBalanceRequest(player_id=player_id, currency_code=currency)
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _failure("wallet", exc) from None
+            ),
+        )
         return int(reply.balance.available_minor)
 
     async def place_bet(
@@ -172,8 +179,9 @@ class WalletClient:
         round_id: str,
         game_id: str,
     ) -> WalletStep:
-        try:
-            reply = await self._stub.PlaceBet(
+        reply = await _call(
+            "wallet",
+            self._stub.PlaceBet(
                 wallet_pb2.PlaceBetRequest(
                     request_id=request_id,
                     player_id=player_id,
@@ -182,9 +190,8 @@ class WalletClient:
                     game_id=game_id,
                     provider="inhouse",
                 )
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _failure("wallet", exc) from None
+            ),
+        )
         return _step(reply.posting)
 
     async def settle_win(
@@ -198,8 +205,9 @@ class WalletClient:
         bet_request_id: str,
         game_id: str,
     ) -> WalletStep:
-        try:
-            reply = await self._stub.SettleWin(
+        reply = await _call(
+            "wallet",
+            self._stub.SettleWin(
                 wallet_pb2.SettleWinRequest(
                     request_id=request_id,
                     player_id=player_id,
@@ -209,16 +217,16 @@ class WalletClient:
                     game_id=game_id,
                     provider="inhouse",
                 )
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _failure("wallet", exc) from None
+            ),
+        )
         return _step(reply.posting)
 
     async def rollback_bet(
         self, *, request_id: str, player_id: str, currency: str, bet_request_id: str, round_id: str
     ) -> WalletStep:
-        try:
-            reply = await self._stub.RollbackBet(
+        reply = await _call(
+            "wallet",
+            self._stub.RollbackBet(
                 wallet_pb2.RollbackBetRequest(
                     request_id=request_id,
                     player_id=player_id,
@@ -227,9 +235,8 @@ class WalletClient:
                     round_id=round_id,
                     provider="inhouse",
                 )
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _failure("wallet", exc) from None
+            ),
+        )
         return _step(reply.posting)
 
 
@@ -292,8 +299,9 @@ class RngClient:
     async def open_round(
         self, *, request_id: str, game_id: str, game_inputs: bytes, fair_key: str, client_seed: str
     ) -> RngRound:
-        try:
-            reply = await self._stub.OpenRound(
+        reply = await _call(
+            "rng",
+            self._stub.OpenRound(
                 rng_pb2.OpenRoundRequest(
                     request_id=request_id,
                     game_id=game_id,
@@ -301,9 +309,8 @@ class RngClient:
                     fair_key=fair_key,
                     client_seed=client_seed,
                 )
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _failure("rng", exc) from None
+            ),
+        )
         return _rng_round(reply.round)
 
     async def draw(self, round_id: uuid.UUID, ranges: Sequence[int]) -> tuple[int, ...]:
@@ -313,26 +320,22 @@ class RngClient:
             rng_pb2.DrawSpec(integers=rng_pb2.IntegerDraw(low=0, high=n - 1, count=1))
             for n in ranges
         ]
-        try:
-            reply = await self._stub.Draw(
-                rng_pb2.DrawRequest(round_id=str(round_id), specs=specs, draw_index=0)
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _failure("rng", exc) from None
+        reply = await _call(
+            "rng",
+            self._stub.Draw(rng_pb2.DrawRequest(round_id=str(round_id), specs=specs, draw_index=0)),
+        )
         return _flatten(reply.results)
 
     async def close_round(self, round_id: uuid.UUID) -> RngRound:
-        try:
-            reply = await self._stub.CloseRound(rng_pb2.CloseRoundRequest(round_id=str(round_id)))
-        except grpc.aio.AioRpcError as exc:
-            raise _failure("rng", exc) from None
+        reply = await _call(
+            "rng", self._stub.CloseRound(rng_pb2.CloseRoundRequest(round_id=str(round_id)))
+        )
         return _rng_round(reply.round)
 
     async def replay(self, round_id: uuid.UUID) -> RngReplay:
-        try:
-            reply = await self._stub.ReplayRound(rng_pb2.ReplayRoundRequest(round_id=str(round_id)))
-        except grpc.aio.AioRpcError as exc:
-            raise _failure("rng", exc) from None
+        reply = await _call(
+            "rng", self._stub.ReplayRound(rng_pb2.ReplayRoundRequest(round_id=str(round_id)))
+        )
         return RngReplay(
             reply.matches,
             _flatten(reply.archived),
@@ -341,21 +344,15 @@ class RngClient:
         )
 
     async def commitment(self, fair_key: str) -> FairSeed:
-        try:
-            reply = await self._stub.CommitServerSeed(
-                rng_pb2.CommitServerSeedRequest(fair_key=fair_key)
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _failure("rng", exc) from None
+        reply = await _call(
+            "rng", self._stub.CommitServerSeed(rng_pb2.CommitServerSeedRequest(fair_key=fair_key))
+        )
         return FairSeed(reply.server_seed_commitment, reply.next_nonce)
 
     async def reveal(self, fair_key: str) -> RevealedSeed:
-        try:
-            reply = await self._stub.RevealServerSeed(
-                rng_pb2.RevealServerSeedRequest(fair_key=fair_key)
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _failure("rng", exc) from None
+        reply = await _call(
+            "rng", self._stub.RevealServerSeed(rng_pb2.RevealServerSeedRequest(fair_key=fair_key))
+        )
         return RevealedSeed(
             reply.revealed_server_seed,
             reply.revealed_commitment,
