@@ -74,8 +74,7 @@ async def find(conn: AsyncConnection, player_id: str, request_id: str) -> RoundR
     row = (
         await conn.execute(
             text(
-                f"SELECT {_COLUMNS} FROM {SCHEMA}.rounds"
-                " WHERE player_id = :p AND request_id = :r"
+                f"SELECT {_COLUMNS} FROM {SCHEMA}.rounds WHERE player_id = :p AND request_id = :r"
             ),
             {"p": player_id, "r": request_id},
         )
@@ -86,10 +85,7 @@ async def find(conn: AsyncConnection, player_id: str, request_id: str) -> RoundR
 async def get(conn: AsyncConnection, player_id: str, round_id: uuid.UUID) -> RoundRecord | None:
     row = (
         await conn.execute(
-            text(
-                f"SELECT {_COLUMNS} FROM {SCHEMA}.rounds"
-                " WHERE player_id = :p AND round_id = :id"
-            ),
+            text(f"SELECT {_COLUMNS} FROM {SCHEMA}.rounds WHERE player_id = :p AND round_id = :id"),
             {"p": player_id, "id": round_id},
         )
     ).one_or_none()

@@ -20,7 +20,8 @@ from services.runtime import verdict_log
 from services.runtime.call import authenticated_caller
 from services.runtime.checkpoints import ChainCheckpointer
 from services.runtime.config import ConfigError, domain_config
-from services.runtime.errors import IdempotencyKeyRequired, InvalidArgument
+from services.runtime.errors import InvalidArgument
+from services.runtime.fields import request_id_field, text_field
 from services.runtime.messages import timestamp
 from services.runtime.server import ServiceRuntime
 
@@ -88,14 +89,6 @@ def results(record: DrawRecord) -> list[pb.DrawResult]:
     ]
 
 
-def _text(field: str, value: str, *, required: bool = True, limit: int = 200) -> str:
-    if required and not value.strip():
-        raise InvalidArgument(field, f"{field} is required")
-    if len(value) > limit:
-        raise InvalidArgument(field, f"{field} is longer than {limit} characters")
-    return value
-
-
 def _round_id(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
@@ -126,14 +119,12 @@ class RngService(rng_pb2_grpc.RngServiceServicer):
     async def OpenRound(
         self, request: pb.OpenRoundRequest, context: grpc.aio.ServicerContext
     ) -> pb.OpenRoundResponse:
-        if not request.request_id:
-            raise IdempotencyKeyRequired()
-        request_id = _text("request_id", request.request_id)
-        game_id = _text("game_id", request.game_id)
+        request_id = request_id_field(request.request_id)
+        game_id = text_field("game_id", request.game_id)
         if len(request.game_inputs) > MAX_GAME_INPUTS:
             raise InvalidArgument("game_inputs", f"game_inputs exceed {MAX_GAME_INPUTS} bytes")
-        fair_key = _text("fair_key", request.fair_key, required=False)
-        client_seed = _text("client_seed", request.client_seed, required=False)
+        fair_key = text_field("fair_key", request.fair_key, required=False)
+        client_seed = text_field("client_seed", request.client_seed, required=False)
         if bool(fair_key) != bool(client_seed):
             raise InvalidArgument(
                 "client_seed", "a provably-fair round needs both fair_key and client_seed"
@@ -203,7 +194,9 @@ class RngService(rng_pb2_grpc.RngServiceServicer):
     async def CommitServerSeed(
         self, request: pb.CommitServerSeedRequest, context: grpc.aio.ServicerContext
     ) -> pb.CommitServerSeedResponse:
-        c = await self._rounds.commit(_text("fair_key", request.fair_key), authenticated_caller())
+        c = await self._rounds.commit(
+            text_field("fair_key", request.fair_key), authenticated_caller()
+        )
         return pb.CommitServerSeedResponse(
             fair_key=c.fair_key, server_seed_commitment=c.commitment, next_nonce=c.next_nonce
         )
@@ -212,7 +205,7 @@ class RngService(rng_pb2_grpc.RngServiceServicer):
         self, request: pb.RevealServerSeedRequest, context: grpc.aio.ServicerContext
     ) -> pb.RevealServerSeedResponse:
         revealed = await self._rounds.reveal(
-            _text("fair_key", request.fair_key), authenticated_caller()
+            text_field("fair_key", request.fair_key), authenticated_caller()
         )
         return pb.RevealServerSeedResponse(
             fair_key=revealed.fair_key,

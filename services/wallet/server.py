@@ -16,6 +16,7 @@ from casino.wallet.v1 import events_pb2, wallet_pb2, wallet_pb2_grpc
 from services.runtime.call import authenticated_caller, require_player
 from services.runtime.config import domain_config
 from services.runtime.errors import InvalidArgument
+from services.runtime.fields import text_field
 from services.runtime.messages import timestamp
 from services.runtime.outbox import OutboxRelay
 from services.runtime.pagination import decode_page_token, encode_page_token, page_size
@@ -295,7 +296,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                     request,
                     currency,
                     amount,
-                    reason=_required_text("reason", request.reason),
+                    reason=text_field("reason", request.reason, limit=500),
                     operator_id=require_id("operator_id", request.operator_id),
                 )
             )
@@ -388,14 +389,6 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                 for c, total in sorted(report.currency_sums.items())
             ],
         )
-
-
-def _required_text(field_name: str, value: str, limit: int = 500) -> str:
-    if not value.strip():
-        raise InvalidArgument(field_name, f"{field_name} is required")
-    if len(value) > limit:
-        raise InvalidArgument(field_name, f"{field_name} is longer than {limit} characters")
-    return value
 
 
 async def build(runtime: ServiceRuntime) -> None:
