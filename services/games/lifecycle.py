@@ -63,6 +63,16 @@ EVENT_TYPE = "casino.games.v1.RoundArchived"
 EncodeEvent = Callable[[Mapping[str, Any], bytes, uuid.UUID], bytes]
 
 
+def _rng_fields(r: RoundRecord) -> dict[str, Any]:
+    return {
+        "rng_round_id": r.rng_round_id,
+        "rng_generator": r.rng_generator,
+        "rng_sampling": r.rng_sampling,
+        "fair_commitment": r.fair_commitment,
+        "fair_nonce": r.fair_nonce,
+    }
+
+
 def round_id_for(player_id: str, request_id: str) -> uuid.UUID:
     return uuid.uuid5(_ROUND_NAMESPACE, f"{player_id}\x00{request_id}")
 
@@ -256,8 +266,9 @@ class Lifecycle:
         return r.but(state=new, **changes) if moved else await self._reload(r)
 
     async def _open_rng(self, r: RoundRecord) -> RoundRecord:
-        """Open (or find again: idempotent by round id) the round's RNG round and record its
-        versions: the round completes under them whatever is deployed later."""
+        """Open (or find again: idempotent by round id) the round's RNG round. Its id and
+        versions are journalled with the round's next step; the round completes under those
+        versions whatever is deployed later."""
         fair = fair_key(r.player_id, r.game_id) if r.client_seed else ""
         try:
             opened = await self._rng.open_round(
@@ -269,11 +280,7 @@ class Lifecycle:
             )
         except Refused as exc:
             raise GameUnavailable(exc.reason) from None
-        if r.rng_round_id == opened.round_id:
-            return r
-        return await self._step(
-            r,
-            r.state,
+        return r.but(
             rng_round_id=opened.round_id,
             rng_generator=opened.generator,
             rng_sampling=opened.sampling,
@@ -309,6 +316,7 @@ class Lifecycle:
         return await self._step(
             r,
             State.DEBITED,
+            **_rng_fields(r),
             bet_transaction_id=step.transaction_id,
             balance_after_minor=step.available_minor,
         )
@@ -358,7 +366,6 @@ class Lifecycle:
             # wallet (never a player's doing). Leave the round for an operator, loudly.
             log.error("win refused by the wallet", round_id=str(r.round_id), reason=exc.reason)
             raise
-        await self._close_rng(r)
         return await self._archive(
             r,
             r.but(
@@ -383,7 +390,10 @@ class Lifecycle:
             draws = await self._rng.draw(r.rng_round_id, math.ranges(math.parse_bet(r.bet)))
             if r.state is State.OPEN:  # the debit's record was lost, not the debit
                 r = await self._step(
-                    r, State.DEBITED, bet_transaction_id=bet_transaction_id(r.round_id)
+                    r,
+                    State.DEBITED,
+                    **_rng_fields(r),
+                    bet_transaction_id=bet_transaction_id(r.round_id),
                 )
                 if r.state is not State.DEBITED:
                     return r

@@ -244,10 +244,17 @@ async def archive(
         text(
             f"UPDATE {SCHEMA}.rounds SET state = :new, update_time = now(),"
             " close_time = :close, settle_transaction_id = :settle, void_reason = :void,"
-            " balance_after_minor = :balance"
+            " balance_after_minor = :balance, rng_round_id = :rng_round_id,"
+            " rng_generator = :rng_generator, rng_sampling = :rng_sampling,"
+            " fair_commitment = :fair_commitment, fair_nonce = :fair_nonce"
             " WHERE player_id = :p AND round_id = :id AND state = :old"
         ),
         {
+            "rng_round_id": final.rng_round_id,
+            "rng_generator": final.rng_generator,
+            "rng_sampling": final.rng_sampling,
+            "fair_commitment": final.fair_commitment,
+            "fair_nonce": final.fair_nonce,
             "new": final.state.value,
             "close": final.close_time,
             "settle": final.settle_transaction_id,

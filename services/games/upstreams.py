@@ -314,15 +314,20 @@ class RngClient:
         return _rng_round(reply.round)
 
     async def draw(self, round_id: uuid.UUID, ranges: Sequence[int]) -> tuple[int, ...]:
-        """The round's first (and only) draw: one integer in [0, n) per range, in order. A
-        repeat returns the values already drawn; it never draws again."""
+        """The round's first and only draw: one integer in [0, n) per range, in order, closing
+        the RNG round with it. A repeat returns the values already drawn; it never draws
+        again."""
         specs = [
             rng_pb2.DrawSpec(integers=rng_pb2.IntegerDraw(low=0, high=n - 1, count=1))
             for n in ranges
         ]
         reply = await _call(
             "rng",
-            self._stub.Draw(rng_pb2.DrawRequest(round_id=str(round_id), specs=specs, draw_index=0)),
+            self._stub.Draw(
+                rng_pb2.DrawRequest(
+                    round_id=str(round_id), specs=specs, draw_index=0, close_round=True
+                )
+            ),
         )
         return _flatten(reply.results)
 

@@ -236,28 +236,31 @@ class Rounds:
     async def _append(
         self,
         conn: AsyncConnection,
-        verdict_id: uuid.UUID,
-        action: str,
-        inputs: dict[str, Any],
+        records: Sequence[tuple[uuid.UUID, str, dict[str, Any]]],
         caller: str,
         generator: str,
         sampling_version: str,
     ) -> None:
-        await verdict_log.append(
+        """Append (id, action, inputs) records to the audit chain, in one statement."""
+        now = datetime.now(UTC)
+        await verdict_log.append_many(
             conn,
             self._schema,
-            verdict_log.Verdict(
-                verdict_id=verdict_id,
-                player_id=None,
-                action=action,
-                decision="RECORDED",
-                reasons=[],
-                inputs=inputs,
-                rule_version=sampling_version,
-                config_version=generator,
-                caller=caller,
-                create_time=datetime.now(UTC),
-            ),
+            [
+                verdict_log.Verdict(
+                    verdict_id=verdict_id,
+                    player_id=None,
+                    action=action,
+                    decision="RECORDED",
+                    reasons=[],
+                    inputs=inputs,
+                    rule_version=sampling_version,
+                    config_version=generator,
+                    caller=caller,
+                    create_time=now,
+                )
+                for verdict_id, action, inputs in records
+            ],
         )
 
     async def _load(self, conn: AsyncConnection, round_id: uuid.UUID, *, lock: bool) -> Round:
@@ -400,9 +403,7 @@ class Rounds:
             r = await self._load(conn, round_id, lock=False)
             await self._append(
                 conn,
-                audit_id(round_id, "opened"),
-                "ROUND_OPENED",
-                _opened_inputs(r),
+                [(audit_id(round_id, "opened"), "ROUND_OPENED", _opened_inputs(r))],
                 caller,
                 r.generator_version,
                 r.sampling_version,
@@ -410,8 +411,16 @@ class Rounds:
             return r
 
     async def draw(
-        self, round_id: uuid.UUID, draw_index: int, specs: Sequence[Spec], caller: str
+        self,
+        round_id: uuid.UUID,
+        draw_index: int,
+        specs: Sequence[Spec],
+        caller: str,
+        *,
+        close: bool = False,
     ) -> tuple[Round, DrawRecord]:
+        """Draw `draw_index` (a retry of a draw already made returns it); with `close`, the
+        round closes in the same transaction, as `close` would."""
         self._require_healthy()
         async with self._engine.begin() as conn:
             r = await self._load(conn, round_id, lock=True)
@@ -435,28 +444,26 @@ class Rounds:
             except draws.UnknownVersion as exc:
                 raise UnknownAlgorithmVersion(exc.version) from None
             record = DrawRecord(draw_index, list(specs), values)
+            closing = ", state = 'CLOSED', close_time = now()" if close else ""
             await conn.execute(
                 text(
                     f"UPDATE {self._schema}.rounds SET draw_count = draw_count + 1,"  # noqa: S608
-                    " stream_position = :pos WHERE round_id = :id"
+                    f" stream_position = :pos{closing} WHERE round_id = :id"
                 ),
                 {"pos": stream.position, "id": round_id},
             )
-            await self._append(
-                conn,
-                audit_id(round_id, f"draw/{draw_index}"),
-                "ROUND_DRAW",
-                {
-                    "round_id": str(round_id),
-                    "draw_index": draw_index,
-                    "specs": [s.to_json() for s in specs],
-                    "values": values,
-                    "stream_position": stream.position,
-                },
-                caller,
-                r.generator_version,
-                r.sampling_version,
-            )
+            drawn = {
+                "round_id": str(round_id),
+                "draw_index": draw_index,
+                "specs": [s.to_json() for s in specs],
+                "values": values,
+                "stream_position": stream.position,
+            }
+            records = [(audit_id(round_id, f"draw/{draw_index}"), "ROUND_DRAW", drawn)]
+            if close:
+                closed = {"round_id": str(round_id), "draw_count": r.draw_count + 1}
+                records.append((audit_id(round_id, "closed"), "ROUND_CLOSED", closed))
+            await self._append(conn, records, caller, r.generator_version, r.sampling_version)
             return r, record
 
     async def _archived_draw(
@@ -485,9 +492,13 @@ class Rounds:
             )
             await self._append(
                 conn,
-                audit_id(round_id, "closed"),
-                "ROUND_CLOSED",
-                {"round_id": str(round_id), "draw_count": r.draw_count},
+                [
+                    (
+                        audit_id(round_id, "closed"),
+                        "ROUND_CLOSED",
+                        {"round_id": str(round_id), "draw_count": r.draw_count},
+                    )
+                ],
                 caller,
                 r.generator_version,
                 r.sampling_version,
@@ -558,9 +569,13 @@ class Rounds:
         )
         await self._append(
             conn,
-            audit_id(seed_id, "committed"),
-            "SERVER_SEED_COMMITTED",
-            {"fair_key": fair_key, "server_seed_id": str(seed_id), "commitment": digest},
+            [
+                (
+                    audit_id(seed_id, "committed"),
+                    "SERVER_SEED_COMMITTED",
+                    {"fair_key": fair_key, "server_seed_id": str(seed_id), "commitment": digest},
+                )
+            ],
             caller,
             fair.FAIR_VERSION,
             self.sampling_version,
@@ -625,15 +640,19 @@ class Rounds:
             )
             await self._append(
                 conn,
-                audit_id(seed_id, "revealed"),
-                "SERVER_SEED_REVEALED",
-                {
-                    "fair_key": fair_key,
-                    "server_seed_id": str(seed_id),
-                    "commitment": digest,
-                    "server_seed": seed.hex(),
-                    "rounds": used,
-                },
+                [
+                    (
+                        audit_id(seed_id, "revealed"),
+                        "SERVER_SEED_REVEALED",
+                        {
+                            "fair_key": fair_key,
+                            "server_seed_id": str(seed_id),
+                            "commitment": digest,
+                            "server_seed": seed.hex(),
+                            "rounds": used,
+                        },
+                    )
+                ],
                 caller,
                 fair.FAIR_VERSION,
                 self.sampling_version,

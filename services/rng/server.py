@@ -149,7 +149,7 @@ class RngService(rng_pb2_grpc.RngServiceServicer):
             raise InvalidArgument("specs", f"at most {MAX_SPECS} specs per draw")
         specs = [_spec(i, s) for i, s in enumerate(request.specs)]
         r, record = await self._rounds.draw(
-            round_id, request.draw_index, specs, authenticated_caller()
+            round_id, request.draw_index, specs, authenticated_caller(), close=request.close_round
         )
         return pb.DrawResponse(
             results=results(record),

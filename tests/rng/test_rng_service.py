@@ -86,6 +86,22 @@ async def test_round_draws_replay_to_the_archived_outcome(stubs) -> None:
     assert [list(x.values) for x in replay.archived] == values(first) + values(second)
 
 
+async def test_a_last_draw_closes_the_round_with_it_and_replays(stubs) -> None:
+    games = stubs["games"]
+    r = await open_round(games)
+    request = pb.DrawRequest(round_id=r.round_id, specs=DICE, draw_index=0, close_round=True)
+    drawn = await games.Draw(request)
+    # A retry returns the draw, never a new one, though the round is now closed.
+    assert values(await games.Draw(request)) == values(drawn)
+    with pytest.raises(grpc.aio.AioRpcError) as late:
+        await games.Draw(pb.DrawRequest(round_id=r.round_id, specs=DICE, draw_index=1))
+    assert reason(late.value) == "ROUND_CLOSED"
+    closed = await games.CloseRound(pb.CloseRoundRequest(round_id=r.round_id))
+    assert closed.round.state == pb.ROUND_STATE_CLOSED and closed.round.draw_count == 1
+    replay = await stubs["backoffice"].ReplayRound(pb.ReplayRoundRequest(round_id=r.round_id))
+    assert replay.matches and [list(x.values) for x in replay.archived] == values(drawn)
+
+
 async def test_open_round_is_idempotent_by_request_id(stubs) -> None:
     request = pb.OpenRoundRequest(request_id=str(uuid.uuid4()), game_id="dice", game_inputs=b"x")
     a = await stubs["games"].OpenRound(request)

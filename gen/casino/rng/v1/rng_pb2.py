@@ -26,7 +26,7 @@ from casino.common.v1 import options_pb2 as casino_dot_common_dot_v1_dot_options
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61sino/rng/v1/rng.proto\x12\rcasino.rng.v1\x1a\x1e\x63\x61sino/common/v1/options.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x08Versions\x12\x11\n\tgenerator\x18\x01 \x01(\t\x12\x10\n\x08sampling\x18\x02 \x01(\t\"d\n\x0cProvablyFair\x12\x10\n\x08\x66\x61ir_key\x18\x01 \x01(\t\x12\x1e\n\x16server_seed_commitment\x18\x02 \x01(\t\x12\x13\n\x0b\x63lient_seed\x18\x03 \x01(\t\x12\r\n\x05nonce\x18\x04 \x01(\x04\"\xbb\x02\n\x05Round\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0f\n\x07game_id\x18\x02 \x01(\t\x12\x13\n\x0bgame_inputs\x18\x03 \x01(\x0c\x12)\n\x08versions\x18\x04 \x01(\x0b\x32\x17.casino.rng.v1.Versions\x12(\n\x05state\x18\x05 \x01(\x0e\x32\x19.casino.rng.v1.RoundState\x12\x12\n\ndraw_count\x18\x06 \x01(\r\x12\x32\n\rprovably_fair\x18\x07 \x01(\x0b\x32\x1b.casino.rng.v1.ProvablyFair\x12-\n\topen_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nclose_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"s\n\x10OpenRoundRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07game_id\x18\x02 \x01(\t\x12\x13\n\x0bgame_inputs\x18\x03 \x01(\x0c\x12\x10\n\x08\x66\x61ir_key\x18\x04 \x01(\t\x12\x13\n\x0b\x63lient_seed\x18\x05 \x01(\t\"8\n\x11OpenRoundResponse\x12#\n\x05round\x18\x01 \x01(\x0b\x32\x14.casino.rng.v1.Round\"7\n\x0bIntegerDraw\x12\x0b\n\x03low\x18\x01 \x01(\x03\x12\x0c\n\x04high\x18\x02 \x01(\x03\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"\x1b\n\x0bShuffleDraw\x12\x0c\n\x04size\x18\x01 \x01(\r\"q\n\x08\x44rawSpec\x12.\n\x08integers\x18\x01 \x01(\x0b\x32\x1a.casino.rng.v1.IntegerDrawH\x00\x12-\n\x07shuffle\x18\x02 \x01(\x0b\x32\x1a.casino.rng.v1.ShuffleDrawH\x00\x42\x06\n\x04kind\"C\n\nDrawResult\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.casino.rng.v1.DrawSpec\x12\x0e\n\x06values\x18\x02 \x03(\x03\"[\n\x0b\x44rawRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12&\n\x05specs\x18\x02 \x03(\x0b\x32\x17.casino.rng.v1.DrawSpec\x12\x12\n\ndraw_index\x18\x03 \x01(\r\"y\n\x0c\x44rawResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.casino.rng.v1.DrawResult\x12\x12\n\ndraw_index\x18\x02 \x01(\r\x12)\n\x08versions\x18\x03 \x01(\x0b\x32\x17.casino.rng.v1.Versions\"%\n\x11\x43loseRoundRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\"9\n\x12\x43loseRoundResponse\x12#\n\x05round\x18\x01 \x01(\x0b\x32\x14.casino.rng.v1.Round\"&\n\x12ReplayRoundRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\"\xa7\x01\n\x13ReplayRoundResponse\x12#\n\x05round\x18\x01 \x01(\x0b\x32\x14.casino.rng.v1.Round\x12\x0f\n\x07matches\x18\x02 \x01(\x08\x12+\n\x08\x61rchived\x18\x03 \x03(\x0b\x32\x19.casino.rng.v1.DrawResult\x12-\n\nrecomputed\x18\x04 \x03(\x0b\x32\x19.casino.rng.v1.DrawResult\"n\n\x10\x41lgorithmVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0bsource_file\x18\x03 \x01(\t\x12\x15\n\rsource_sha256\x18\x04 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x05 \x01(\x08\"\x15\n\x13ListVersionsRequest\"I\n\x14ListVersionsResponse\x12\x31\n\x08versions\x18\x01 \x03(\x0b\x32\x1f.casino.rng.v1.AlgorithmVersion\"+\n\x17\x43ommitServerSeedRequest\x12\x10\n\x08\x66\x61ir_key\x18\x01 \x01(\t\"`\n\x18\x43ommitServerSeedResponse\x12\x10\n\x08\x66\x61ir_key\x18\x01 \x01(\t\x12\x1e\n\x16server_seed_commitment\x18\x02 \x01(\t\x12\x12\n\nnext_nonce\x18\x03 \x01(\x04\"+\n\x17RevealServerSeedRequest\x12\x10\n\x08\x66\x61ir_key\x18\x01 \x01(\t\"\x97\x01\n\x18RevealServerSeedResponse\x12\x10\n\x08\x66\x61ir_key\x18\x01 \x01(\t\x12\x1c\n\x14revealed_server_seed\x18\x02 \x01(\t\x12\x1b\n\x13revealed_commitment\x18\x03 \x01(\t\x12\x0e\n\x06rounds\x18\x04 \x01(\x04\x12\x1e\n\x16server_seed_commitment\x18\x05 \x01(\t*W\n\nRoundState\x12\x1b\n\x17ROUND_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10ROUND_STATE_OPEN\x10\x01\x12\x16\n\x12ROUND_STATE_CLOSED\x10\x02\x32\xdc\x05\n\nRngService\x12[\n\tOpenRound\x12\x1f.casino.rng.v1.OpenRoundRequest\x1a .casino.rng.v1.OpenRoundResponse\"\x0b\xca\xf3\x18\x07\n\x05games\x12L\n\x04\x44raw\x12\x1a.casino.rng.v1.DrawRequest\x1a\x1b.casino.rng.v1.DrawResponse\"\x0b\xca\xf3\x18\x07\n\x05games\x12^\n\nCloseRound\x12 .casino.rng.v1.CloseRoundRequest\x1a!.casino.rng.v1.CloseRoundResponse\"\x0b\xca\xf3\x18\x07\n\x05games\x12m\n\x0bReplayRound\x12!.casino.rng.v1.ReplayRoundRequest\x1a\".casino.rng.v1.ReplayRoundResponse\"\x17\xca\xf3\x18\x13\n\x05games\n\nbackoffice\x12p\n\x0cListVersions\x12\".casino.rng.v1.ListVersionsRequest\x1a#.casino.rng.v1.ListVersionsResponse\"\x17\xca\xf3\x18\x13\n\x05games\n\nbackoffice\x12p\n\x10\x43ommitServerSeed\x12&.casino.rng.v1.CommitServerSeedRequest\x1a\'.casino.rng.v1.CommitServerSeedResponse\"\x0b\xca\xf3\x18\x07\n\x05games\x12p\n\x10RevealServerSeed\x12&.casino.rng.v1.RevealServerSeedRequest\x1a\'.casino.rng.v1.RevealServerSeedResponse\"\x0b\xca\xf3\x18\x07\n\x05gamesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61sino/rng/v1/rng.proto\x12\rcasino.rng.v1\x1a\x1e\x63\x61sino/common/v1/options.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x08Versions\x12\x11\n\tgenerator\x18\x01 \x01(\t\x12\x10\n\x08sampling\x18\x02 \x01(\t\"d\n\x0cProvablyFair\x12\x10\n\x08\x66\x61ir_key\x18\x01 \x01(\t\x12\x1e\n\x16server_seed_commitment\x18\x02 \x01(\t\x12\x13\n\x0b\x63lient_seed\x18\x03 \x01(\t\x12\r\n\x05nonce\x18\x04 \x01(\x04\"\xbb\x02\n\x05Round\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0f\n\x07game_id\x18\x02 \x01(\t\x12\x13\n\x0bgame_inputs\x18\x03 \x01(\x0c\x12)\n\x08versions\x18\x04 \x01(\x0b\x32\x17.casino.rng.v1.Versions\x12(\n\x05state\x18\x05 \x01(\x0e\x32\x19.casino.rng.v1.RoundState\x12\x12\n\ndraw_count\x18\x06 \x01(\r\x12\x32\n\rprovably_fair\x18\x07 \x01(\x0b\x32\x1b.casino.rng.v1.ProvablyFair\x12-\n\topen_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nclose_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"s\n\x10OpenRoundRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07game_id\x18\x02 \x01(\t\x12\x13\n\x0bgame_inputs\x18\x03 \x01(\x0c\x12\x10\n\x08\x66\x61ir_key\x18\x04 \x01(\t\x12\x13\n\x0b\x63lient_seed\x18\x05 \x01(\t\"8\n\x11OpenRoundResponse\x12#\n\x05round\x18\x01 \x01(\x0b\x32\x14.casino.rng.v1.Round\"7\n\x0bIntegerDraw\x12\x0b\n\x03low\x18\x01 \x01(\x03\x12\x0c\n\x04high\x18\x02 \x01(\x03\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"\x1b\n\x0bShuffleDraw\x12\x0c\n\x04size\x18\x01 \x01(\r\"q\n\x08\x44rawSpec\x12.\n\x08integers\x18\x01 \x01(\x0b\x32\x1a.casino.rng.v1.IntegerDrawH\x00\x12-\n\x07shuffle\x18\x02 \x01(\x0b\x32\x1a.casino.rng.v1.ShuffleDrawH\x00\x42\x06\n\x04kind\"C\n\nDrawResult\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.casino.rng.v1.DrawSpec\x12\x0e\n\x06values\x18\x02 \x03(\x03\"p\n\x0b\x44rawRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12&\n\x05specs\x18\x02 \x03(\x0b\x32\x17.casino.rng.v1.DrawSpec\x12\x12\n\ndraw_index\x18\x03 \x01(\r\x12\x13\n\x0b\x63lose_round\x18\x04 \x01(\x08\"y\n\x0c\x44rawResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.casino.rng.v1.DrawResult\x12\x12\n\ndraw_index\x18\x02 \x01(\r\x12)\n\x08versions\x18\x03 \x01(\x0b\x32\x17.casino.rng.v1.Versions\"%\n\x11\x43loseRoundRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\"9\n\x12\x43loseRoundResponse\x12#\n\x05round\x18\x01 \x01(\x0b\x32\x14.casino.rng.v1.Round\"&\n\x12ReplayRoundRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\"\xa7\x01\n\x13ReplayRoundResponse\x12#\n\x05round\x18\x01 \x01(\x0b\x32\x14.casino.rng.v1.Round\x12\x0f\n\x07matches\x18\x02 \x01(\x08\x12+\n\x08\x61rchived\x18\x03 \x03(\x0b\x32\x19.casino.rng.v1.DrawResult\x12-\n\nrecomputed\x18\x04 \x03(\x0b\x32\x19.casino.rng.v1.DrawResult\"n\n\x10\x41lgorithmVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0bsource_file\x18\x03 \x01(\t\x12\x15\n\rsource_sha256\x18\x04 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x05 \x01(\x08\"\x15\n\x13ListVersionsRequest\"I\n\x14ListVersionsResponse\x12\x31\n\x08versions\x18\x01 \x03(\x0b\x32\x1f.casino.rng.v1.AlgorithmVersion\"+\n\x17\x43ommitServerSeedRequest\x12\x10\n\x08\x66\x61ir_key\x18\x01 \x01(\t\"`\n\x18\x43ommitServerSeedResponse\x12\x10\n\x08\x66\x61ir_key\x18\x01 \x01(\t\x12\x1e\n\x16server_seed_commitment\x18\x02 \x01(\t\x12\x12\n\nnext_nonce\x18\x03 \x01(\x04\"+\n\x17RevealServerSeedRequest\x12\x10\n\x08\x66\x61ir_key\x18\x01 \x01(\t\"\x97\x01\n\x18RevealServerSeedResponse\x12\x10\n\x08\x66\x61ir_key\x18\x01 \x01(\t\x12\x1c\n\x14revealed_server_seed\x18\x02 \x01(\t\x12\x1b\n\x13revealed_commitment\x18\x03 \x01(\t\x12\x0e\n\x06rounds\x18\x04 \x01(\x04\x12\x1e\n\x16server_seed_commitment\x18\x05 \x01(\t*W\n\nRoundState\x12\x1b\n\x17ROUND_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10ROUND_STATE_OPEN\x10\x01\x12\x16\n\x12ROUND_STATE_CLOSED\x10\x02\x32\xdc\x05\n\nRngService\x12[\n\tOpenRound\x12\x1f.casino.rng.v1.OpenRoundRequest\x1a .casino.rng.v1.OpenRoundResponse\"\x0b\xca\xf3\x18\x07\n\x05games\x12L\n\x04\x44raw\x12\x1a.casino.rng.v1.DrawRequest\x1a\x1b.casino.rng.v1.DrawResponse\"\x0b\xca\xf3\x18\x07\n\x05games\x12^\n\nCloseRound\x12 .casino.rng.v1.CloseRoundRequest\x1a!.casino.rng.v1.CloseRoundResponse\"\x0b\xca\xf3\x18\x07\n\x05games\x12m\n\x0bReplayRound\x12!.casino.rng.v1.ReplayRoundRequest\x1a\".casino.rng.v1.ReplayRoundResponse\"\x17\xca\xf3\x18\x13\n\x05games\n\nbackoffice\x12p\n\x0cListVersions\x12\".casino.rng.v1.ListVersionsRequest\x1a#.casino.rng.v1.ListVersionsResponse\"\x17\xca\xf3\x18\x13\n\x05games\n\nbackoffice\x12p\n\x10\x43ommitServerSeed\x12&.casino.rng.v1.CommitServerSeedRequest\x1a\'.casino.rng.v1.CommitServerSeedResponse\"\x0b\xca\xf3\x18\x07\n\x05games\x12p\n\x10RevealServerSeed\x12&.casino.rng.v1.RevealServerSeedRequest\x1a\'.casino.rng.v1.RevealServerSeedResponse\"\x0b\xca\xf3\x18\x07\n\x05gamesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,8 +47,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RNGSERVICE'].methods_by_name['CommitServerSeed']._serialized_options = b'\312\363\030\007\n\005games'
   _globals['_RNGSERVICE'].methods_by_name['RevealServerSeed']._loaded_options = None
   _globals['_RNGSERVICE'].methods_by_name['RevealServerSeed']._serialized_options = b'\312\363\030\007\n\005games'
-  _globals['_ROUNDSTATE']._serialized_start=2097
-  _globals['_ROUNDSTATE']._serialized_end=2184
+  _globals['_ROUNDSTATE']._serialized_start=2118
+  _globals['_ROUNDSTATE']._serialized_end=2205
   _globals['_VERSIONS']._serialized_start=107
   _globals['_VERSIONS']._serialized_end=154
   _globals['_PROVABLYFAIR']._serialized_start=156
@@ -68,31 +68,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRAWRESULT']._serialized_start=952
   _globals['_DRAWRESULT']._serialized_end=1019
   _globals['_DRAWREQUEST']._serialized_start=1021
-  _globals['_DRAWREQUEST']._serialized_end=1112
-  _globals['_DRAWRESPONSE']._serialized_start=1114
-  _globals['_DRAWRESPONSE']._serialized_end=1235
-  _globals['_CLOSEROUNDREQUEST']._serialized_start=1237
-  _globals['_CLOSEROUNDREQUEST']._serialized_end=1274
-  _globals['_CLOSEROUNDRESPONSE']._serialized_start=1276
-  _globals['_CLOSEROUNDRESPONSE']._serialized_end=1333
-  _globals['_REPLAYROUNDREQUEST']._serialized_start=1335
-  _globals['_REPLAYROUNDREQUEST']._serialized_end=1373
-  _globals['_REPLAYROUNDRESPONSE']._serialized_start=1376
-  _globals['_REPLAYROUNDRESPONSE']._serialized_end=1543
-  _globals['_ALGORITHMVERSION']._serialized_start=1545
-  _globals['_ALGORITHMVERSION']._serialized_end=1655
-  _globals['_LISTVERSIONSREQUEST']._serialized_start=1657
-  _globals['_LISTVERSIONSREQUEST']._serialized_end=1678
-  _globals['_LISTVERSIONSRESPONSE']._serialized_start=1680
-  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1753
-  _globals['_COMMITSERVERSEEDREQUEST']._serialized_start=1755
-  _globals['_COMMITSERVERSEEDREQUEST']._serialized_end=1798
-  _globals['_COMMITSERVERSEEDRESPONSE']._serialized_start=1800
-  _globals['_COMMITSERVERSEEDRESPONSE']._serialized_end=1896
-  _globals['_REVEALSERVERSEEDREQUEST']._serialized_start=1898
-  _globals['_REVEALSERVERSEEDREQUEST']._serialized_end=1941
-  _globals['_REVEALSERVERSEEDRESPONSE']._serialized_start=1944
-  _globals['_REVEALSERVERSEEDRESPONSE']._serialized_end=2095
-  _globals['_RNGSERVICE']._serialized_start=2187
-  _globals['_RNGSERVICE']._serialized_end=2919
+  _globals['_DRAWREQUEST']._serialized_end=1133
+  _globals['_DRAWRESPONSE']._serialized_start=1135
+  _globals['_DRAWRESPONSE']._serialized_end=1256
+  _globals['_CLOSEROUNDREQUEST']._serialized_start=1258
+  _globals['_CLOSEROUNDREQUEST']._serialized_end=1295
+  _globals['_CLOSEROUNDRESPONSE']._serialized_start=1297
+  _globals['_CLOSEROUNDRESPONSE']._serialized_end=1354
+  _globals['_REPLAYROUNDREQUEST']._serialized_start=1356
+  _globals['_REPLAYROUNDREQUEST']._serialized_end=1394
+  _globals['_REPLAYROUNDRESPONSE']._serialized_start=1397
+  _globals['_REPLAYROUNDRESPONSE']._serialized_end=1564
+  _globals['_ALGORITHMVERSION']._serialized_start=1566
+  _globals['_ALGORITHMVERSION']._serialized_end=1676
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=1678
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=1699
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=1701
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1774
+  _globals['_COMMITSERVERSEEDREQUEST']._serialized_start=1776
+  _globals['_COMMITSERVERSEEDREQUEST']._serialized_end=1819
+  _globals['_COMMITSERVERSEEDRESPONSE']._serialized_start=1821
+  _globals['_COMMITSERVERSEEDRESPONSE']._serialized_end=1917
+  _globals['_REVEALSERVERSEEDREQUEST']._serialized_start=1919
+  _globals['_REVEALSERVERSEEDREQUEST']._serialized_end=1962
+  _globals['_REVEALSERVERSEEDRESPONSE']._serialized_start=1965
+  _globals['_REVEALSERVERSEEDRESPONSE']._serialized_end=2116
+  _globals['_RNGSERVICE']._serialized_start=2208
+  _globals['_RNGSERVICE']._serialized_end=2940
 # @@protoc_insertion_point(module_scope)

@@ -299,10 +299,15 @@ class DrawRequest(_message.Message):
     ROUND_ID_FIELD_NUMBER: _builtins.int
     SPECS_FIELD_NUMBER: _builtins.int
     DRAW_INDEX_FIELD_NUMBER: _builtins.int
+    CLOSE_ROUND_FIELD_NUMBER: _builtins.int
     round_id: _builtins.str
     draw_index: _builtins.int
     """Which draw of the round this is (0, 1, ...): a retry of a draw already made returns it
     unchanged rather than drawing again.
+    """
+    close_round: _builtins.bool
+    """This is the round's last draw: close the round with it, in the same transaction (a
+    single-draw game saves a CloseRound). A retry returns the draw; the round stays closed.
     """
     @_builtins.property
     def specs(self) -> _containers.RepeatedCompositeFieldContainer[Global___DrawSpec]: ...
@@ -312,10 +317,11 @@ class DrawRequest(_message.Message):
         round_id: _builtins.str = ...,
         specs: _abc.Iterable[Global___DrawSpec] | None = ...,
         draw_index: _builtins.int = ...,
+        close_round: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["draw_index", b"draw_index", "round_id", b"round_id", "specs", b"specs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_round", b"close_round", "draw_index", b"draw_index", "round_id", b"round_id", "specs", b"specs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
