@@ -14,8 +14,11 @@ from redis.asyncio import Redis
 from casino.compliance.v1 import compliance_pb2
 from casino.games.v1 import games_pb2 as pb
 from casino.wallet.v1 import wallet_pb2
+from services.games.lifecycle import round_id_for
 from services.runtime.status import error_info
-from tests.games.conftest import REDIS_URL, Clients, dice_bet, start_session
+from tests.conftest import Launcher
+from tests.games.conftest import REDIS_URL, Clients, dice_bet, games_extra, start_session
+from tests.rng.conftest import rng_extra
 from tests.support.edge_player import AsEdgePlayer
 
 pytestmark = pytest.mark.asyncio
@@ -292,3 +295,32 @@ async def test_the_lobby_lists_each_game_with_its_version_and_exact_rtp(
     assert by_id["roulette"].rtp_fraction == "36/37"
     assert by_id["slot"].min_round_interval_ms == 2500
     assert by_id["dice"].provably_fair and not by_id["slot"].provably_fair
+
+
+async def test_an_unhealthy_rng_makes_the_game_unavailable_and_debits_nothing(
+    tmp_path, pki, upstreams, clients: Clients
+) -> None:
+    launcher = Launcher(tmp_path, pki, [])
+    try:
+        broken = launcher("rng", extra=rng_extra(tmp_path, settings='self_test_fail = "forced"'))
+        games = launcher(
+            "games", extra=games_extra(upstreams, tmp_path, rng_port=broken.ports["port"])
+        )
+        stub = clients.games(games)
+        player = await clients.player(deposit=1_000)
+        session = await start_session(stub, player, "dice")
+        request_id = uuid.uuid4().hex
+        code, reason, _ = await refused(play(stub, player, session, dice_bet(), request_id))
+        assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "GAME_UNAVAILABLE")
+        assert (await clients.balance(player)).posted_minor == 1_000
+        kinds = [t.kind for t in await clients.transactions(player)]
+        assert kinds == [wallet_pb2.TRANSACTION_KIND_DEPOSIT]
+        voided = (
+            await stub.GetRound(
+                pb.GetRoundRequest(player_id=player, round_id=str(round_id_for(player, request_id)))
+            )
+        ).round
+        assert voided.state == pb.ROUND_STATE_VOIDED and voided.void_reason == "GAME_UNAVAILABLE"
+    finally:
+        for process in launcher.started:
+            process.terminate()
