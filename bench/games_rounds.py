@@ -19,15 +19,14 @@ Prints rounds/s, P50/P95/P99 and the cores used by games, compliance, wallet, RN
 PostgreSQL, Redis + RabbitMQ and this load generator. Then where a round's time goes at 1
 client and at the highest concurrency, from the games process's spans (one server span per
 PlayRound, one client span per upstream call; the gaps between them are games' own work:
-journal writes, the archive, Redis, the handler); if the spans are unusable, from the
-upstream calls made directly by this bench at 1 client, as games makes them. Then RNG
-draws/s: OpenRound + Draw + CloseRound against the RNG service directly at 8 clients, and
+journal writes, the archive, Redis, the handler). Then RNG draws/s: OpenRound and a
+closing Draw against the RNG service directly at 8 clients, and
 uniform_int(10000) in process. Last the money: every round's stake and payout as PlayRound
 answered them (a failed call is retried with its request_id, as a client would) against
 every player's wallet balance. A benchmark, not a test: it exits 0 either way.
 
     .venv/bin/python bench/games_rounds.py [--concurrency 1 4 8 16 32] \\
-        [--rates 50 100 200] [--seconds 10] [--players 500] [--direct-steps]
+        [--rates 50 100 200] [--seconds 10] [--players 500]
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +72,6 @@ from casino.games.v1 import games_pb2 as pb  # noqa: E402
 from casino.games.v1 import games_pb2_grpc  # noqa: E402
 from casino.rng.v1 import rng_pb2, rng_pb2_grpc  # noqa: E402
 from casino.wallet.v1 import wallet_pb2, wallet_pb2_grpc  # noqa: E402
-from services.games import catalog, messages  # noqa: E402
 from services.rng.drbg import ChaChaDrbg, RoundStream  # noqa: E402
 from services.rng.sampling import uniform_int  # noqa: E402
 from services.runtime.call import PLAYER_METADATA  # noqa: E402
@@ -100,19 +98,18 @@ STEPS = [
     ("/casino.compliance.v1.ComplianceService/CheckAction", "compliance CheckAction (bet check)"),
     ("/casino.rng.v1.RngService/OpenRound", "rng OpenRound"),
     ("/casino.wallet.v1.WalletService/PlaceBet", "wallet PlaceBet (debit)"),
-    ("/casino.rng.v1.RngService/Draw", "rng Draw"),
+    ("/casino.rng.v1.RngService/Draw", "rng Draw (closing the RNG round)"),
     ("/casino.wallet.v1.WalletService/SettleWin", "wallet SettleWin (credit, 0 on a loss)"),
-    ("/casino.rng.v1.RngService/CloseRound", "rng CloseRound"),
 ]
 GAPS = [
     "games: session load (Redis) + request_id lookup (PG)",
     "games: journal the OPEN round (PG)",
-    "games: record the RNG round on it (PG)",
-    "games: journal DEBITED (PG)",
+    "games: between OpenRound and the debit",
+    "games: journal DEBITED with the RNG round (PG)",
     "games: resolve + journal DRAWN (PG)",
-    "games: between credit and RNG close",
     "games: archive + chain + outbox (PG), session (Redis)",
 ]
+UPSTREAM_SUM = f"upstream calls (sum of the {len(STEPS)})"
 PLAY_ROUND = "/casino.games.v1.GamesService/PlayRound"
 
 
@@ -564,7 +561,7 @@ def read_spans(path: Path, window: Window) -> list[dict[str, Any]]:
 @dataclass
 class Breakdown:
     traced: int  # PlayRound server spans in the window
-    complete: int  # of which OK, with exactly the six upstream calls in order
+    complete: int  # of which OK, with exactly the upstream calls of STEPS in order
     rows: dict[str, list[float]]  # label -> per-round ms, over the complete rounds
 
 
@@ -603,7 +600,7 @@ def breakdown(spans: list[dict[str, Any]], window: Window) -> Breakdown:
         for i, label in enumerate(GAPS):
             rows[label].append((edges[2 * i + 1] - edges[2 * i]) * ms)
         total = (server["end_unix_nano"] - server["start_unix_nano"]) * ms
-        rows["upstream calls (sum of the 6)"].append(upstream_total)
+        rows[UPSTREAM_SUM].append(upstream_total)
         rows["games own (db journal/archive + overhead)"].append(total - upstream_total)
         rows["PlayRound server span"].append(total)
     return Breakdown(len(servers), complete, rows)
@@ -619,7 +616,8 @@ def print_row(label: str, values: list[float], whole: float | None) -> None:
 def print_breakdown(window: Window, b: Breakdown) -> None:
     print(
         f"\nwhere the time goes at {window.label}: {b.complete} of {b.traced} PlayRound"
-        f" spans (games' trace file) in the window complete (OK, the 6 upstream calls in order)"
+        f" spans (games' trace file) in the window complete (OK, the {len(STEPS)} upstream calls"
+        " in order)"
     )
     print(f"  {'step, in order':<56} {'mean ms':>7} {'p50 ms':>7} {'p99 ms':>7} {'share':>6}")
     whole = statistics.fmean(b.rows["PlayRound server span"])
@@ -630,7 +628,7 @@ def print_breakdown(window: Window, b: Breakdown) -> None:
         print_row(label, b.rows[label], whole)
     print(f"  {'-' * 56}")
     for label in (
-        "upstream calls (sum of the 6)",
+        UPSTREAM_SUM,
         "games own (db journal/archive + overhead)",
         "PlayRound server span",
     ):
@@ -643,85 +641,6 @@ def print_breakdown(window: Window, b: Breakdown) -> None:
     )
 
 
-async def direct_steps(stubs: Stubs, seats: list[Seat], n: int, ledger: Ledger) -> None:
-    """Fallback when spans are unusable: one client calls the upstreams a round needs, in
-    games' order, timing each (games' own journal writes are not made here)."""
-    math = catalog.current("dice")
-    bet = math.parse_bet(messages.bet_json("dice", BET))
-    times: dict[str, list[float]] = collections.defaultdict(list)
-    comp, wallet, rng = stubs.compliance["games"], stubs.wallet["games"], stubs.rng
-
-    async def timed(label: str, call: Awaitable[Any]) -> Any:
-        started = time.perf_counter()
-        reply = await call
-        times[label].append((time.perf_counter() - started) * 1000)
-        return reply
-
-    for i in range(n):
-        seat = seats[i % len(seats)]
-        round_id = str(uuid.uuid4())
-        bet_id = f"bench-bet-{round_id}"
-        labels = [label for _, label in STEPS]
-        started = time.perf_counter()
-        await timed(
-            labels[0],
-            comp.CheckAction(
-                compliance_pb2.CheckActionRequest(
-                    player_id=seat.player_id,
-                    action=compliance_pb2.ACTION_BET,
-                    amount=gbp(STAKE),
-                    product=compliance_pb2.PRODUCT_TABLE,
-                    request_country_code=COUNTRY,
-                    request_id=bet_id,
-                )
-            ),
-        )
-        opened = await timed(
-            labels[1],
-            rng.OpenRound(
-                rng_pb2.OpenRoundRequest(
-                    request_id=round_id, game_id="dice", game_inputs=b'{"bench":true}'
-                )
-            ),
-        )
-        rng_round = opened.round.round_id
-        await timed(
-            labels[2],
-            wallet.PlaceBet(
-                wallet_pb2.PlaceBetRequest(
-                    request_id=bet_id,
-                    player_id=seat.player_id,
-                    amount=gbp(STAKE),
-                    round_id=round_id,
-                    game_id="dice",
-                    provider="inhouse",
-                )
-            ),
-        )
-        drawn = await timed(labels[3], rng.Draw(dice_draw(rng_round)))
-        payout = math.resolve(bet, (drawn.results[0].values[0],)).payout
-        await timed(
-            labels[4],
-            wallet.SettleWin(
-                wallet_pb2.SettleWinRequest(
-                    request_id=f"bench-win-{round_id}",
-                    player_id=seat.player_id,
-                    amount=gbp(payout),
-                    round_id=round_id,
-                    bet_request_id=bet_id,
-                    game_id="dice",
-                    provider="inhouse",
-                )
-            ),
-        )
-        ledger.rounds[round_id] = (seat.player_id, STAKE, payout)
-        await timed(labels[5], rng.CloseRound(rng_pb2.CloseRoundRequest(round_id=rng_round)))
-        times["upstream calls (sum of the 6)"].append((time.perf_counter() - started) * 1000)
-    print(f"  {'step, in order':<56} {'mean ms':>7} {'p50 ms':>7} {'p99 ms':>7}")
-    for label in [label for _, label in STEPS] + ["upstream calls (sum of the 6)"]:
-        print_row(label, times[label], None)
-
-
 # --- RNG ------------------------------------------------------------------------------------
 
 
@@ -730,6 +649,7 @@ def dice_draw(round_id: str) -> rng_pb2.DrawRequest:
         round_id=round_id,
         specs=[rng_pb2.DrawSpec(integers=rng_pb2.IntegerDraw(low=0, high=DICE_ROLLS - 1, count=1))],
         draw_index=0,
+        close_round=True,
     )
 
 
@@ -746,7 +666,6 @@ async def rng_service(
                 )
             )
             await stub.Draw(dice_draw(opened.round.round_id))
-            await stub.CloseRound(rng_pb2.CloseRoundRequest(round_id=opened.round.round_id))
         except grpc.aio.AioRpcError as exc:
             errors[error_key(exc)] += 1
 
@@ -759,7 +678,7 @@ async def rng_service(
     cores = cpu.stop()
     p50, p95, p99 = percentiles(latencies)
     print(
-        f"  rng service, {RNG_CLIENTS} clients, OpenRound + Draw(1 of {DICE_ROLLS}) + CloseRound:"
+        f"  rng service, {RNG_CLIENTS} clients, OpenRound + closing Draw(1 of {DICE_ROLLS}):"
         f" {(len(latencies) - errors.total()) / elapsed:,.0f} rounds (= draws)/s,"
         f" per round P50 {p50:.1f} / P95 {p95:.1f} / P99 {p99:.1f} ms, {errors.total()} errors;"
         f" cores rng {cores['rng']:.2f}, pg {cores['postgres']:.2f}, load {cores['load']:.2f}"
@@ -891,22 +810,12 @@ async def run(args: argparse.Namespace, tmp: Path, started: dict[str, ServicePro
         windows = await measure(rounds, loads, args.seconds, started, spans, keep)
 
         await asyncio.sleep(3 * SPAN_FLUSH_MS / 1000)  # the last spans reach the file
-        timed_directly = False
         for window in windows:
-            b = None if args.direct_steps else breakdown(read_spans(spans, window), window)
-            if b is not None and b.complete >= 10:
+            b = breakdown(read_spans(spans, window), window)
+            if b.complete:
                 print_breakdown(window, b)
-                continue
-            why = "--direct-steps" if b is None else f"{b.complete} of {b.traced} complete"
-            print(f"\nwhere the time goes at {window.label}: games' spans unusable ({why})")
-            if not timed_directly:
-                print(
-                    "  timed instead by this bench calling the upstreams directly in games'"
-                    " order, 1 client, 200 rounds (games' own journal writes not made: its"
-                    " share is PlayRound's latency at 1 client minus the sum)"
-                )
-                await direct_steps(stubs, seats, 200, rounds.ledger)
-                timed_directly = True
+            else:
+                print(f"\nwhere the time goes at {window.label}: no complete PlayRound spans")
 
         print(f"\nRNG draws/s ({args.seconds:g} s)")
         await rng_service(stubs.rng, args.seconds, started)
@@ -926,11 +835,6 @@ async def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[50, 100, 200])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--players", type=int, default=500)
-    parser.add_argument(
-        "--direct-steps",
-        action="store_true",
-        help="time the steps by calling the upstreams directly instead of from games' spans",
-    )
     args = parser.parse_args()
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"{os.cpu_count()} cores, load average {load} before the start")
