@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,8 +128,6 @@ class Prepared:
 class Played:
     round: RoundRecord
     replayed: bool
-    # The round finished in this call (so the session counts it).
-    finished_here: bool
 
 
 def _now() -> dt.datetime:
@@ -147,6 +145,7 @@ class Lifecycle:
         *,
         stakes: StakeBounds,
         lease_seconds: float,
+        on_archived: Callable[[RoundRecord], Awaitable[None]] | None = None,
         clock: Callable[[], dt.datetime] = _now,
     ) -> None:
         self._engine = engine
@@ -157,6 +156,7 @@ class Lifecycle:
         self._stakes = stakes
         self._lease = lease_seconds
         self._clock = clock
+        self._on_archived = on_archived
 
     # ---------------------------------------------------------------------------- live
 
@@ -220,7 +220,7 @@ class Lifecycle:
             assert existing is not None
             return await self.resume(existing)
         done = await self.advance(r, recovering=False)
-        return Played(done, replayed=False, finished_here=True)
+        return Played(done, replayed=False)
 
     async def _find(
         self, player_id: str, request_id: str, fingerprint: bytes
@@ -236,9 +236,9 @@ class Lifecycle:
         if r.finished:
             if r.state is State.VOIDED and r.void_reason != NOT_DRAWN:
                 raise RoundVoided(r)
-            return Played(r, replayed=True, finished_here=False)
+            return Played(r, replayed=True)
         done = await self.advance(r, recovering=False)
-        return Played(done, replayed=True, finished_here=False)
+        return Played(done, replayed=True)
 
     # ---------------------------------------------------------------------------- steps
 
@@ -405,8 +405,14 @@ class Lifecycle:
             bet_request_id=bet_transaction_id(r.round_id),
             round_id=str(r.round_id),
         )
+        # The archive names the stake the wallet took and gave back, or none if it never
+        # arrived (the wallet then holds a tombstone that refuses it).
+        taken = None if step.nothing_to_undo else bet_transaction_id(r.round_id)
         return await self._void(
-            r, reason=NOT_DRAWN, settle=step.transaction_id, balance=step.available_minor
+            r.but(bet_transaction_id=taken),
+            reason=NOT_DRAWN,
+            settle=step.transaction_id,
+            balance=step.available_minor,
         )
 
     async def _close_rng(self, r: RoundRecord) -> None:
@@ -440,4 +446,13 @@ class Lifecycle:
         )
         async with self._engine.begin() as conn:
             archived = await store.archive(conn, r, final, record, digest, [event])
-        return final if archived else await self._reload(r)
+        if not archived:
+            return await self._reload(r)
+        if self._on_archived is not None:
+            # Whoever archives the round (the call or the recovery worker) tells the session,
+            # once. Display state: a failure here is logged, never the round's failure.
+            try:
+                await self._on_archived(final)
+            except Exception as exc:
+                log.warning("session not updated", round_id=str(final.round_id), error=str(exc))
+        return final

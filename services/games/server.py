@@ -243,17 +243,6 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
                     await self._sessions.release_spin(session, claim)
                 raise
         r = played.round
-        if played.finished_here:
-            staked = r.stake_minor if r.state.value == "COMPLETED" else 0
-            await self._sessions.record_round(
-                session,
-                staked,
-                r.payout_minor or 0 if staked else 0,
-                r.balance_after_minor
-                if r.balance_after_minor is not None
-                else session.balance_minor,
-                _now(),
-            )
         session = await self._sessions.load(session.player_id, session.session_id, allow_ended=True)
         return pb.PlayRoundResponse(
             round=messages.round_message(round_fields(r)),
@@ -409,6 +398,7 @@ async def build(runtime: ServiceRuntime) -> None:
     compliance = ComplianceClient(runtime.channel("compliance"))
     wallet = WalletClient(runtime.channel("wallet"))
     rng = RngClient(runtime.channel("rng"))
+    sessions = Sessions(runtime.redis(), settings.session_idle_seconds)
     lifecycle = Lifecycle(
         engine,
         compliance,
@@ -417,6 +407,7 @@ async def build(runtime: ServiceRuntime) -> None:
         messages.round_archived_event,
         stakes=StakeBounds(settings.min_stake_minor, settings.max_stake_minor),
         lease_seconds=settings.lease_seconds,
+        on_archived=sessions.record_round,
     )
     partitions = ArchivePartitions(
         engine,
@@ -430,7 +421,7 @@ async def build(runtime: ServiceRuntime) -> None:
         pb.DESCRIPTOR.services_by_name["GamesService"],
         GamesService(
             engine,
-            Sessions(runtime.redis(), settings.session_idle_seconds),
+            sessions,
             lifecycle,
             compliance,
             wallet,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from services.games.rounds import RoundRecord, State
 from services.runtime.errors import Code, DomainError, NotFound
 
 SESSION_KEY = "games:session:{{{session_id}}}"
@@ -115,7 +116,8 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[1], 'rounds', 1)
 redis.call('HINCRBY', KEYS[1], 'staked', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'won', ARGV[2])
-redis.call('HSET', KEYS[1], 'balance', ARGV[3], 'expire_ms', ARGV[5])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'balance', ARGV[3]) end
+redis.call('HSET', KEYS[1], 'expire_ms', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
@@ -225,12 +227,17 @@ class Sessions:
     async def release_spin(self, session: Session, claim: int) -> None:
         await self._release(keys=[SESSION_KEY.format(session_id=session.session_id)], args=[claim])
 
-    async def record_round(
-        self, session: Session, staked: int, won: int, balance: int, now: dt.datetime
-    ) -> None:
+    async def record_round(self, r: RoundRecord) -> None:
+        """Count a finished round in its session (if still alive): a voided round staked
+        nothing; the balance shown becomes the wallet's after the round."""
+        staked = r.stake_minor if r.state is State.COMPLETED else 0
+        won = (r.payout_minor or 0) if staked else 0
+        args: list[int | str] = [staked, won, "", self._idle_ms]
+        if r.balance_after_minor is not None:
+            args[2] = r.balance_after_minor
         await self._record(
-            keys=[SESSION_KEY.format(session_id=session.session_id)],
-            args=[staked, won, balance, self._idle_ms, _ms(now) + self._idle_ms],
+            keys=[SESSION_KEY.format(session_id=r.session_id)],
+            args=[*args, _ms(dt.datetime.now(dt.UTC)) + self._idle_ms],
         )
 
     async def acknowledge(self, session: Session, now: dt.datetime) -> Session:

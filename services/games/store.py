@@ -244,6 +244,7 @@ async def archive(
         text(
             f"UPDATE {SCHEMA}.rounds SET state = :new, update_time = now(),"
             " close_time = :close, settle_transaction_id = :settle, void_reason = :void,"
+            " bet_transaction_id = :bet,"
             " balance_after_minor = :balance, rng_round_id = :rng_round_id,"
             " rng_generator = :rng_generator, rng_sampling = :rng_sampling,"
             " fair_commitment = :fair_commitment, fair_nonce = :fair_nonce"
@@ -258,6 +259,7 @@ async def archive(
             "new": final.state.value,
             "close": final.close_time,
             "settle": final.settle_transaction_id,
+            "bet": final.bet_transaction_id,
             "void": final.void_reason,
             "balance": final.balance_after_minor,
             "p": r.player_id,

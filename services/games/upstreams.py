@@ -146,6 +146,8 @@ class ComplianceClient:
 class WalletStep:
     transaction_id: str
     available_minor: int
+    # A rollback that found no bet (the wallet recorded a tombstone instead).
+    nothing_to_undo: bool = False
 
 
 def _money(amount: int, currency: str) -> money_pb2.Money:
@@ -153,7 +155,9 @@ def _money(amount: int, currency: str) -> money_pb2.Money:
 
 
 def _step(posting: wallet_pb2.Posting) -> WalletStep:
-    return WalletStep(posting.transaction.request_id, posting.balance.available_minor)
+    return WalletStep(
+        posting.transaction.request_id, posting.balance.available_minor, posting.nothing_to_undo
+    )
 
 
 class WalletClient:
