@@ -139,11 +139,15 @@ async def test_with_redis_down_stricter_local_limits_apply_and_money_reads_fail_
         async with httpx.AsyncClient(base_url=edge_behind_cuttable_redis.url(), timeout=10) as http:
             # The catalog needs no token and stays open, under a local limiter at a quarter
             # of its rate and burst (200 -> 50): never unlimited.
-            replies = await burst(http, "/v1/ping", 120)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            replies = await burst(http, "/v1/ping", 200)
+            elapsed = loop.time() - started
             served = [r for r in replies if r.status_code == 200]
             refused = [r for r in replies if r.status_code == 429]
             assert len(served) + len(refused) == len(replies), {r.status_code for r in replies}
-            assert refused and len(served) < 100
+            # The local burst, plus what its rate refilled while the burst was in flight.
+            assert refused and len(served) <= 50 + int(elapsed * 50) + 1
             assert "catalog-local" in refused[0].headers["RateLimit-Policy"]
             # A money read cannot check the token's revocation: refused, not waved through.
             wallet = await http.get(

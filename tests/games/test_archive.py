@@ -11,11 +11,13 @@ import json
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable, Iterator
 
 import aio_pika
 import psycopg
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from psycopg.types.json import Jsonb
 
 from casino.games.v1 import events_pb2
 from casino.games.v1 import games_pb2 as pb
@@ -66,6 +68,34 @@ def tamper(sql: str, *params: object) -> None:
         conn.commit()
 
 
+@pytest.fixture
+def put_back() -> Iterator[Callable[..., None]]:
+    """`put_back(table, where, *params)` before tampering: those rows, as they were, are
+    restored after the test. The suites share the database, and others verify the same
+    chains."""
+    saved: list[tuple[str, str, tuple[object, ...], list[str], list[tuple[object, ...]]]] = []
+
+    def keep(table: str, where: str, *params: object) -> None:
+        with psycopg.connect(admin_dsn()) as conn:
+            cursor = conn.execute(f"SELECT * FROM {table} WHERE {where}", params)
+            columns = [c.name for c in cursor.description or ()]
+            saved.append((table, where, params, columns, cursor.fetchall()))
+
+    yield keep
+    with psycopg.connect(admin_dsn(), autocommit=False) as conn:
+        conn.execute("SET LOCAL session_replication_role = replica")
+        for table, where, params, columns, rows in reversed(saved):
+            conn.execute(f"DELETE FROM {table} WHERE {where}", params)
+            marks = ", ".join(["%s"] * len(columns))
+            for row in rows:
+                values = [Jsonb(v) if isinstance(v, dict | list) else v for v in row]
+                conn.execute(
+                    f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})",
+                    values,
+                )
+        conn.commit()
+
+
 @pytest.mark.parametrize("game_id", ["dice", "roulette", "slot"])
 async def test_replay_reproduces_the_archived_outcome_of_every_game(
     games, clients: Clients, game_id: str
@@ -83,7 +113,7 @@ async def test_replay_reproduces_the_archived_outcome_of_every_game(
 
 
 async def test_an_altered_archived_round_is_detected_by_replay_and_archive_verification(
-    games, clients: Clients
+    games, clients: Clients, put_back: Callable[..., None]
 ) -> None:
     player = await clients.player()
     r = await play(clients.games(games), player, "dice")
@@ -96,6 +126,7 @@ async def test_an_altered_archived_round_is_detected_by_replay_and_archive_verif
     assert clean.ok and clean.rounds_checked >= 1, clean.problems
 
     # A generous payout written into the archived record.
+    put_back("games.round_archive", "round_id = %s", uuid.UUID(r.round_id))
     tamper(
         "UPDATE games.round_archive SET record = jsonb_set(record, '{payout_minor}', '100000')"
         " WHERE round_id = %s",
@@ -129,9 +160,12 @@ async def test_an_altered_archived_round_is_detected_by_replay_and_archive_verif
     assert any("payout" in p for p in replay.problems), replay.problems
 
 
-async def test_a_deleted_archived_round_is_reported_missing(games, clients: Clients) -> None:
+async def test_a_deleted_archived_round_is_reported_missing(
+    games, clients: Clients, put_back: Callable[..., None]
+) -> None:
     player = await clients.player()
     r = await play(clients.games(games), player, "roulette")
+    put_back("games.round_archive", "round_id = %s", uuid.UUID(r.round_id))
     tamper("DELETE FROM games.round_archive WHERE round_id = %s", uuid.UUID(r.round_id))
     close = r.close_time.ToDatetime(dt.UTC)
     report = await clients.games(games, "backoffice").VerifyArchive(
@@ -143,10 +177,13 @@ async def test_a_deleted_archived_round_is_reported_missing(games, clients: Clie
     assert ("ROUND_MISSING", r.round_id) in {(p.kind, p.round_id) for p in report.problems}
 
 
-async def test_an_altered_rng_draw_record_is_detected_by_replay(games, clients: Clients) -> None:
+async def test_an_altered_rng_draw_record_is_detected_by_replay(
+    games, clients: Clients, put_back: Callable[..., None]
+) -> None:
     player = await clients.player()
     r = await play(clients.games(games), player, "dice")
     forged = (r.draws[0] + 1) % 10_000
+    put_back("rng.verdicts", "action = 'ROUND_DRAW' AND inputs->>'round_id' = %s", r.rng_round_id)
     tamper(
         "UPDATE rng.verdicts SET inputs = jsonb_set(inputs, '{values}', %s::jsonb)"
         " WHERE action = 'ROUND_DRAW' AND inputs->>'round_id' = %s",
