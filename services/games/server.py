@@ -131,9 +131,11 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
             ]
         )
 
-    async def _session(self, player_id: str, session_id: str) -> Session:
+    async def _session(
+        self, player_id: str, session_id: str, *, allow_ended: bool = False
+    ) -> Session:
         return await self._sessions.load(
-            _own_player(player_id), text_field("session_id", session_id)
+            _own_player(player_id), text_field("session_id", session_id), allow_ended=allow_ended
         )
 
     async def StartSession(
@@ -191,11 +193,7 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
     async def GetSession(
         self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSessionResponse:
-        session = await self._sessions.load(
-            _own_player(request.player_id),
-            text_field("session_id", request.session_id),
-            allow_ended=True,
-        )
+        session = await self._session(request.player_id, request.session_id, allow_ended=True)
         return pb.GetSessionResponse(session=messages.session_message(session))
 
     async def AcknowledgeRealityCheck(
@@ -208,11 +206,7 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
     async def EndSession(
         self, request: pb.EndSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.EndSessionResponse:
-        session = await self._sessions.load(
-            _own_player(request.player_id),
-            text_field("session_id", request.session_id),
-            allow_ended=True,
-        )
+        session = await self._session(request.player_id, request.session_id, allow_ended=True)
         session = await self._sessions.end(session)
         return pb.EndSessionResponse(session=messages.session_message(session))
 
