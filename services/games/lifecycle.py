@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.games import catalog, store
@@ -48,6 +49,12 @@ from services.runtime.errors import Code, DomainError, IdempotencyMismatch, Inva
 from services.runtime.logs import get_logger
 
 log = get_logger()
+
+ARCHIVED = Counter(
+    "casino_games_rounds_archived_total",
+    "Rounds archived, by game and how they ended (COMPLETED, VOIDED).",
+    ["game", "state"],
+)
 
 # Round ids are derived from (player, request_id): a retry is the same round everywhere (the
 # compliance usage count, the RNG round, the wallet's transaction ids).
@@ -448,6 +455,7 @@ class Lifecycle:
             archived = await store.archive(conn, r, final, record, digest, [event])
         if not archived:
             return await self._reload(r)
+        ARCHIVED.labels(final.game_id, final.state.value).inc()
         if self._on_archived is not None:
             # Whoever archives the round (the call or the recovery worker) tells the session,
             # once. Display state: a failure here is logged, never the round's failure.

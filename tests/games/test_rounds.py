@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import urllib.request
 import uuid
 
 import grpc
@@ -24,10 +25,21 @@ from tests.support.edge_player import AsEdgePlayer
 pytestmark = pytest.mark.asyncio
 
 
+def archived_rounds(process, game_id: str) -> float:
+    """The games service's count of archived COMPLETED rounds of a game, from /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{process.ports['metrics_port']}/metrics")
+    prefix = f'casino_games_rounds_archived_total{{game="{game_id}",state="COMPLETED"}}'
+    for line in text.read().decode().splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
+
+
 async def test_a_dice_round_debits_the_stake_credits_the_win_and_is_archived(
     games, clients: Clients
 ) -> None:
     stub = clients.games(games)
+    archived_before = archived_rounds(games, "dice")
     player = await clients.player(deposit=10_000)
     session = await start_session(stub, player, "dice")
     assert session.balance_minor == 10_000
@@ -53,6 +65,8 @@ async def test_a_dice_round_debits_the_stake_credits_the_win_and_is_archived(
     assert r.balance_after_minor == balance.available_minor
     assert reply.session.rounds_played == 1
     assert reply.session.net_position_minor == r.payout.amount_minor - 100
+
+    assert archived_rounds(games, "dice") == archived_before + 1
 
     fetched = (await stub.GetRound(pb.GetRoundRequest(player_id=player, round_id=r.round_id))).round
     assert fetched.state == pb.ROUND_STATE_COMPLETED
