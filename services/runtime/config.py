@@ -83,6 +83,11 @@ class TelemetryConfig:
 class HealthConfig:
     probe_interval_seconds: float = 1.0
     probe_timeout_seconds: float = 1.0
+    # A dependency that was up is reported down after this many failed probes in a row (as
+    # Kubernetes' failureThreshold): under a burst a probe can wait behind a busy pool, and a
+    # replica leaving rotation for that would push its load onto the others. One that never
+    # answered since the start is down at once.
+    probe_failure_threshold: int = 3
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ class Readiness:
         services: list[str],
         interval: float,
         timeout: float,
+        failure_threshold: int = 1,
     ) -> None:
         self.servicer = servicer
         # "" is the overall status that probes ask for by default.
@@ -37,6 +38,8 @@ class Readiness:
         self._probes: dict[str, Probe] = {}
         self._interval = interval
         self._timeout = timeout
+        self._failure_threshold = max(1, failure_threshold)
+        self._failures: dict[str, int] = {}
         self._up: dict[str, bool] = {}
         self._serving: bool | None = None
         self._stopping = False
@@ -59,10 +62,20 @@ class Readiness:
     async def _probe(self, name: str, probe: Probe) -> bool:
         try:
             await asyncio.wait_for(probe(), self._timeout)
+            self._failures[name] = 0
             ok = True
         except Exception as exc:
-            ok = False
-            if self._up.get(name, True):
+            failures = self._failures[name] = self._failures.get(name, 0) + 1
+            was_up = self._up.get(name, False)
+            ok = was_up and failures < self._failure_threshold
+            if was_up and not ok:
+                log.warning(
+                    "dependency down",
+                    dependency=name,
+                    failed_probes=failures,
+                    error=str(exc) or type(exc).__name__,
+                )
+            elif name not in self._up:
                 log.warning(
                     "dependency down", dependency=name, error=str(exc) or type(exc).__name__
                 )

@@ -61,6 +61,7 @@ class ServiceRuntime:
             [],
             config.health.probe_interval_seconds,
             config.health.probe_timeout_seconds,
+            config.health.probe_failure_threshold,
         )
         self._engine: AsyncEngine | None = None
         self._redis: Redis | None = None
