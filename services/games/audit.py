@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.games import catalog, store
-from services.games.rounds import record_hash
+from services.games.rounds import game_inputs, record_hash
 from services.games.upstreams import RngClient
 from services.runtime import verdict_log
 from services.runtime.errors import NotFound
@@ -82,17 +82,7 @@ async def replay(
     if not replayed.matches:
         report.problems.append("the RNG's recomputed draws differ from its audit records")
     math = catalog.by_version(record["math_version"])
-    expected_inputs = catalog.canonical_json(
-        {
-            "round_id": record["round_id"],
-            "player_id": record["player_id"],
-            "game_id": record["game_id"],
-            "math_version": record["math_version"],
-            "currency": record["currency"],
-            "bet": record["bet"],
-        }
-    )
-    if replayed.game_inputs != expected_inputs:
+    if replayed.game_inputs != game_inputs(record):
         report.problems.append(
             "the archived bet differs from the bet the RNG round was opened with"
         )

@@ -90,18 +90,23 @@ class RoundRecord:
         return self.state in TERMINAL
 
     def game_inputs(self) -> bytes:
-        """What the RNG binds into the round's stream and keeps in its audit chain: the round,
-        its player and its bet, so the RNG's record also vouches for the archived bet."""
-        return canonical_json(
-            {
-                "round_id": str(self.round_id),
-                "player_id": self.player_id,
-                "game_id": self.game_id,
-                "math_version": self.math_version,
-                "currency": self.currency,
-                "bet": self.bet,
-            }
-        )
+        return game_inputs(round_fields(self))
+
+
+def game_inputs(fields: Mapping[str, Any]) -> bytes:
+    """What the RNG binds into a round's stream and keeps in its audit chain: the round, its
+    player and its bet (from the round's fields or its archived record), so the RNG's record
+    also vouches for the archived bet."""
+    return canonical_json(
+        {
+            "round_id": fields["round_id"],
+            "player_id": fields["player_id"],
+            "game_id": fields["game_id"],
+            "math_version": fields["math_version"],
+            "currency": fields["currency"],
+            "bet": fields["bet"],
+        }
+    )
 
 
 def _iso(moment: dt.datetime) -> str:

@@ -232,12 +232,11 @@ class Sessions:
         nothing; the balance shown becomes the wallet's after the round."""
         staked = r.stake_minor if r.state is State.COMPLETED else 0
         won = (r.payout_minor or 0) if staked else 0
-        args: list[int | str] = [staked, won, "", self._idle_ms]
-        if r.balance_after_minor is not None:
-            args[2] = r.balance_after_minor
+        balance = "" if r.balance_after_minor is None else r.balance_after_minor
+        expire_ms = _ms(dt.datetime.now(dt.UTC)) + self._idle_ms
         await self._record(
             keys=[SESSION_KEY.format(session_id=r.session_id)],
-            args=[*args, _ms(dt.datetime.now(dt.UTC)) + self._idle_ms],
+            args=[staked, won, balance, self._idle_ms, expire_ms],
         )
 
     async def acknowledge(self, session: Session, now: dt.datetime) -> Session:
