@@ -26,7 +26,6 @@ from services.runtime.call import (
     EDGE_IDENTITY,
     PLAYER_METADATA,
     CallInfo,
-    current_call,
     enter_call,
     leave_call,
 )
@@ -228,30 +227,3 @@ class RuntimeServerInterceptor(grpc.aio.ServerInterceptor):
                     yield item
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, des, ser)
-
-
-class DeadlinePropagation(
-    grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor
-):
-    """An outgoing call made while serving an RPC gets at most the time left of that RPC's
-    deadline; a call made outside any RPC gets the upstream's default timeout."""
-
-    def __init__(self, default_timeout: float | None) -> None:
-        self._default = default_timeout
-
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        timeout = details.timeout if details.timeout is not None else self._default
-        call = current_call()
-        remaining = call.time_remaining() if call else None
-        if remaining is not None:
-            remaining = max(remaining, 0.0)
-            timeout = remaining if timeout is None else min(timeout, remaining)
-        return grpc.aio.ClientCallDetails(
-            details.method, timeout, details.metadata, details.credentials, details.wait_for_ready
-        )
-
-    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
-        return await continuation(self._details(client_call_details), request)
-
-    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
-        return await continuation(self._details(client_call_details), request)
