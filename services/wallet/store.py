@@ -182,10 +182,13 @@ def _prior(row: StoredTransaction) -> Prior:
     )
 
 
+# Currencies travel as char(3)[], the column's own type: compared as text[], the column
+# would be cast per row and only the player half of the key usable, and the planner turns
+# to hashing the whole accounts table (a sequential scan per batch, growing with players).
 _LOCK_ACCOUNTS = text(
     "SELECT a.player_id, a.currency, a.posted, a.reserved, a.last_sequence, a.last_hash"
     " FROM wallet.accounts a"
-    " JOIN unnest(CAST(:players AS text[]), CAST(:currencies AS text[])) AS k(p, c)"
+    " JOIN unnest(CAST(:players AS text[]), CAST(:currencies AS char(3)[])) AS k(p, c)"
     " ON a.player_id = k.p AND a.currency = k.c"
     " ORDER BY a.player_id, a.currency FOR UPDATE OF a"
 )
@@ -416,7 +419,7 @@ _WRITE_POSTINGS = text(
     f" SELECT v.* FROM {_unnest(_ENTRY_ARRAY_TYPES, 'e_')} WHERE (SELECT all_new FROM go)),"
     " moved AS (UPDATE wallet.accounts a SET posted = v.posted, reserved = v.reserved,"
     " last_sequence = v.sequence, last_hash = v.hash"
-    " FROM unnest(CAST(:a_players AS text[]), CAST(:a_currencies AS text[]),"
+    " FROM unnest(CAST(:a_players AS text[]), CAST(:a_currencies AS char(3)[]),"
     " CAST(:a_posted AS bigint[]), CAST(:a_reserved AS bigint[]),"
     " CAST(:a_sequences AS bigint[]), CAST(:a_hashes AS bytea[]))"
     " AS v(player_id, currency, posted, reserved, sequence, hash)"
