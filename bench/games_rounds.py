@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 from google.type.date_pb2 import Date  # noqa: E402
 
 from bench.harness import (  # noqa: E402
+    AMQP_URL,
     BenchPki,
     CpuSplit,
     bench_pki,
@@ -64,6 +65,7 @@ from bench.harness import (  # noqa: E402
     drive_at_rate,
     percentiles,
     pids_named,
+    purge_unrouted_events,
     start_service,
 )
 from casino.common.v1.money_pb2 import Money  # noqa: E402
@@ -87,7 +89,6 @@ DEPOSIT = 10**9  # ten million pounds: a 100 bet every millisecond for more than
 SETUP_CONCURRENCY = 32
 RNG_CLIENTS = 8
 DICE_ROLLS = 10_000
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/casino_bench"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 SPAN_FLUSH_MS = 200
 BET = pb.Bet(dice=pb.DiceBet(stake_minor=STAKE, target=TARGET, direction=pb.DICE_DIRECTION_UNDER))
@@ -838,6 +839,7 @@ async def main() -> None:
     args = parser.parse_args()
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"{os.cpu_count()} cores, load average {load} before the start")
+    print(f"unrouted events left by earlier runs, dropped: {await purge_unrouted_events()}")
     started: dict[str, ServiceProcess] = {}
     codes: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="bench-games-") as folder:

@@ -56,12 +56,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import (  # noqa: E402
+    AMQP_URL,
     BenchPki,
     CpuSplit,
     bench_pki,
     drive,
     percentiles,
     pids_named,
+    purge_unrouted_events,
     start_service,
     start_services,
 )
@@ -80,7 +82,7 @@ url = "redis://127.0.0.1:6379/0"
 [wallet]
 currencies = ["{CURRENCY}"]
 outbox_relay = true
-amqp_url = "amqp://guest:guest@127.0.0.1:5672/casino_bench"
+amqp_url = "{AMQP_URL}"
 """
 STAKE = 100
 WIN = 150
@@ -529,6 +531,7 @@ async def main() -> None:
         "seconds per second (service = the wallet, the echo service, or nothing for pgbench; "
         "loadgen = this process, or pgbench; irq = softirq time, e.g. loopback networking)"
     )
+    print(f"unrouted events left by earlier runs, dropped: {await purge_unrouted_events()}")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         pki = bench_pki(tmp)
