@@ -40,7 +40,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from edge.auth import TokenVerifier, TokenVerifierConfig
+from edge.auth import TokenVerifier, TokenVerifierConfig, check_not_revoked, revocation_key
 from edge.config import (
     ADMIN,
     LISTENERS,
@@ -325,13 +325,13 @@ class ListenerApp:
                 # No player: the client address's budget, or its named source's (a PSP).
                 decision = await self.limiter.check(endpoint_class, anonymous_key)
             else:
-                # The signature is checked here; the revocation check and the rate limit are
-                # two independent Redis calls, made at once.
+                # The signature is checked here, in process; the player's revocation instant
+                # is read by the rate limiter's Redis call: one round trip for both.
                 principal = self.verifier.decode(headers.get("authorization"))
-                _, decision = await asyncio.gather(
-                    self.verifier.ensure_not_revoked(principal, endpoint_class),
-                    self.limiter.check(endpoint_class, f"player:{principal.player_id}"),
+                decision, revoked_before = await self.limiter.check_and_read(
+                    endpoint_class, f"player:{principal.player_id}", revocation_key(principal)
                 )
+                check_not_revoked(principal, endpoint_class, revoked_before)
         except DomainError as exc:
             raise _tag(from_domain_error(exc), route) from None
         limit_headers = dict(decision.headers)

@@ -12,7 +12,8 @@ before any signature check).
 
 Revocation: identity keeps `identity:revoked-before:<player_id>` (unix seconds) in Redis on
 logout, refresh-token reuse and self-exclusion; a token issued before that instant
-(iat < value) is refused. That is one GET per authenticated request. If Redis cannot answer,
+(iat < value) is refused. The edge reads it in its rate-limit call (one Redis round trip per
+request; `ensure_not_revoked` is the same rule with a GET of its own). If Redis cannot answer,
 money-moving classes fail closed (503 DEPENDENCY_UNAVAILABLE, the client retries) and
 CATALOG fails open (a revoked token can at most read the lobby until it expires).
 
@@ -35,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from redis.asyncio import Redis
 
-from edge.ratelimit import class_name
+from edge.ratelimit import UNAVAILABLE, Lookup, class_name
 from services.runtime.breaker import AsyncBreaker, CircuitOpen
 from services.runtime.errors import Code, DependencyUnavailable, DomainError
 from services.runtime.logs import get_logger
@@ -240,20 +241,33 @@ class TokenVerifier:
         """The player's sessions were not ended after this token was issued (one GET)."""
         if self._redis is None:
             return
-        cls = class_name(endpoint_class)
         redis_client = self._redis
-        key = REVOKED_BEFORE_KEY.format(player_id=principal.player_id)
+        key = revocation_key(principal)
         try:
-            value = await self._breaker.call(lambda: redis_client.get(key))
+            lookup = Lookup(True, await self._breaker.call(lambda: redis_client.get(key)))
         except (
             CircuitOpen,
             redis.exceptions.ConnectionError,
             redis.exceptions.TimeoutError,
             OSError,  # builtin TimeoutError (asyncio's since 3.11) included
         ) as exc:
-            if cls in FAIL_OPEN_CLASSES:
-                return
             log.warning("token revocation check unavailable", error=repr(exc))
-            raise DependencyUnavailable("redis") from None
-        if value is not None and principal.iat < int(value):
-            raise Unauthenticated("TOKEN_REVOKED", "the session was ended; log in again")
+            lookup = UNAVAILABLE
+        check_not_revoked(principal, endpoint_class, lookup)
+
+
+def revocation_key(principal: Principal) -> str:
+    """Where identity keeps the instant before which this player's tokens are void."""
+    return REVOKED_BEFORE_KEY.format(player_id=principal.player_id)
+
+
+def check_not_revoked(principal: Principal, endpoint_class: str | int, lookup: Lookup) -> None:
+    """The revocation rule on a looked-up `revocation_key` value (from a GET, or read by the
+    rate limiter's call): issued before the instant -> TOKEN_REVOKED; not knowable -> money
+    classes fail closed (DEPENDENCY_UNAVAILABLE), CATALOG open."""
+    if not lookup.available:
+        if class_name(endpoint_class) in FAIL_OPEN_CLASSES:
+            return
+        raise DependencyUnavailable("redis")
+    if lookup.value is not None and principal.iat < int(lookup.value):
+        raise Unauthenticated("TOKEN_REVOKED", "the session was ended; log in again")

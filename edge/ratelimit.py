@@ -143,6 +143,18 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class Lookup:
+    """A key read alongside a rate-limit check: its value (None if absent), or unavailable
+    when Redis could not answer."""
+
+    available: bool
+    value: bytes | str | None = None
+
+
+UNAVAILABLE = Lookup(available=False)
+
+
+@dataclass(frozen=True)
 class _Verdict:
     """One GCRA step, in seconds."""
 
@@ -163,23 +175,27 @@ def _gcra(tat: float, now: float, interval: float, burst: int) -> tuple[_Verdict
     return _Verdict(True, remaining, new_tat - now, 0.0), new_tat
 
 
-# KEYS[1]: the (class, key) state; ARGV: emission interval (us), burst (requests).
-# Returns {allowed, remaining, reset_us, retry_after_us}. Time is Redis's (TIME is allowed in
-# scripts since Redis 5: effects are replicated, not the script).
+# KEYS[1]: the (class, key) state; KEYS[2], if given: a key read in the same call (the
+# caller's other per-request lookup, e.g. the player's token revocation instant, so a request
+# costs one round trip to Redis, not two); ARGV: emission interval (us), burst (requests).
+# Returns {allowed, remaining, reset_us, retry_after_us, KEYS[2]'s value or false}. Time is
+# Redis's (TIME is allowed in scripts since Redis 5: effects are replicated, not the script).
 _GCRA_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local read = false
+if KEYS[2] then read = redis.call('GET', KEYS[2]) end
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local new_tat = tat + interval
 local allow_at = new_tat - interval * burst
 if allow_at > now then
-  return {0, 0, tat - now, allow_at - now}
+  return {0, 0, tat - now, allow_at - now, read}
 end
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
-return {1, math.floor((now + interval * burst - new_tat) / interval), new_tat - now, 0}
+return {1, math.floor((now + interval * burst - new_tat) / interval), new_tat - now, 0, read}
 """
 
 
@@ -235,13 +251,21 @@ class RateLimiter:
 
     async def check(self, endpoint_class: str | int, key: str) -> Decision:
         """Count one request of `key` against `endpoint_class`'s limit."""
+        decision, _ = await self.check_and_read(endpoint_class, key, None)
+        return decision
+
+    async def check_and_read(
+        self, endpoint_class: str | int, key: str, read_key: str | None
+    ) -> tuple[Decision, Lookup]:
+        """check(), and the value of `read_key` read in the same Redis call. When Redis
+        cannot answer, the decision is the local limiter's and the lookup is unavailable."""
         name = class_name(endpoint_class)
         limit = self._limits[name]
         policy = name.lower()
         redis_key = f"{self.config.key_prefix}:{policy}:{key}"
         try:
-            verdict = await self._breaker.call(
-                lambda: self._redis_check(redis_key, limit.rate, limit.burst)
+            verdict, value = await self._breaker.call(
+                lambda: self._redis_check(redis_key, limit.rate, limit.burst, read_key)
             )
         except (
             CircuitOpen,
@@ -254,21 +278,26 @@ class RateLimiter:
             rate = limit.rate / self.config.fallback_divisor
             burst = max(1, int(limit.burst / self.config.fallback_divisor))
             verdict = self._local.check(redis_key, 1.0 / rate, burst)
-            return _decision(verdict, burst, rate, f"{policy}-local", local=True)
-        return _decision(verdict, limit.burst, limit.rate, policy, local=False)
+            return _decision(verdict, burst, rate, f"{policy}-local", local=True), UNAVAILABLE
+        decision = _decision(verdict, limit.burst, limit.rate, policy, local=False)
+        return decision, Lookup(available=True, value=value)
 
-    async def _redis_check(self, redis_key: str, rate: float, burst: int) -> _Verdict:
+    async def _redis_check(
+        self, redis_key: str, rate: float, burst: int, read_key: str | None
+    ) -> tuple[_Verdict, bytes | str | None]:
         interval_us = max(1, round(1_000_000 / rate))
+        keys = [redis_key] if read_key is None else [redis_key, read_key]
         if self._sha is None:
             self._sha = await self._redis.script_load(_GCRA_LUA)
         try:
-            reply = await self._redis.evalsha(self._sha, 1, redis_key, interval_us, burst)
+            reply = await self._redis.evalsha(self._sha, len(keys), *keys, interval_us, burst)
         except redis.exceptions.NoScriptError:
             # Redis restarted (or flushed its script cache) since the script was loaded.
             self._sha = await self._redis.script_load(_GCRA_LUA)
-            reply = await self._redis.evalsha(self._sha, 1, redis_key, interval_us, burst)
-        allowed, remaining, reset_us, retry_us = (int(v) for v in reply)
-        return _Verdict(bool(allowed), remaining, reset_us / 1e6, retry_us / 1e6)
+            reply = await self._redis.evalsha(self._sha, len(keys), *keys, interval_us, burst)
+        allowed, remaining, reset_us, retry_us = (int(v) for v in reply[:4])
+        value = reply[4]  # Lua false (no read key, or the key absent) comes back as None
+        return _Verdict(bool(allowed), remaining, reset_us / 1e6, retry_us / 1e6), value
 
 
 def _decision(verdict: _Verdict, burst: int, rate: float, policy: str, *, local: bool) -> Decision:

@@ -4,11 +4,13 @@ per-class limits, its Redis reached through a proxy the test can cut."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from casino.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from edge.process import EdgeProcess
@@ -157,3 +159,34 @@ async def test_with_redis_down_stricter_local_limits_apply_and_money_reads_fail_
             assert wallet.json()["reason"] == "DEPENDENCY_UNAVAILABLE"
     finally:
         redis_proxy.start()
+
+
+async def test_a_token_issued_before_its_players_logout_is_refused_through_the_edge(
+    limited_edge: EdgeProcess,
+    tokens: TokenMinter,
+    edge_services: dict[str, ServiceProcess],
+    pki: Pki,
+) -> None:
+    # The revocation instant is read by the same Redis call as the rate limit: a revoked
+    # token is refused with 401 TOKEN_REVOKED, a newer one and other players are served.
+    player, other = await open_account(edge_services, pki), await open_account(edge_services, pki)
+    now = int(time.time())
+    old = {"Authorization": f"Bearer {tokens.token(player, iat=now - 60)}"}
+    fresh = {"Authorization": f"Bearer {tokens.token(player, iat=now)}"}
+    redis = Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        async with httpx.AsyncClient(base_url=limited_edge.url(), timeout=10) as http:
+            path = f"/v1/players/{player}/accounts/EUR/balance"
+            assert (await http.get(path, headers=old)).status_code == 200
+            await redis.set(f"identity:revoked-before:{player}", now - 30, ex=60)
+            refused = await http.get(path, headers=old)
+            assert refused.status_code == 401, refused.text
+            assert refused.json()["reason"] == "TOKEN_REVOKED"
+            assert (await http.get(path, headers=fresh)).status_code == 200
+            theirs = await http.get(
+                f"/v1/players/{other}/accounts/EUR/balance", headers=tokens.bearer(other)
+            )
+            assert theirs.status_code == 200, theirs.text
+    finally:
+        await redis.delete(f"identity:revoked-before:{player}")
+        await redis.aclose()
