@@ -1,8 +1,11 @@
 """Posting requests to the ledger: the one place wallet transactions begin and commit.
 
-Concurrent requests are coalesced: a worker takes what is queued (at most one request per
-player, so no request's facts depend on another in the same transaction) and posts them
-all in one transaction, answering each only after that commit. The order inside the
+Concurrent requests are coalesced: a worker takes what is queued and posts it all in one
+transaction, answering each only after that commit. Several requests of one player may
+share a batch (a busy account is the one that most needs it) as long as none of them names
+what another names (its key, the bet it settles or rolls back, its round, its withdrawal):
+then no request's facts depend on another's, and only the balance threads through them, in
+arrival order. The order inside the
 transaction is the invariant: lock the accounts (in key order), read what the keys and the
 referenced bets and withdrawals already hold, decide each request (pure), record every
 outcome under its idempotency key (the primary key decides: a key that turns out to exist
@@ -32,6 +35,7 @@ from services.wallet.ledger import (
     AccountState,
     Effect,
     Entry,
+    Kind,
     Refusal,
     ReplayOf,
     Request,
@@ -132,26 +136,30 @@ class Postings:
                 self._wake.set()  # players released: another worker may take their requests
 
     def _take(self) -> list[_Pending]:
-        """Up to max_batch queued requests of distinct, idle players, in arrival order."""
+        """Up to max_batch queued requests, in arrival order, of players no other batch is
+        posting, none naming what another in the batch names (see `_references`)."""
         batch: list[_Pending] = []
         kept: collections.deque[_Pending] = collections.deque()
-        taken: set[str] = set()
+        named: set[tuple[str, str, str]] = set()
         while self._queue:
             pending = self._queue.popleft()
-            player = pending.request.player_id
             if pending.future.done():  # the caller gave up before we started
                 continue
+            references = _references(pending.request)
             if (
                 len(batch) < self._max_batch
-                and player not in taken
-                and (player not in self._busy_players)
+                and pending.request.player_id not in self._busy_players
+                and named.isdisjoint(references)
             ):
                 batch.append(pending)
-                taken.add(player)
+                named |= references
             else:
+                # Also holds back what a held-back request names: a later request never
+                # overtakes an earlier one it could depend on.
+                named |= references
                 kept.append(pending)
         self._queue = kept
-        self._busy_players |= taken
+        self._busy_players |= {p.request.player_id for p in batch}
         return batch
 
     async def _post_batch(self, batch: list[_Pending]) -> None:
@@ -206,6 +214,9 @@ class Postings:
                 refusal = decision if isinstance(decision, Refusal) else None
                 effect = decision if isinstance(decision, Effect) else Effect(0)
                 entry = next_entry(r, account, effect, now) if effect.writes_entry else None
+                if entry is not None:
+                    # The player's next request in this batch sees this one's balance.
+                    accounts[(r.player_id, r.currency)] = _after(entry)
                 tx = store.new_transaction(
                     r,
                     caller=callers[i],
@@ -227,9 +238,8 @@ class Postings:
                 await enqueue(conn, "wallet", [self._event(tx) for tx in fresh if not tx.refusal])
         # Committed. Only now are the results true, and only now may anything see them.
         failpoints.reached("wallet.after_commit")
-        await asyncio.gather(
-            *(self._cache.put(e.player_id, e.currency, _after(e)) for e in entries)
-        )
+        last = {(e.player_id, e.currency): e for e in entries}  # each account's newest
+        await asyncio.gather(*(self._cache.put(p, c, _after(e)) for (p, c), e in last.items()))
         assert all(o is not None for o in outcomes)
         return outcomes  # type: ignore[return-value]
 
@@ -266,6 +276,22 @@ class Postings:
             raise AccountNotFound(player_id, currency)
         await self._cache.put(player_id, currency, account)
         return account, False
+
+
+def _references(request: Request) -> set[tuple[str, str, str]]:
+    """What a request names, per player: two requests naming one thing may depend on each
+    other (a win and its bet, a reservation and its commit, one key retried) and never share
+    a batch."""
+    player, names = request.player_id, {("key", request.request_id)}
+    if request.kind is Kind.BET:
+        names.add(("bet", request.request_id))
+    if request.bet_request_id:
+        names.add(("bet", request.bet_request_id))
+    if request.round_id:
+        names.add(("round", request.round_id))
+    if request.withdrawal_id:
+        names.add(("withdrawal", request.withdrawal_id))
+    return {(player, kind, name) for kind, name in names}
 
 
 def _after(entry: Entry) -> AccountState:

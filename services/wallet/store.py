@@ -483,14 +483,17 @@ async def write_postings(
     params.update(
         {f"e_{name}": [leg[i] for leg in legs] for i, (name, _) in enumerate(_ENTRY_ARRAY_TYPES)}
     )
+    # Each account moves once, to its last entry's balances (an UPDATE ... FROM joining one
+    # row to several source rows would apply an arbitrary one of them).
+    moves = list({(e.player_id, e.currency): e for e in entries}.values())
     params.update(
         {
-            "a_players": [e.player_id for e in entries],
-            "a_currencies": [e.currency for e in entries],
-            "a_posted": [e.balance_after for e in entries],
-            "a_reserved": [e.reserved_after for e in entries],
-            "a_sequences": [e.sequence for e in entries],
-            "a_hashes": [e.hash for e in entries],
+            "a_players": [e.player_id for e in moves],
+            "a_currencies": [e.currency for e in moves],
+            "a_posted": [e.balance_after for e in moves],
+            "a_reserved": [e.reserved_after for e in moves],
+            "a_sequences": [e.sequence for e in moves],
+            "a_hashes": [e.hash for e in moves],
         }
     )
     return bool((await conn.execute(_WRITE_POSTINGS, params)).scalar_one())
