@@ -101,7 +101,7 @@ class AmlCases:
         before: tuple[dt.datetime, uuid.UUID] | None,
         limit: int,
     ) -> list[AmlAlert]:
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             return await store.list_alerts(
                 conn, player_id=player_id, status=status, before=before, limit=limit
             )

@@ -356,7 +356,7 @@ class Compliance:
     async def limits(self, player_id: str) -> tuple[list[LimitState], rules.Jurisdiction]:
         """The player's limits, and the jurisdiction whose currency and cooling-off they
         are shown in."""
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             state = await store.player(conn, player_id)
             limits = await store.limits(conn, player_id)
         country = state.country if state else ""
@@ -449,7 +449,7 @@ class Compliance:
     ) -> tuple[reality.RealityCheck, rules.Jurisdiction]:
         """A read: nothing is decided, so no verdict."""
         now = self._now()
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             state = await store.player(conn, player_id)
             if state is None:
                 raise PlayerUnknown(player_id)
@@ -519,14 +519,14 @@ class Compliance:
     async def rule_flags(self) -> tuple[list[flags.RuleFlag], str]:
         """Every registered rule's flag as stored (or its default), and the version of the
         snapshot this replica decides with."""
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             stored = await flags.read_flags(conn)
         listed = flags.Snapshot.of(stored)
         in_force = self.policy.flags.snapshot if self.policy.flags is not None else listed
         return [listed.flags[rule] for rule in sorted(listed.flags)], in_force.version
 
     async def explain(self, verdict_id: uuid.UUID) -> verdict_log.StoredVerdict | None:
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             return await verdict_log.get(conn, SCHEMA, verdict_id)
 
     async def verify_log(
@@ -534,7 +534,7 @@ class Compliance:
     ) -> tuple[verdict_log.VerifyReport, Path | None]:
         """Verify the whole chain against the newest checkpoint; only an intact chain gets a
         new signed checkpoint of its head (a rewritten log is never signed)."""
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             report = await verdict_log.verify(
                 conn, SCHEMA, public_key, verdict_log.latest_checkpoint(checkpoints)
             )

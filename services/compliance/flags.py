@@ -247,7 +247,7 @@ class RuleFlags:
     async def refresh(self, source: str = "change") -> Snapshot:
         async with self._lock:
             try:
-                async with self._engine.connect() as conn:
+                async with self._engine.begin() as conn:
                     stored = await read_flags(conn)
             except Exception as exc:
                 REFRESH_FAILURES.labels(source).inc()

@@ -101,7 +101,7 @@ class EchoService(echo_pb2_grpc.EchoServiceServicer):
             before = int(after[0]) if after else None
         except ValueError:
             raise InvalidArgument("page_token", "page_token is corrupt") from None
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             # One extra row tells whether another page exists.
             rows = await store.list_echoes(
                 conn,

@@ -50,7 +50,7 @@ class ArchiveReport:
 
 
 async def _chain_hash(engine: AsyncEngine, round_id: uuid.UUID) -> str | None:
-    async with engine.connect() as conn:
+    async with engine.begin() as conn:
         stored = await verdict_log.get(conn, store.SCHEMA, store.archive_chain_id(round_id))
     return None if stored is None else str(stored.inputs.get("record_hash"))
 
@@ -58,7 +58,7 @@ async def _chain_hash(engine: AsyncEngine, round_id: uuid.UUID) -> str | None:
 async def replay(
     engine: AsyncEngine, rng: RngClient, player_id: str, round_id: uuid.UUID
 ) -> ReplayReport:
-    async with engine.connect() as conn:
+    async with engine.begin() as conn:
         journal = await store.get(conn, player_id, round_id)
         if journal is None or journal.close_time is None:
             raise RoundNotFound(str(round_id))
@@ -111,7 +111,7 @@ async def verify_archive(
     engine: AsyncEngine, public_key: Path, start: dt.datetime, end: dt.datetime
 ) -> ArchiveReport:
     problems: list[ArchiveProblem] = []
-    async with engine.connect() as conn:
+    async with engine.begin() as conn:
         chain = await verdict_log.verify(conn, store.SCHEMA, public_key)
         rows = await store.archive_rows(conn, start, end)
         records = await store.chain_records(conn, start, end)

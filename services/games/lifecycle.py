@@ -232,7 +232,7 @@ class Lifecycle:
     async def _find(
         self, player_id: str, request_id: str, fingerprint: bytes
     ) -> RoundRecord | None:
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             existing = await store.find(conn, player_id, request_id)
         if existing is not None and existing.request_hash != fingerprint:
             raise IdempotencyMismatch(request_id)
@@ -262,7 +262,7 @@ class Lifecycle:
         return r
 
     async def _reload(self, r: RoundRecord) -> RoundRecord:
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             current = await store.get(conn, r.player_id, r.round_id)
         assert current is not None, "journal rows are never deleted"
         return current

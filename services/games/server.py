@@ -249,7 +249,7 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
     ) -> pb.GetRoundResponse:
         player_id = _own_player(request.player_id)
         round_id = _round_id(request.round_id)
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             r = await store.get(conn, player_id, round_id)
             found = (
                 await store.archived(conn, player_id, round_id, r.close_time)
@@ -289,7 +289,7 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
                 after = (dt.datetime.fromisoformat(after_raw[0]), uuid.UUID(after_raw[1]))
             except (ValueError, IndexError):
                 raise InvalidArgument("page_token", "page_token is corrupt") from None
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             rows = await store.history(
                 conn,
                 player_id,

@@ -58,7 +58,7 @@ class Authenticator:
         key = email_key(email)
         # Locked: refused before the password is even looked at, so guessing stops.
         await self._throttle.check(key, address)
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             player = await store.by_email_key(conn, key)
         if player is not None and player.status != "active":
             player = None  # a registration still being finished cannot log in yet

@@ -166,7 +166,7 @@ class Registrar:
     async def register(self, application: Application) -> PlayerRecord:
         application = validate(application)
         fingerprint = application.fingerprint()
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             earlier = await store.by_request_id(conn, application.request_id)
             if earlier is None and await store.by_email_key(conn, email_key(application.email)):
                 # Cheap early answer; the unique index below is what guarantees it.

@@ -170,7 +170,7 @@ class IdentityService(identity_pb2_grpc.IdentityServiceServicer):
         if not request.player_id:
             raise InvalidArgument("player_id", "player_id is required")
         require_player(request.player_id)
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             player = await store.by_id(conn, request.player_id)
         if player is None or player.status != "active":
             raise NotFound("PLAYER_NOT_FOUND", "no such player", {"player_id": request.player_id})

@@ -506,13 +506,13 @@ class Rounds:
             return await self._load(conn, round_id, lock=False)
 
     async def get(self, round_id: uuid.UUID) -> Round:
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             return await self._load(conn, round_id, lock=False)
 
     async def replay(self, round_id: uuid.UUID) -> Replay:
         """Recompute every draw from the sealed seed and the stored round under its recorded
         versions; compare with the audit chain's records of the opening and of each draw."""
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             r = await self._load(conn, round_id, lock=False)
             problems: list[str] = []
             opened = await verdict_log.get(conn, self._schema, audit_id(round_id, "opened"))

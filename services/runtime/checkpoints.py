@@ -38,7 +38,7 @@ class ChainCheckpointer:
     async def checkpoint_once(self) -> Path:
         """Sign the head; raises ChainError instead if the chain no longer extends the
         latest checkpoint."""
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             return await verdict_log.checkpoint(conn, self._schema, self._signer, self._directory)
 
     async def run(self) -> None:

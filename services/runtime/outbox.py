@@ -178,7 +178,7 @@ class OutboxRelay:
         return len(rows)
 
     async def pending(self) -> int:
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             return int(
                 (
                     await conn.execute(

@@ -1080,7 +1080,7 @@ def _database_url(dsn_file: Path) -> URL:
 async def _run_verify(args: argparse.Namespace, checkpoint_file: Path | None) -> int:
     engine = create_async_engine(_database_url(args.dsn_file), poolclass=NullPool)
     try:
-        async with engine.connect() as conn:
+        async with engine.begin() as conn:
             report = await verify(conn, args.schema, args.public_key, checkpoint_file)
     finally:
         await engine.dispose()
@@ -1094,7 +1094,7 @@ async def _run_checkpoint(args: argparse.Namespace) -> int:
     signer = CheckpointSigner(args.private_key)
     engine = create_async_engine(_database_url(args.dsn_file), poolclass=NullPool)
     try:
-        async with engine.connect() as conn:
+        async with engine.begin() as conn:
             path = await checkpoint(conn, args.schema, signer, args.directory)
     finally:
         await engine.dispose()

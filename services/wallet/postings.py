@@ -270,7 +270,7 @@ class Postings:
             cached = await self._cache.get(player_id, currency)
             if cached is not None:
                 return cached, True
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             account = await store.read_account(conn, player_id, currency)
         if account is None:
             raise AccountNotFound(player_id, currency)

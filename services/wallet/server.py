@@ -329,7 +329,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                 before = (dt.datetime.fromisoformat(after[0]), after[1])
             except (ValueError, IndexError):
                 raise InvalidArgument("page_token", "page_token is corrupt") from None
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             rows = await store.list_transactions(
                 conn,
                 player,
