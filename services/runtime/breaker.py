@@ -62,4 +62,7 @@ class AsyncBreaker:
         with self._breaker.calling():
             if self._call_timeout is None:
                 return await fn()
-            return await asyncio.wait_for(fn(), self._call_timeout)
+            # asyncio.timeout, not wait_for: no task per call (these guard every Redis call
+            # on the hot paths), and the same TimeoutError when the time is up.
+            async with asyncio.timeout(self._call_timeout):
+                return await fn()
