@@ -53,6 +53,8 @@ class ComplianceSettings:
     checkpoint_dir: Path = Path(".dev/checkpoints")
     outbox_relay: bool = True
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # Published events are kept in the outbox this long, then pruned by the relay.
+    outbox_retention_hours: float = 24.0
     # AML transaction monitoring: consume the wallet's events from this durable queue (its
     # dead letters go to "<queue>.dead"). Off: checks are unaffected, events wait queued.
     monitoring: bool = True
@@ -523,7 +525,14 @@ async def build(runtime: ServiceRuntime) -> None:
     runtime.add_background(compliance.checks)
     runtime.add_background(rule_flags)
     if settings.outbox_relay:
-        runtime.add_background(OutboxRelay(engine, "compliance", settings.amqp_url))
+        runtime.add_background(
+            OutboxRelay(
+                engine,
+                "compliance",
+                settings.amqp_url,
+                retention=dt.timedelta(hours=settings.outbox_retention_hours),
+            )
+        )
     if settings.monitoring:
         jurisdictions = _jurisdictions(settings)
         monitoring = Monitoring(

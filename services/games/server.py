@@ -48,6 +48,8 @@ _DEFAULT_HISTORY_PAGE = 20
 @dataclass(frozen=True)
 class GamesSettings:
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # Published events are kept in the outbox this long, then pruned by the relay.
+    outbox_retention_hours: float = 24.0
     publish_events: bool = True
     # A session ends after this long without play.
     session_idle_seconds: int = 1800
@@ -444,4 +446,11 @@ async def build(runtime: ServiceRuntime) -> None:
         )
     )
     if settings.publish_events:
-        runtime.add_background(OutboxRelay(engine, store.SCHEMA, settings.amqp_url))
+        runtime.add_background(
+            OutboxRelay(
+                engine,
+                store.SCHEMA,
+                settings.amqp_url,
+                retention=dt.timedelta(hours=settings.outbox_retention_hours),
+            )
+        )

@@ -6,13 +6,18 @@ A service's migration creates `<schema>.outbox` with `outbox_ddl`; its store cal
 rows to the `casino.events` topic exchange (persistent messages, publisher confirms,
 mandatory routing), marking them published only after the broker confirmed. A relay killed
 at any point loses nothing: unconfirmed rows are published again, and consumers
-deduplicate by the message id (the event id).
+deduplicate by the message id (the event id). Published rows are kept for `retention`
+(for tracing a delivery) and then pruned by the relay, so the table holds a bounded window
+rather than every event ever; the service role can only prune published rows, through a
+function its migration creates (`outbox_retention_ddl`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +37,11 @@ CONTENT_TYPE = "application/x-protobuf"
 
 PUBLISHED = Counter("casino_outbox_published_total", "Outbox events confirmed by the broker.")
 PENDING = Gauge("casino_outbox_pending", "Outbox events not yet confirmed by the broker.")
+PRUNED = Counter("casino_outbox_pruned_total", "Published outbox events deleted after retention.")
+
+# Published rows older than this are deleted; rows deleted per statement.
+DEFAULT_RETENTION = dt.timedelta(hours=24)
+_PRUNE_BATCH = 5000
 
 log = get_logger()
 
@@ -57,6 +67,32 @@ def outbox_ddl(schema: str, role: str) -> list[str]:
         f"CREATE INDEX outbox_unpublished ON {schema}.outbox (id) WHERE publish_time IS NULL",
         f"GRANT SELECT, INSERT ON {schema}.outbox TO {role}",
         f"GRANT UPDATE (publish_time) ON {schema}.outbox TO {role}",
+    ]
+
+
+def outbox_retention_ddl(schema: str, role: str) -> list[str]:
+    """Statements letting the relay prune published rows (for a migration after
+    `outbox_ddl`): an index on insertion time and a function owned by the schema's owner
+    that deletes only published rows older than `keep`, at most `max_rows` per call. The
+    service role gets EXECUTE on it, never DELETE on the table: it cannot drop an event
+    that was not delivered."""
+    return [
+        f"CREATE INDEX outbox_create_time ON {schema}.outbox (create_time)",
+        f"""
+        CREATE FUNCTION {schema}.prune_outbox(keep interval, max_rows integer)
+        RETURNS integer LANGUAGE sql SECURITY DEFINER
+        SET search_path = pg_catalog, pg_temp AS $$
+            WITH gone AS (
+                DELETE FROM {schema}.outbox WHERE (shard_key, id) IN (
+                    SELECT shard_key, id FROM {schema}.outbox
+                    WHERE create_time < now() - keep AND publish_time IS NOT NULL
+                    ORDER BY create_time LIMIT max_rows)
+                RETURNING 1)
+            SELECT count(*)::integer FROM gone
+        $$
+        """,
+        f"REVOKE ALL ON FUNCTION {schema}.prune_outbox(interval, integer) FROM PUBLIC",
+        f"GRANT EXECUTE ON FUNCTION {schema}.prune_outbox(interval, integer) TO {role}",
     ]
 
 
@@ -116,12 +152,17 @@ class OutboxRelay:
         *,
         batch_size: int = 200,
         idle_seconds: float = 0.05,
+        retention: dt.timedelta = DEFAULT_RETENTION,
+        prune_every_seconds: float = 60.0,
     ) -> None:
         self._engine = engine
         self._schema = schema
         self._amqp_url = amqp_url
         self._batch_size = batch_size
         self._idle = idle_seconds
+        self._retention = retention
+        self._prune_every = prune_every_seconds
+        self._pruned_at = -float("inf")
         self._connection: AbstractRobustConnection | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
 
@@ -189,12 +230,34 @@ class OutboxRelay:
                 ).scalar_one()
             )
 
+    async def prune(self) -> int:
+        """Delete published rows older than the retention, in bounded statements; returns
+        how many went."""
+        total = 0
+        while True:
+            async with self._engine.begin() as conn:
+                deleted = int(
+                    (
+                        await conn.execute(
+                            text(f"SELECT {self._schema}.prune_outbox(:keep, :n)"),
+                            {"keep": self._retention, "n": _PRUNE_BATCH},
+                        )
+                    ).scalar_one()
+                )
+            total += deleted
+            PRUNED.inc(deleted)
+            if deleted < _PRUNE_BATCH:
+                return total
+
     async def run(self) -> None:
         backoff = self._idle
         while True:
             try:
                 published = await self.publish_batch()
                 backoff = self._idle
+                if time.monotonic() - self._pruned_at >= self._prune_every:
+                    self._pruned_at = time.monotonic()  # a failed prune waits its turn too
+                    await self.prune()
                 if published < self._batch_size:
                     PENDING.set(await self.pending())
                     await asyncio.sleep(self._idle)

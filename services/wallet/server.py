@@ -47,6 +47,8 @@ class WalletConfig:
     # are safe: rows are claimed with SKIP LOCKED).
     outbox_relay: bool = True
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # Published events are kept in the outbox this long, then pruned by the relay.
+    outbox_retention_hours: float = 24.0
 
 
 RECONCILE_DISCREPANCIES = Gauge(
@@ -409,4 +411,11 @@ async def build(runtime: ServiceRuntime) -> None:
         wallet_pb2_grpc.add_WalletServiceServicer_to_server,
     )
     if config.outbox_relay:
-        runtime.add_background(OutboxRelay(engine, "wallet", config.amqp_url))
+        runtime.add_background(
+            OutboxRelay(
+                engine,
+                "wallet",
+                config.amqp_url,
+                retention=dt.timedelta(hours=config.outbox_retention_hours),
+            )
+        )
