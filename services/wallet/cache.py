@@ -5,8 +5,11 @@ Redis costs a posting at most that timeout, and nothing once the breaker is open
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
+
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from services.runtime.breaker import AsyncBreaker, CircuitOpen
 from services.runtime.logs import get_logger
@@ -31,7 +34,8 @@ class BalanceCache:
     ) -> None:
         self._redis = redis
         self._ttl_ms = int(ttl_seconds * 1000)
-        self._script = redis.register_script(_WRITE_IF_NEWER) if redis is not None else None
+        # Redis names a script by the SHA-1 of its text (not a security use).
+        self._sha = hashlib.sha1(_WRITE_IF_NEWER.encode(), usedforsecurity=False).hexdigest()
         self._breaker = AsyncBreaker(
             "wallet-balance-cache", fail_max=3, reset_timeout=2.0, call_timeout=call_timeout
         )
@@ -41,17 +45,31 @@ class BalanceCache:
         # The hash tag keeps a player's keys on one Redis Cluster slot.
         return f"wallet:balance:{{{player_id}}}:{currency}"
 
-    async def put(self, player_id: str, currency: str, account: AccountState) -> None:
-        if self._script is None:
+    async def put(self, balances: Mapping[tuple[str, str], AccountState]) -> None:
+        """Write each (player, currency) snapshot, all in one round trip: a committed batch
+        of postings costs one Redis call, not one per account."""
+        redis = self._redis
+        if redis is None or not balances:
             return
-        script = self._script
+
+        async def write() -> None:
+            for _ in range(2):
+                pipe = redis.pipeline(transaction=False)
+                for (player_id, currency), a in balances.items():
+                    key = self._key(player_id, currency)
+                    args = (a.sequence, a.posted, a.reserved, self._ttl_ms)
+                    pipe.evalsha(self._sha, 1, key, *args)
+                results = await pipe.execute(raise_on_error=False)
+                if not any(isinstance(r, NoScriptError) for r in results):
+                    for result in results:
+                        if isinstance(result, Exception):
+                            raise result
+                    return
+                # Redis restarted (or flushed its scripts) since the script was loaded.
+                await redis.script_load(_WRITE_IF_NEWER)
+
         try:
-            await self._breaker.call(
-                lambda: script(
-                    keys=[self._key(player_id, currency)],
-                    args=[account.sequence, account.posted, account.reserved, self._ttl_ms],
-                )
-            )
+            await self._breaker.call(write)
         except CircuitOpen:
             pass
         except (RedisError, TimeoutError) as exc:

@@ -238,8 +238,7 @@ class Postings:
                 await enqueue(conn, "wallet", [self._event(tx) for tx in fresh if not tx.refusal])
         # Committed. Only now are the results true, and only now may anything see them.
         failpoints.reached("wallet.after_commit")
-        last = {(e.player_id, e.currency): e for e in entries}  # each account's newest
-        await asyncio.gather(*(self._cache.put(p, c, _after(e)) for (p, c), e in last.items()))
+        await self._cache.put({(e.player_id, e.currency): _after(e) for e in entries})
         assert all(o is not None for o in outcomes)
         return outcomes  # type: ignore[return-value]
 
@@ -274,7 +273,7 @@ class Postings:
             account = await store.read_account(conn, player_id, currency)
         if account is None:
             raise AccountNotFound(player_id, currency)
-        await self._cache.put(player_id, currency, account)
+        await self._cache.put({(player_id, currency): account})
         return account, False
 
 

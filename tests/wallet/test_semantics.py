@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from redis.asyncio import Redis
 
 from casino.common.v1.money_pb2 import Money
 from casino.wallet.v1 import wallet_pb2 as w
@@ -403,6 +404,24 @@ async def test_cached_balance_is_served_only_when_asked_and_follows_writes(clien
     )
     assert cached.balance.cached
     assert (cached.balance.posted_minor, cached.balance.sequence) == (990, 2)
+
+
+async def test_cached_balance_follows_writes_after_redis_forgot_its_scripts(clients, player):
+    # A Redis restart (or SCRIPT FLUSH) empties its script cache: the write-through loads
+    # the script again instead of leaving the older balance on display.
+    p = await player(1000)
+    await clients.games.PlaceBet(bet(p, 10))
+    redis = Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        await redis.script_flush()
+    finally:
+        await redis.aclose()
+    await clients.games.PlaceBet(bet(p, 20))
+    cached = await clients.edge.GetBalance(
+        w.GetBalanceRequest(player_id=p, currency_code="EUR", allow_cached=True)
+    )
+    assert cached.balance.cached
+    assert (cached.balance.posted_minor, cached.balance.sequence) == (970, 3)
 
 
 async def test_history_is_newest_first_paged_and_filtered(clients, player) -> None:
