@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
-from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -30,10 +29,9 @@ from casino.wallet.v1 import events_pb2, wallet_pb2
 from services.compliance import aml, rules, store
 from services.compliance.cases import record_verdict
 from services.compliance.fx import EurConverter, UnconvertibleCurrency
-from services.runtime.consumer import Handler, Undeliverable
+from services.runtime.consumer import Handler, Undeliverable, decode_event
 from services.runtime.logs import get_logger
 
-EVENT_TYPE = "casino.wallet.v1.TransactionPosted"
 BINDING = "wallet.transaction.#"
 CALLER = "compliance.monitoring"
 
@@ -64,13 +62,8 @@ class WalletEvent:
     at: dt.datetime
 
 
-def decode(body: bytes, message_type: str | None) -> WalletEvent:
-    if message_type != EVENT_TYPE:
-        raise Undeliverable(f"unexpected message type {message_type!r}")
-    try:
-        event = events_pb2.TransactionPosted.FromString(body)
-    except DecodeError as exc:
-        raise Undeliverable(f"undecodable TransactionPosted: {exc}") from None
+def decode(message: AbstractIncomingMessage) -> WalletEvent:
+    event = decode_event(message, events_pb2.TransactionPosted)
     tx = event.transaction
     try:
         event_id = uuid.UUID(event.event_id)
@@ -230,7 +223,7 @@ def handler(monitoring: Monitoring) -> Handler:
 
     async def handle(message: AbstractIncomingMessage) -> str:
         try:
-            applied = await monitoring.apply(decode(message.body, message.type))
+            applied = await monitoring.apply(decode(message))
         except UnconvertibleCurrency as exc:
             raise Undeliverable(str(exc)) from None
         return "processed" if applied else "duplicate"

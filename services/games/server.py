@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from casino.common.v1 import money_pb2
 from casino.games.v1 import games_pb2 as pb
 from casino.games.v1 import games_pb2_grpc
-from services.games import audit, catalog, messages, store
+from services.games import audit, catalog, exclusions, messages, store
 from services.games.lifecycle import BetRefused, Lifecycle, StakeBounds
 from services.games.rounds import fair_key, round_fields
 from services.games.sessions import Session, Sessions
@@ -32,6 +32,7 @@ from services.runtime import verdict_log
 from services.runtime.call import require_player
 from services.runtime.checkpoints import ChainCheckpointer
 from services.runtime.config import ConfigError, domain_config
+from services.runtime.consumer import EventConsumer
 from services.runtime.errors import Code, DomainError, InvalidArgument
 from services.runtime.fields import request_id_field, text_field
 from services.runtime.outbox import OutboxRelay
@@ -51,6 +52,10 @@ class GamesSettings:
     # Published events are kept in the outbox this long, then pruned by the relay.
     outbox_retention_hours: float = 24.0
     publish_events: bool = True
+    # Consume compliance's PlayerExcluded events from this durable queue and end the
+    # player's game sessions.
+    exclusion_events: bool = True
+    exclusion_queue: str = "games.sessions"
     # A session ends after this long without play.
     session_idle_seconds: int = 1800
     # Stake bounds of a round, in minor units of the session's currency (the compliance
@@ -394,7 +399,8 @@ async def build(runtime: ServiceRuntime) -> None:
     compliance = ComplianceClient(runtime.channel("compliance"))
     wallet = WalletClient(runtime.channel("wallet"))
     rng = RngClient(runtime.channel("rng"))
-    sessions = Sessions(runtime.redis(), settings.session_idle_seconds)
+    redis = runtime.redis()
+    sessions = Sessions(redis, settings.session_idle_seconds)
     lifecycle = Lifecycle(
         engine,
         compliance,
@@ -445,6 +451,16 @@ async def build(runtime: ServiceRuntime) -> None:
             settings.checkpoint_interval_seconds,
         )
     )
+    if settings.exclusion_events:
+        runtime.add_background(
+            EventConsumer(
+                exclusions.handler(sessions, redis),
+                settings.amqp_url,
+                settings.exclusion_queue,
+                [exclusions.BINDING],
+                prefetch=16,
+            )
+        )
     if settings.publish_events:
         runtime.add_background(
             OutboxRelay(

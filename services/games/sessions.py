@@ -2,10 +2,12 @@
 reality-check clock and the running net position, with an idle TTL.
 
 One hash per session (`games:session:{<session_id>}`; the braces keep a session's keys in
-one cluster slot). The session is display and pacing state: losing it loses no money (the
-wallet and the round journal are the truth), so a player whose session expired simply starts
-a new one. Slot spin spacing is one atomic script on that hash, so two concurrent spins of a
-session cannot both pass."""
+one cluster slot), and per player the set of their session ids
+(`games:player-sessions:{<player_id>}`, kept alive by every use of a session), so that a
+self-exclusion can end all of them. The session is display and pacing state: losing it
+loses no money (the wallet and the round journal are the truth), so a player whose session
+expired simply starts a new one. Slot spin spacing is one atomic script on that hash, so two
+concurrent spins of a session cannot both pass."""
 
 from __future__ import annotations
 
@@ -19,6 +21,10 @@ from services.games.rounds import RoundRecord, State
 from services.runtime.errors import Code, DomainError, NotFound
 
 SESSION_KEY = "games:session:{{{session_id}}}"
+PLAYER_SESSIONS_KEY = "games:player-sessions:{{{player_id}}}"
+# The player's set outlives the last use of any of their sessions by this much more than
+# the sessions' own idle time.
+_INDEX_MARGIN_MS = 60_000
 REQUEST_KEY = "games:session-request:{{{player_id}}}:{request_id}"
 
 
@@ -110,6 +116,13 @@ end
 return 0
 """
 
+# Ends a session that still exists (an expired one must not come back as a stub hash).
+_END_IF_ALIVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'ended', 1)
+return 1
+"""
+
 # Counts a finished round and keeps the session alive; nothing if the session is gone.
 _RECORD_ROUND = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -130,6 +143,7 @@ class Sessions:
         self._claim = redis.register_script(_CLAIM_SPIN)
         self._release = redis.register_script(_RELEASE_SPIN)
         self._record = redis.register_script(_RECORD_ROUND)
+        self._end_if_alive = redis.register_script(_END_IF_ALIVE)
 
     async def start(
         self,
@@ -178,10 +192,22 @@ class Sessions:
             pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
             pipe.pexpire(key, self._idle_ms)
             await pipe.execute()
+        index = PLAYER_SESSIONS_KEY.format(player_id=player_id)
+        async with self._redis.pipeline(transaction=True) as pipe:  # another slot: its own
+            pipe.sadd(index, session_id)
+            pipe.pexpire(index, self._idle_ms + _INDEX_MARGIN_MS)
+            await pipe.execute()
         return await self.load(player_id, session_id)
 
     async def load(self, player_id: str, session_id: str, *, allow_ended: bool = False) -> Session:
-        raw = await self._redis.hgetall(SESSION_KEY.format(session_id=session_id))  # type: ignore[misc]
+        # Every use of a session also keeps the player's index of sessions alive (same
+        # round trip).
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(SESSION_KEY.format(session_id=session_id))
+            pipe.pexpire(
+                PLAYER_SESSIONS_KEY.format(player_id=player_id), self._idle_ms + _INDEX_MARGIN_MS
+            )
+            raw, _ = await pipe.execute()
         data = {_str(k): _str(v) for k, v in raw.items()}
         # Another player's session is as unknown to this player as a missing one.
         if not data or data.get("player_id") != player_id:
@@ -247,6 +273,21 @@ class Sessions:
         key = SESSION_KEY.format(session_id=session.session_id)
         await self._redis.hset(key, "next_check_ms", start_ms + elapsed * interval_ms)  # type: ignore[misc]
         return await self.load(session.player_id, session.session_id)
+
+    async def end_all(self, player_id: str) -> int:
+        """End every live session of the player (self-exclusion); returns how many. Ids of
+        sessions that expired meanwhile leave the index."""
+        index = PLAYER_SESSIONS_KEY.format(player_id=player_id)
+        ended, gone = 0, []
+        for member in await self._redis.smembers(index):  # type: ignore[misc]
+            session_id = _str(member)
+            if await self._end_if_alive(keys=[SESSION_KEY.format(session_id=session_id)]):
+                ended += 1
+            else:
+                gone.append(session_id)
+        if gone:
+            await self._redis.srem(index, *gone)  # type: ignore[misc]
+        return ended
 
     async def end(self, session: Session) -> Session:
         key = SESSION_KEY.format(session_id=session.session_id)

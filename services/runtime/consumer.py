@@ -17,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from google.protobuf.message import DecodeError, Message
 from prometheus_client import Counter
+from redis.asyncio import Redis
 
 from services.runtime.logs import get_logger
 from services.runtime.outbox import declare_events_exchange
@@ -39,6 +42,39 @@ Handler = Callable[[AbstractIncomingMessage], Awaitable[str]]
 
 class Undeliverable(ValueError):
     """A message that can never be processed: it goes to the dead-letter queue."""
+
+
+E = TypeVar("E", bound=Message)
+
+
+def decode_event(message: AbstractIncomingMessage, event_type: type[E]) -> E:
+    """The contract event a message carries (its AMQP type names the message), or
+    Undeliverable: another type, or bytes that do not parse."""
+    expected = event_type.DESCRIPTOR.full_name
+    if message.type != expected:
+        raise Undeliverable(f"unexpected message type {message.type!r}, not {expected}")
+    try:
+        return event_type.FromString(message.body)
+    except DecodeError as exc:
+        raise Undeliverable(f"undecodable {event_type.DESCRIPTOR.name}: {exc}") from None
+
+
+async def once_per_event(
+    redis: Redis, key: str, seconds: int, action: Callable[[], Awaitable[object]]
+) -> bool:
+    """Run `action` unless `key` (naming an event id) was claimed in the last `seconds`;
+    True if it ran. For effects that must not be repeated by a late redelivery (ending the
+    sessions a player opened since). A failed action forgets the claim (best effort), so
+    the broker's redelivery runs it."""
+    if not await redis.set(key, "1", nx=True, ex=seconds):
+        return False
+    try:
+        await action()
+    except Exception:
+        with contextlib.suppress(Exception):
+            await redis.delete(key)
+        raise
+    return True
 
 
 class EventConsumer:

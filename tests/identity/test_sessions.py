@@ -11,17 +11,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import aio_pika
 import grpc
 import jwt
 import pytest
 from redis.asyncio import Redis
 
-from casino.compliance.v1 import events_pb2
 from casino.identity.v1 import identity_pb2 as pb
 from casino.identity.v1 import identity_pb2_grpc
-from services.runtime.outbox import declare_events_exchange
-from tests.conftest import TEST_AMQP_URL, Pki
+from tests.conftest import Pki
 from tests.identity.conftest import (
     PASSWORD,
     Clients,
@@ -30,6 +27,7 @@ from tests.identity.conftest import (
     registration,
     unique_email,
 )
+from tests.support.amqp import publish_player_excluded
 
 Stub = identity_pb2_grpc.IdentityServiceStub
 
@@ -293,31 +291,7 @@ async def test_player_excluded_event_revokes_every_session(
 ) -> None:
     player_id, email = await new_player(edge)
     session = await login(edge, email)
-    connection = await aio_pika.connect_robust(TEST_AMQP_URL)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        exchange = await declare_events_exchange(channel)
-        # The consumer declares its queue once started; bind it here too (idempotent) so
-        # the event cannot go unrouted if this test runs first.
-        queue = await channel.declare_queue(
-            identity.queue,
-            durable=True,
-            arguments={"x-dead-letter-exchange": f"{identity.queue}.dead"},
-        )
-        await queue.bind(exchange, "compliance.player.excluded")
-        event = events_pb2.PlayerExcluded(
-            event_id=str(uuid.uuid4()), player_id=player_id, kind="SELF_EXCLUSION", indefinite=True
-        )
-        await exchange.publish(
-            aio_pika.Message(
-                event.SerializeToString(),
-                type="casino.compliance.v1.PlayerExcluded",
-                message_id=event.event_id,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
-            routing_key="compliance.player.excluded",
-            mandatory=True,
-        )
+    await publish_player_excluded(identity.queue, player_id)
     access = claims(identity, session.access_token)
     deadline = time.monotonic() + 15
     while edge_accepts(access, await revoked_before(redis, player_id)):

@@ -3,10 +3,47 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import aio_pika
 
+from casino.compliance.v1 import events_pb2
+from services.runtime.outbox import declare_events_exchange
 from tests.conftest import TEST_AMQP_URL
+
+PLAYER_EXCLUDED = "compliance.player.excluded"
+
+
+async def publish_player_excluded(queue: str, player_id: str, event_id: str = "") -> str:
+    """Publish a PlayerExcluded event as compliance's relay would (persistent, confirmed,
+    mandatory) for the consumer of `queue`; returns its event id. The queue is declared
+    and bound here too (idempotent, with the consumer's arguments), so the event cannot go
+    unrouted if the consumer has not declared it yet."""
+    event = events_pb2.PlayerExcluded(
+        event_id=event_id or str(uuid.uuid4()),
+        player_id=player_id,
+        kind="SELF_EXCLUSION",
+        indefinite=True,
+    )
+    connection = await aio_pika.connect_robust(TEST_AMQP_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await declare_events_exchange(channel)
+        declared = await channel.declare_queue(
+            queue, durable=True, arguments={"x-dead-letter-exchange": f"{queue}.dead"}
+        )
+        await declared.bind(exchange, PLAYER_EXCLUDED)
+        await exchange.publish(
+            aio_pika.Message(
+                event.SerializeToString(),
+                type=event.DESCRIPTOR.full_name,
+                message_id=event.event_id,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=PLAYER_EXCLUDED,
+            mandatory=True,
+        )
+    return event.event_id
 
 
 async def delete_queues(*names: str) -> None:
