@@ -51,6 +51,7 @@ from edge.config import (
     edge_settings,
 )
 from edge.errors import EdgeError, bad_request, from_rpc_error, http_status, internal_error
+from edge.geo import GeoConfig, GeoLocator
 from edge.netrules import SourceRules
 from edge.openapi import openapi_document
 from edge.ratelimit import RateLimitConfig, RateLimiter
@@ -62,7 +63,11 @@ from edge.transcoding import (
     encode_response,
     load_contracts,
 )
-from services.runtime.call import CLIENT_ADDRESS_METADATA, PLAYER_METADATA
+from services.runtime.call import (
+    CLIENT_ADDRESS_METADATA,
+    CLIENT_COUNTRY_METADATA,
+    PLAYER_METADATA,
+)
 from services.runtime.client import secure_channel
 from services.runtime.config import ConfigError, ServiceConfig, build, load_config
 from services.runtime.errors import DomainError
@@ -180,6 +185,7 @@ class ListenerApp:
         limiter: RateLimiter,
         readiness: Readiness,
         tracer: Tracer,
+        geo: GeoLocator,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -193,6 +199,7 @@ class ListenerApp:
         self.limiter = limiter
         self.readiness = readiness
         self.tracer = tracer
+        self.geo = geo
         self.openapi = openapi_document(
             [r.binding for r in routes], title=f"Casino platform edge ({name})"
         )
@@ -206,9 +213,8 @@ class ListenerApp:
         request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         method, path = scope["method"], scope["path"]
         peer = scope.get("client")
-        client = self.rules.client_address(
-            peer[0] if peer else None, headers.get("x-forwarded-for")
-        )
+        peer_host = peer[0] if peer else None
+        client = self.rules.client_address(peer_host, headers.get("x-forwarded-for"))
         route = ""
         with self.tracer.start_as_current_span(
             f"{method} edge.{self.name}", kind=SpanKind.SERVER
@@ -243,6 +249,9 @@ class ListenerApp:
                             headers,
                             request_id,
                             str(client or ""),
+                            self.geo.country(
+                                client, self.rules.through_trusted_proxy(peer_host), headers
+                            ),
                             self.rules.rate_key(client),
                             started,
                         )
@@ -297,6 +306,7 @@ class ListenerApp:
         headers: Headers,
         request_id: str,
         client: str,
+        country: str,
         anonymous_key: str,
         started: float,
     ) -> tuple[Response, str]:
@@ -368,6 +378,8 @@ class ListenerApp:
         metadata: list[tuple[str, str]] = [("x-request-id", request_id)]
         if client:
             metadata.append((CLIENT_ADDRESS_METADATA, client))
+        if country:
+            metadata.append((CLIENT_COUNTRY_METADATA, country))
         if principal is not None:
             metadata.append((PLAYER_METADATA, principal.player_id))
         budget = self.settings.deadline(endpoint_class) - (time.perf_counter() - started)
@@ -495,6 +507,7 @@ class Edge:
                 )
                 routes[listener_of(binding.endpoint_class)].append(Route(binding, call))
         provider_tracer = tracer(self.tracer_provider)
+        geo = GeoLocator.from_config(build(GeoConfig, settings.geo, "edge.geo", config.config_dir))
         self.apps = {
             name: ListenerApp(
                 name,
@@ -504,6 +517,7 @@ class Edge:
                 self.limiter,
                 self.readiness,
                 provider_tracer,
+                geo,
             )
             for name in LISTENERS
         }

@@ -94,6 +94,8 @@ class EdgeSettings:
     auth: dict[str, Any] = field(default_factory=dict)
     # The rate limiter's table (edge.ratelimit.RateLimitConfig).
     ratelimit: dict[str, Any] = field(default_factory=dict)
+    # Where clients are (edge.geo.GeoConfig: country_header, networks_file).
+    geo: dict[str, Any] = field(default_factory=dict)
     # How often Redis and every upstream are probed for /readyz.
     readiness_interval_seconds: float = 1.0
     readiness_timeout_seconds: float = 1.0

@@ -70,6 +70,12 @@ class SourceRules:
                 return hop_address
         return address  # only proxies: the request started at one of them
 
+    def through_trusted_proxy(self, peer: str | None) -> bool:
+        """Did the request reach the edge through one of the trusted proxies (whose headers
+        about the client are believed)?"""
+        address = parse_address(peer)
+        return address is not None and self._within(address, self.trusted_proxies)
+
     def rate_key(self, address: Address | None) -> str:
         """Whose budget a request without a player spends: its named source's, else its
         address's."""

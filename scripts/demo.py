@@ -360,14 +360,14 @@ async def games_job(root: Path, player: str, token: str) -> None:
             + ", ".join(f"{g['gameId']} RTP {g['rtpPercent']}%" for g in lobby)
         )
 
-        async def start(game: str) -> dict[str, object]:
+        async def start(game: str, claimed: str = "GB") -> dict[str, object]:
             reply = await http.post(
                 f"/v1/players/{player}/gameSessions",
                 json={
                     "requestId": uuid.uuid4().hex,
                     "gameId": game,
                     "currencyCode": "GBP",
-                    "requestCountryCode": "GB",
+                    "requestCountryCode": claimed,
                 },
             )
             return dict(reply.json()["session"])
@@ -378,7 +378,11 @@ async def games_job(root: Path, player: str, token: str) -> None:
                 json={"requestId": uuid.uuid4().hex, "bet": bet},
             )
 
-        dice = await start("dice")
+        dice = await start("dice", claimed="IE")
+        print(
+            f"dice session, client says IE -> played from {dice['requestCountryCode']}"
+            " (where the edge located the client)"
+        )
         for target in (5000, 2500, 9000):
             bet = {
                 "dice": {"stakeMinor": "100", "target": target, "direction": "DICE_DIRECTION_UNDER"}

@@ -11,7 +11,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from casino.echo.v1 import echo_pb2, echo_pb2_grpc
 from services.echo import store
 from services.echo.echoes import Echo, echo_command
-from services.runtime.call import authenticated_caller, current_call
+from services.runtime.call import (
+    CLIENT_COUNTRY_METADATA,
+    authenticated_caller,
+    current_call,
+    from_edge,
+)
 from services.runtime.errors import InvalidArgument
 from services.runtime.messages import timestamp
 from services.runtime.pagination import decode_page_token, encode_page_token, page_size
@@ -58,6 +63,7 @@ class EchoService(echo_pb2_grpc.EchoServiceServicer):
             caller=authenticated_caller(),
             deadline_remaining_ms=deadline_ms,
             trace_id=_trace_id(),
+            client_country=from_edge(context.invocation_metadata(), CLIENT_COUNTRY_METADATA) or "",
         )
 
     async def RelayEcho(

@@ -29,12 +29,13 @@ from services.games.upstreams import (
 )
 from services.games.workers import ArchivePartitions, RoundRecovery
 from services.runtime import verdict_log
-from services.runtime.call import require_player
+from services.runtime.call import CLIENT_COUNTRY_METADATA, from_edge, require_player
 from services.runtime.checkpoints import ChainCheckpointer
 from services.runtime.config import ConfigError, domain_config
 from services.runtime.consumer import EventConsumer
 from services.runtime.errors import Code, DomainError, InvalidArgument
 from services.runtime.fields import request_id_field, text_field
+from services.runtime.logs import get_logger
 from services.runtime.outbox import OutboxRelay
 from services.runtime.pagination import decode_page_token, encode_page_token
 from services.runtime.server import ServiceRuntime
@@ -44,6 +45,9 @@ _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _CLIENT_SEED = re.compile(r"^[\x21-\x7e]{1,64}$")
 _MAX_HISTORY_PAGE = 100
 _DEFAULT_HISTORY_PAGE = 20
+
+
+log = get_logger()
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,21 @@ class GamesSettings:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _request_country(claimed: str, context: grpc.aio.ServicerContext) -> str:
+    """Where the session's requests come from: the country the edge located the client in
+    when it could (the client's own field cannot override it), else the client's field."""
+    located = from_edge(context.invocation_metadata(), CLIENT_COUNTRY_METADATA)
+    if located is not None and _COUNTRY.match(located):
+        if claimed and claimed != located:
+            log.info("client-claimed country differs from its location", claimed=claimed[:8])
+        return located
+    if not _COUNTRY.match(claimed):
+        raise InvalidArgument(
+            "request_country_code", "request_country_code must be an ISO 3166-1 alpha-2 code"
+        )
+    return claimed
 
 
 def _round_id(value: str) -> uuid.UUID:
@@ -153,10 +172,7 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
         math = catalog.current(text_field("game_id", request.game_id))
         if not _CURRENCY.match(request.currency_code):
             raise InvalidArgument("currency_code", "currency_code must be an ISO 4217 code")
-        if not _COUNTRY.match(request.request_country_code):
-            raise InvalidArgument(
-                "request_country_code", "request_country_code must be an ISO 3166-1 alpha-2 code"
-            )
+        country = _request_country(request.request_country_code, context)
         client_seed = request.client_seed
         if client_seed:
             _fair_game(math.game_id)
@@ -168,7 +184,7 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
             amount_minor=0,
             currency=request.currency_code,
             product=math.product,
-            country=request.request_country_code,
+            country=country,
             request_id=f"launch:{request_id}",
         )
         if not verdict.allowed:
@@ -187,7 +203,7 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
             request_id=request_id,
             game_id=math.game_id,
             currency=request.currency_code,
-            country=request.request_country_code,
+            country=country,
             balance_minor=balance,
             reality_interval_minutes=clock.interval_minutes,
             next_check_time=clock.next_check_time,

@@ -23,8 +23,8 @@ from services.identity.tokens import TokenSigner, ensure_key_pair
 from services.identity.upstreams import ComplianceClient, WalletClient
 from services.runtime.call import (
     CLIENT_ADDRESS_METADATA,
-    EDGE_IDENTITY,
     current_call,
+    from_edge,
     require_player,
 )
 from services.runtime.config import ConfigError, domain_config
@@ -104,16 +104,6 @@ def _birth_date(request: pb.RegisterRequest) -> dt.date:
         raise InvalidArgument("birth_date", "birth_date is not a date") from None
 
 
-def _client_address(context: grpc.aio.ServicerContext) -> str | None:
-    call = current_call()
-    if call is None or call.caller != EDGE_IDENTITY:
-        return None
-    for key, value in context.invocation_metadata() or ():
-        if key == CLIENT_ADDRESS_METADATA and isinstance(value, str) and value:
-            return value[:64]
-    return None
-
-
 class IdentityService(identity_pb2_grpc.IdentityServiceServicer):
     def __init__(
         self, registrar: Registrar, authenticator: Authenticator, engine: AsyncEngine
@@ -146,7 +136,11 @@ class IdentityService(identity_pb2_grpc.IdentityServiceServicer):
     async def Login(
         self, request: pb.LoginRequest, context: grpc.aio.ServicerContext
     ) -> pb.LoginResponse:
-        issued = await self._auth.login(request.email, request.password, _client_address(context))
+        issued = await self._auth.login(
+            request.email,
+            request.password,
+            from_edge(context.invocation_metadata(), CLIENT_ADDRESS_METADATA),
+        )
         return pb.LoginResponse(session=session_message(issued))
 
     async def Refresh(

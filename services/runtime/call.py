@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from services.runtime.errors import Code, DomainError
@@ -18,6 +19,9 @@ PLAYER_METADATA = "x-casino-player-id"
 # The client's address as the edge saw it (believed only from the edge), e.g. for counting
 # failed logins per address.
 CLIENT_ADDRESS_METADATA = "x-casino-client-ip"
+# The country the edge located the client in (ISO 3166-1 alpha-2; believed only from the
+# edge): where the request comes from, as the platform determined it, not as the client says.
+CLIENT_COUNTRY_METADATA = "x-casino-client-country"
 EDGE_IDENTITY = "edge"
 
 
@@ -89,3 +93,16 @@ def require_player(player_id: str) -> None:
         raise RuntimeError("require_player() used outside an authorised RPC")
     if call.caller == EDGE_IDENTITY and call.player_id != player_id:
         raise PlayerMismatch(player_id, call.method)
+
+
+def from_edge(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:
+    """The value the edge put under `key` in the call metadata of the RPC being served (at
+    most 64 characters), or None: absent, or the caller is not the edge (anyone else could
+    write anything there)."""
+    call = _current.get()
+    if call is None or call.caller != EDGE_IDENTITY:
+        return None
+    for name, value in metadata or ():
+        if name == key and isinstance(value, str) and value:
+            return value[:64]
+    return None

@@ -28,7 +28,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61sino/echo/v1/echo.proto\x12\x0e\x63\x61sino.echo.v1\x1a\x1e\x63\x61sino/common/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n\x0b\x45\x63hoRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07message\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\x05\"\x8d\x01\n\x0c\x45\x63hoResponse\x12*\n\x06record\x18\x01 \x01(\x0b\x32\x1a.casino.echo.v1.EchoRecord\x12\x10\n\x08replayed\x18\x02 \x01(\x08\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x1d\n\x15\x64\x65\x61\x64line_remaining_ms\x18\x04 \x01(\x03\x12\x10\n\x08trace_id\x18\x05 \x01(\t\"\x80\x01\n\nEchoRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x10RelayEchoRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07message\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"v\n\x11RelayEchoResponse\x12\x30\n\ndownstream\x18\x01 \x01(\x0b\x32\x1c.casino.echo.v1.EchoResponse\x12\x1d\n\x15\x64\x65\x61\x64line_remaining_ms\x18\x02 \x01(\x03\x12\x10\n\x08trace_id\x18\x03 \x01(\t\"\x1e\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1f\n\x0cPingResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"J\n\x11ListEchoesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\"Y\n\x12ListEchoesResponse\x12*\n\x06\x65\x63hoes\x18\x01 \x03(\x0b\x32\x1a.casino.echo.v1.EchoRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xdb\x01\n\rMirrorRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04note\x18\x02 \x01(\x0b\x32\x1a.casino.echo.v1.MirrorNote\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x14\n\x0c\x61mount_minor\x18\x04 \x01(\x03\x12(\n\x04kind\x18\x05 \x01(\x0e\x32\x1a.casino.echo.v1.MirrorKind\x12\x0c\n\x04\x66lag\x18\x06 \x01(\x08\x12&\n\x02\x61t\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63ounts\x18\x08 \x03(\x05\";\n\nMirrorNote\x12\r\n\x05title\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\"\x96\x01\n\x0eMirrorResponse\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.casino.echo.v1.MirrorRequest\x12\x0e\n\x06\x63\x61ller\x18\x02 \x01(\t\x12\x1d\n\x15\x64\x65\x61\x64line_remaining_ms\x18\x03 \x01(\x03\x12\x11\n\tplayer_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t*W\n\nMirrorKind\x12\x1b\n\x17MIRROR_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11MIRROR_KIND_PLAIN\x10\x01\x12\x15\n\x11MIRROR_KIND_FANCY\x10\x02\x32\xcd\x05\n\x0b\x45\x63hoService\x12q\n\x04\x45\x63ho\x12\x1b.casino.echo.v1.EchoRequest\x1a\x1c.casino.echo.v1.EchoResponse\".\xca\xf3\x18\x15\n\x04\x65\x64ge\n\x05games\n\x04\x65\x63ho\x10\x03\x82\xd3\xe4\x93\x02\x0f\"\n/v1/echoes:\x01*\x12\x80\x01\n\tRelayEcho\x12 .casino.echo.v1.RelayEchoRequest\x1a!.casino.echo.v1.RelayEchoResponse\".\xca\xf3\x18\x0f\n\x04\x65\x64ge\n\x05games\x10\x03\x82\xd3\xe4\x93\x02\x15\"\x10/v1/echoes:relay:\x01*\x12{\n\x04Ping\x12\x1b.casino.echo.v1.PingRequest\x1a\x1c.casino.echo.v1.PingResponse\"8\xca\xf3\x18\x15\n\x04\x65\x64ge\n\x05games\n\x04\x65\x63ho\x10\x03\x82\xd3\xe4\x93\x02\x19\x12\x08/v1/pingZ\r\"\x08/v1/ping:\x01*\x12\xc7\x01\n\x06Mirror\x12\x1d.casino.echo.v1.MirrorRequest\x1a\x1e.casino.echo.v1.MirrorResponse\"~\xca\xf3\x18\x15\n\x04\x65\x64ge\n\x05games\n\x04\x65\x63ho\x10\x03\x82\xd3\xe4\x93\x02_\"\x1b/v1/{name=mirrors/*}:mirror:\x04noteZ\x16\x12\x14/v1/{name=mirrors/*}Z\"\x1a\x1d/v1/mirrors/{note.title}/note:\x01*\x12\x80\x01\n\nListEchoes\x12!.casino.echo.v1.ListEchoesRequest\x1a\".casino.echo.v1.ListEchoesResponse\"+\xca\xf3\x18\x15\n\x04\x65\x64ge\n\x05games\n\x04\x65\x63ho\x10\x03\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/echoesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61sino/echo/v1/echo.proto\x12\x0e\x63\x61sino.echo.v1\x1a\x1e\x63\x61sino/common/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n\x0b\x45\x63hoRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07message\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\x05\"\xa5\x01\n\x0c\x45\x63hoResponse\x12*\n\x06record\x18\x01 \x01(\x0b\x32\x1a.casino.echo.v1.EchoRecord\x12\x10\n\x08replayed\x18\x02 \x01(\x08\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x1d\n\x15\x64\x65\x61\x64line_remaining_ms\x18\x04 \x01(\x03\x12\x10\n\x08trace_id\x18\x05 \x01(\t\x12\x16\n\x0e\x63lient_country\x18\x06 \x01(\t\"\x80\x01\n\nEchoRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x10RelayEchoRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07message\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"v\n\x11RelayEchoResponse\x12\x30\n\ndownstream\x18\x01 \x01(\x0b\x32\x1c.casino.echo.v1.EchoResponse\x12\x1d\n\x15\x64\x65\x61\x64line_remaining_ms\x18\x02 \x01(\x03\x12\x10\n\x08trace_id\x18\x03 \x01(\t\"\x1e\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1f\n\x0cPingResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"J\n\x11ListEchoesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\"Y\n\x12ListEchoesResponse\x12*\n\x06\x65\x63hoes\x18\x01 \x03(\x0b\x32\x1a.casino.echo.v1.EchoRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xdb\x01\n\rMirrorRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04note\x18\x02 \x01(\x0b\x32\x1a.casino.echo.v1.MirrorNote\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x14\n\x0c\x61mount_minor\x18\x04 \x01(\x03\x12(\n\x04kind\x18\x05 \x01(\x0e\x32\x1a.casino.echo.v1.MirrorKind\x12\x0c\n\x04\x66lag\x18\x06 \x01(\x08\x12&\n\x02\x61t\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63ounts\x18\x08 \x03(\x05\";\n\nMirrorNote\x12\r\n\x05title\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\"\x96\x01\n\x0eMirrorResponse\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.casino.echo.v1.MirrorRequest\x12\x0e\n\x06\x63\x61ller\x18\x02 \x01(\t\x12\x1d\n\x15\x64\x65\x61\x64line_remaining_ms\x18\x03 \x01(\x03\x12\x11\n\tplayer_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t*W\n\nMirrorKind\x12\x1b\n\x17MIRROR_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11MIRROR_KIND_PLAIN\x10\x01\x12\x15\n\x11MIRROR_KIND_FANCY\x10\x02\x32\xcd\x05\n\x0b\x45\x63hoService\x12q\n\x04\x45\x63ho\x12\x1b.casino.echo.v1.EchoRequest\x1a\x1c.casino.echo.v1.EchoResponse\".\xca\xf3\x18\x15\n\x04\x65\x64ge\n\x05games\n\x04\x65\x63ho\x10\x03\x82\xd3\xe4\x93\x02\x0f\"\n/v1/echoes:\x01*\x12\x80\x01\n\tRelayEcho\x12 .casino.echo.v1.RelayEchoRequest\x1a!.casino.echo.v1.RelayEchoResponse\".\xca\xf3\x18\x0f\n\x04\x65\x64ge\n\x05games\x10\x03\x82\xd3\xe4\x93\x02\x15\"\x10/v1/echoes:relay:\x01*\x12{\n\x04Ping\x12\x1b.casino.echo.v1.PingRequest\x1a\x1c.casino.echo.v1.PingResponse\"8\xca\xf3\x18\x15\n\x04\x65\x64ge\n\x05games\n\x04\x65\x63ho\x10\x03\x82\xd3\xe4\x93\x02\x19\x12\x08/v1/pingZ\r\"\x08/v1/ping:\x01*\x12\xc7\x01\n\x06Mirror\x12\x1d.casino.echo.v1.MirrorRequest\x1a\x1e.casino.echo.v1.MirrorResponse\"~\xca\xf3\x18\x15\n\x04\x65\x64ge\n\x05games\n\x04\x65\x63ho\x10\x03\x82\xd3\xe4\x93\x02_\"\x1b/v1/{name=mirrors/*}:mirror:\x04noteZ\x16\x12\x14/v1/{name=mirrors/*}Z\"\x1a\x1d/v1/mirrors/{note.title}/note:\x01*\x12\x80\x01\n\nListEchoes\x12!.casino.echo.v1.ListEchoesRequest\x1a\".casino.echo.v1.ListEchoesResponse\"+\xca\xf3\x18\x15\n\x04\x65\x64ge\n\x05games\n\x04\x65\x63ho\x10\x03\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/echoesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,32 +53,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ECHOSERVICE'].methods_by_name['Mirror']._serialized_options = b'\312\363\030\025\n\004edge\n\005games\n\004echo\020\003\202\323\344\223\002_\"\033/v1/{name=mirrors/*}:mirror:\004noteZ\026\022\024/v1/{name=mirrors/*}Z\"\032\035/v1/mirrors/{note.title}/note:\001*'
   _globals['_ECHOSERVICE'].methods_by_name['ListEchoes']._loaded_options = None
   _globals['_ECHOSERVICE'].methods_by_name['ListEchoes']._serialized_options = b'\312\363\030\025\n\004edge\n\005games\n\004echo\020\003\202\323\344\223\002\014\022\n/v1/echoes'
-  _globals['_MIRRORKIND']._serialized_start=1387
-  _globals['_MIRRORKIND']._serialized_end=1474
+  _globals['_MIRRORKIND']._serialized_start=1411
+  _globals['_MIRRORKIND']._serialized_end=1498
   _globals['_ECHOREQUEST']._serialized_start=173
   _globals['_ECHOREQUEST']._serialized_end=253
   _globals['_ECHORESPONSE']._serialized_start=256
-  _globals['_ECHORESPONSE']._serialized_end=397
-  _globals['_ECHORECORD']._serialized_start=400
-  _globals['_ECHORECORD']._serialized_end=528
-  _globals['_RELAYECHOREQUEST']._serialized_start=530
-  _globals['_RELAYECHOREQUEST']._serialized_end=597
-  _globals['_RELAYECHORESPONSE']._serialized_start=599
-  _globals['_RELAYECHORESPONSE']._serialized_end=717
-  _globals['_PINGREQUEST']._serialized_start=719
-  _globals['_PINGREQUEST']._serialized_end=749
-  _globals['_PINGRESPONSE']._serialized_start=751
-  _globals['_PINGRESPONSE']._serialized_end=782
-  _globals['_LISTECHOESREQUEST']._serialized_start=784
-  _globals['_LISTECHOESREQUEST']._serialized_end=858
-  _globals['_LISTECHOESRESPONSE']._serialized_start=860
-  _globals['_LISTECHOESRESPONSE']._serialized_end=949
-  _globals['_MIRRORREQUEST']._serialized_start=952
-  _globals['_MIRRORREQUEST']._serialized_end=1171
-  _globals['_MIRRORNOTE']._serialized_start=1173
-  _globals['_MIRRORNOTE']._serialized_end=1232
-  _globals['_MIRRORRESPONSE']._serialized_start=1235
-  _globals['_MIRRORRESPONSE']._serialized_end=1385
-  _globals['_ECHOSERVICE']._serialized_start=1477
-  _globals['_ECHOSERVICE']._serialized_end=2194
+  _globals['_ECHORESPONSE']._serialized_end=421
+  _globals['_ECHORECORD']._serialized_start=424
+  _globals['_ECHORECORD']._serialized_end=552
+  _globals['_RELAYECHOREQUEST']._serialized_start=554
+  _globals['_RELAYECHOREQUEST']._serialized_end=621
+  _globals['_RELAYECHORESPONSE']._serialized_start=623
+  _globals['_RELAYECHORESPONSE']._serialized_end=741
+  _globals['_PINGREQUEST']._serialized_start=743
+  _globals['_PINGREQUEST']._serialized_end=773
+  _globals['_PINGRESPONSE']._serialized_start=775
+  _globals['_PINGRESPONSE']._serialized_end=806
+  _globals['_LISTECHOESREQUEST']._serialized_start=808
+  _globals['_LISTECHOESREQUEST']._serialized_end=882
+  _globals['_LISTECHOESRESPONSE']._serialized_start=884
+  _globals['_LISTECHOESRESPONSE']._serialized_end=973
+  _globals['_MIRRORREQUEST']._serialized_start=976
+  _globals['_MIRRORREQUEST']._serialized_end=1195
+  _globals['_MIRRORNOTE']._serialized_start=1197
+  _globals['_MIRRORNOTE']._serialized_end=1256
+  _globals['_MIRRORRESPONSE']._serialized_start=1259
+  _globals['_MIRRORRESPONSE']._serialized_end=1409
+  _globals['_ECHOSERVICE']._serialized_start=1501
+  _globals['_ECHOSERVICE']._serialized_end=2218
 # @@protoc_insertion_point(module_scope)

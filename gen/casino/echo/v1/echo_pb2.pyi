@@ -78,6 +78,7 @@ class EchoResponse(_message.Message):
     CALLER_FIELD_NUMBER: _builtins.int
     DEADLINE_REMAINING_MS_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_COUNTRY_FIELD_NUMBER: _builtins.int
     replayed: _builtins.bool
     """True when request_id was seen before and this is the original record again."""
     caller: _builtins.str
@@ -86,6 +87,10 @@ class EchoResponse(_message.Message):
     """Milliseconds left of the caller's deadline when the handler started; 0 if none."""
     trace_id: _builtins.str
     """W3C trace id (32 hex digits) of the server span."""
+    client_country: _builtins.str
+    """ISO 3166-1 alpha-2 country the edge located the client in (call metadata
+    x-casino-client-country, believed only from the edge); empty when not located.
+    """
     @_builtins.property
     def record(self) -> Global___EchoRecord:
         """The recorded message."""
@@ -98,10 +103,11 @@ class EchoResponse(_message.Message):
         caller: _builtins.str = ...,
         deadline_remaining_ms: _builtins.int = ...,
         trace_id: _builtins.str = ...,
+        client_country: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "deadline_remaining_ms", b"deadline_remaining_ms", "record", b"record", "replayed", b"replayed", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "client_country", b"client_country", "deadline_remaining_ms", b"deadline_remaining_ms", "record", b"record", "replayed", b"replayed", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -348,6 +348,9 @@ class StartSessionRequest(_message.Message):
     currency_code: _builtins.str
     """ISO 4217: the wallet account the session plays from."""
     request_country_code: _builtins.str
+    """ISO 3166-1 alpha-2: where the client says it is. Through the edge, the country the
+    edge located the client in takes its place whenever the edge could locate it.
+    """
     client_seed: _builtins.str
     """Provably fair (games that offer it): the player's own seed, 1-64 printable ASCII."""
     def __init__(

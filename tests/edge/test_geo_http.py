@@ -1,0 +1,68 @@
+"""The edge locates the client and tells the upstream service, which believes only the
+edge: real HTTP through a running edge to the real echo service, whose Echo reports the
+country it was told."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from edge.process import EdgeProcess
+from services.runtime.process import ServiceProcess
+from tests.conftest import Pki
+from tests.edge.conftest import TokenMinter, start_edge_for
+
+
+@pytest.fixture(scope="module")
+def located_edge(
+    tmp_path_factory: pytest.TempPathFactory,
+    pki: Pki,
+    tokens: TokenMinter,
+    edge_services: dict[str, ServiceProcess],
+) -> Iterator[EdgeProcess]:
+    folder = tmp_path_factory.mktemp("geo-edge")
+    table = folder / "networks.csv"
+    table.write_text("# the operator's geo table: loopback is Malta here\n127.0.0.0/8,MT\n")
+    process = start_edge_for(
+        folder,
+        pki,
+        tokens,
+        edge_services,
+        extra=f'[edge.geo]\ncountry_header = "CF-IPCountry"\nnetworks_file = "{table}"\n',
+    )
+    yield process
+    process.terminate()
+
+
+async def test_the_upstream_hears_where_the_edge_located_the_client(
+    located_edge: EdgeProcess,
+) -> None:
+    async with httpx.AsyncClient(base_url=located_edge.url(), timeout=10) as http:
+        reply = await http.post(
+            "/v1/echoes", json={"requestId": uuid.uuid4().hex, "message": "where am I"}
+        )
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["clientCountry"] == "MT"
+        # A country header from a client that is not a trusted proxy changes nothing.
+        claimed = await http.post(
+            "/v1/echoes",
+            json={"requestId": uuid.uuid4().hex, "message": "I am in GB"},
+            headers={"CF-IPCountry": "GB"},
+        )
+        assert claimed.json()["clientCountry"] == "MT"
+
+
+async def test_without_geo_data_no_country_is_claimed_for_the_client(
+    edge: EdgeProcess,
+) -> None:
+    async with httpx.AsyncClient(base_url=edge.url(), timeout=10) as http:
+        reply = await http.post(
+            "/v1/echoes",
+            json={"requestId": uuid.uuid4().hex, "message": "m"},
+            headers={"CF-IPCountry": "GB"},
+        )
+    assert reply.status_code == 200, reply.text
+    assert reply.json().get("clientCountry", "") == ""
