@@ -56,10 +56,13 @@ class Application:
     city: str
     postcode: str
     country: str
+    # Where the request came from, as the edge located it ("" when it could not): the
+    # compliance check weighs it, a retry from elsewhere is still the same application.
+    request_country: str = ""
 
     def fingerprint(self) -> bytes:
         fields = asdict(self)
-        del fields["password"]
+        del fields["password"], fields["request_country"]
         fields["email"] = email_key(self.email)
         canonical = json.dumps(fields, sort_keys=True, default=str).encode()
         return hashlib.sha256(canonical).digest()
@@ -145,6 +148,7 @@ def validate(application: Application) -> Application:
         city=_text("address.city", application.city, 100),
         postcode=_text("address.postcode", application.postcode, 20),
         country=country,
+        request_country=application.request_country,
     )
 
 

@@ -23,6 +23,7 @@ from services.identity.tokens import TokenSigner, ensure_key_pair
 from services.identity.upstreams import ComplianceClient, WalletClient
 from services.runtime.call import (
     CLIENT_ADDRESS_METADATA,
+    CLIENT_COUNTRY_METADATA,
     current_call,
     from_edge,
     require_player,
@@ -129,6 +130,8 @@ class IdentityService(identity_pb2_grpc.IdentityServiceServicer):
                 city=address.city,
                 postcode=address.postcode,
                 country=address.country_code,
+                request_country=from_edge(context.invocation_metadata(), CLIENT_COUNTRY_METADATA)
+                or "",
             )
         )
         return pb.RegisterResponse(player=player_message(player))

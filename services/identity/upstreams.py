@@ -38,7 +38,9 @@ class ComplianceClient:
     async def check_registration(self, application: Application) -> RegistrationVerdict:
         try:
             reply = await self._stub.CheckRegistration(
-                compliance_pb2.CheckRegistrationRequest(person=_person(application))
+                compliance_pb2.CheckRegistrationRequest(
+                    person=_person(application), request_country_code=application.request_country
+                )
             )
         except grpc.aio.AioRpcError as exc:
             raise _upstream_error("compliance", exc) from None

@@ -14,6 +14,7 @@ import pytest
 from casino.identity.v1 import identity_pb2 as pb
 from casino.identity.v1 import identity_pb2_grpc
 from casino.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from services.runtime.call import CLIENT_COUNTRY_METADATA
 from services.runtime.client import secure_channel
 from services.runtime.process import ServiceProcess
 from tests.compliance.conftest import EXCLUDED_ON_REGISTER
@@ -86,6 +87,23 @@ async def test_under_age_registration_is_denied_and_stores_nothing(
     with pytest.raises(grpc.aio.AioRpcError) as login:
         await edge.Login(pb.LoginRequest(email=request.email, password=PASSWORD))
     assert error_info(login.value)[0] == "INVALID_CREDENTIALS"
+
+
+async def test_registering_from_where_the_licence_does_not_reach_is_denied(
+    edge: identity_pb2_grpc.IdentityServiceStub,
+) -> None:
+    # A GB resident whom the edge locates in the US: the check weighs where the request
+    # comes from, not only the address given.
+    request = registration()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await edge.Register(request, metadata=((CLIENT_COUNTRY_METADATA, "US"),))
+    reason, metadata = error_info(refused.value)
+    assert reason == "REGISTRATION_DENIED"
+    assert "JURISDICTION_BLOCKED" in metadata["reasons"].split(",")
+    assert stored_rows(request.email) == []
+    # The same application from GB goes through (a retry from elsewhere is the same one).
+    player = (await edge.Register(request, metadata=((CLIENT_COUNTRY_METADATA, "GB"),))).player
+    assert player.player_id
 
 
 async def test_a_person_on_the_national_register_is_denied_and_nothing_is_stored(
