@@ -109,15 +109,20 @@ class Router:
             seen[key] = b
 
     def match(self, method: str, path: str) -> tuple[Binding, dict[str, str]] | list[str]:
-        """The binding and its variables, or the methods the path allows (empty: unknown)."""
+        """The binding and its variables, or the methods the path allows (empty: unknown).
+        HEAD is served wherever GET is (RFC 9110): the same call, the body left out by the
+        HTTP server."""
+        wanted = "GET" if method == "HEAD" else method
         allowed = []
         for b in self.bindings:
             variables = b.path.match(path)
             if variables is None:
                 continue
-            if b.http_method == method:
+            if b.http_method == wanted:
                 return b, variables
             allowed.append(b.http_method)
+            if b.http_method == "GET":
+                allowed.append("HEAD")
         return sorted(set(allowed))
 
 
@@ -264,6 +269,9 @@ class ListenerApp:
                 log.exception("edge failure", request_id=request_id, path=path)
                 response = _error_response(internal_error(), request_id)
             response.headers["X-Request-Id"] = request_id
+            # Balances, histories, tokens: nothing the edge answers may be kept by a shared
+            # cache or the browser's (the contract document says otherwise for itself).
+            response.headers.setdefault("Cache-Control", "no-store")
             span.set_attribute("http.request.method", method)
             span.set_attribute("http.route", route)
             span.set_attribute("http.response.status_code", response.status_code)
@@ -297,7 +305,9 @@ class ListenerApp:
                 "METHOD_NOT_ALLOWED",
                 headers={"Allow": "GET, HEAD"},
             )
-        return Response(self.openapi, 200, media_type=_JSON)
+        return Response(
+            self.openapi, 200, media_type=_JSON, headers={"Cache-Control": "public, max-age=300"}
+        )
 
     async def _serve(
         self,

@@ -123,12 +123,29 @@ async def test_wrong_method_is_405_with_allow_and_unknown_path_is_404(
 ) -> None:
     wrong = await http.delete("/v1/ping")
     assert wrong.status_code == 405
-    assert wrong.headers["allow"] == "GET, POST"
+    assert wrong.headers["allow"] == "GET, HEAD, POST"
     assert wrong.json()["reason"] == "METHOD_NOT_ALLOWED"
     unknown = await http.get("/v1/nothing-here")
     assert unknown.status_code == 404
     assert unknown.headers["content-type"] == "application/json"
     assert unknown.json()["reason"] == "ROUTE_NOT_FOUND"
+
+
+async def test_head_is_served_wherever_get_is_without_a_body(http: httpx.AsyncClient) -> None:
+    get, head = await http.get("/v1/ping"), await http.head("/v1/ping")
+    assert (get.status_code, head.status_code) == (200, 200)
+    assert head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"] == "application/json"
+    assert head.headers["content-length"] == get.headers["content-length"]
+
+
+async def test_answers_are_never_cached_but_the_contract_document_is(
+    http: httpx.AsyncClient,
+) -> None:
+    served, refused = await http.get("/v1/ping"), await http.get("/v1/nothing-here")
+    assert served.headers["cache-control"] == "no-store"
+    assert refused.headers["cache-control"] == "no-store"
+    assert (await http.get("/openapi.json")).headers["cache-control"] == "public, max-age=300"
 
 
 async def test_request_id_is_kept_or_minted_echoed_and_sent_upstream(
