@@ -93,7 +93,7 @@ class Postings:
         encode_event: EncodeEvent,
         *,
         max_batch: int = 64,
-        workers: int = 2,
+        workers: int = 1,
     ) -> None:
         self._engine = engine
         self._cache = cache

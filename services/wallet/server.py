@@ -40,9 +40,12 @@ from services.wallet.store import StoredTransaction
 class WalletConfig:
     currencies: list[str] = field(default_factory=lambda: ["EUR", "GBP", "USD"])
     balance_cache_ttl_seconds: float = 5.0
-    # Postings coalesced into one transaction at most, and batches in flight at once.
+    # Postings coalesced into one transaction at most, and batches in flight at once. One:
+    # a second batch in flight halves the batches, and the per-batch cost (six round trips
+    # through the driver) is most of a posting's CPU; on 2 cores one worker posts 35-50%
+    # more at 8-32 clients, with a lower P99 (bench/wallet_load.py).
     max_batch: int = 64
-    batch_workers: int = 2
+    batch_workers: int = 1
     # Publish the outbox from this process (one relay per deployment is enough; several
     # are safe: rows are claimed with SKIP LOCKED).
     outbox_relay: bool = True
