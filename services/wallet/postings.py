@@ -166,12 +166,12 @@ class Postings:
         requests, callers = [p.request for p in batch], [p.caller for p in batch]
         try:
             try:
-                outcomes = await self._apply(requests, callers)
+                outcomes, balances = await self._apply(requests, callers)
             except _KeyRaced:
                 if len(batch) > 1:
                     raise
                 # Once more, alone: the raced key is now read as existing and replayed.
-                outcomes = await self._apply(requests, callers)
+                outcomes, balances = await self._apply(requests, callers)
         except Exception as exc:
             if len(batch) > 1:
                 for pending in batch:
@@ -187,8 +187,14 @@ class Postings:
                 pending.future.set_exception(outcome)
             else:
                 pending.future.set_result(outcome)
+        # The callers are answered; then the display cache (never on the answer's path).
+        await self._cache.put(balances)
 
-    async def _apply(self, requests: list[Request], callers: list[str]) -> list[Outcome]:
+    async def _apply(
+        self, requests: list[Request], callers: list[str]
+    ) -> tuple[list[Outcome], dict[tuple[str, str], AccountState]]:
+        """Post the batch in one transaction; the outcomes, and each moved account's
+        balances for the display cache, once committed."""
         now = dt.datetime.now(dt.UTC)
         outcomes: list[Outcome | None] = [None] * len(requests)
         fresh: list[StoredTransaction] = []
@@ -238,9 +244,9 @@ class Postings:
                 await enqueue(conn, "wallet", [self._event(tx) for tx in fresh if not tx.refusal])
         # Committed. Only now are the results true, and only now may anything see them.
         failpoints.reached("wallet.after_commit")
-        await self._cache.put({(e.player_id, e.currency): _after(e) for e in entries})
         assert all(o is not None for o in outcomes)
-        return outcomes  # type: ignore[return-value]
+        balances = {(e.player_id, e.currency): _after(e) for e in entries}
+        return outcomes, balances  # type: ignore[return-value]
 
     def _event(self, tx: StoredTransaction) -> Event:
         event_id = uuid.uuid4()

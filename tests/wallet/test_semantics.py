@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import grpc
 import pytest
 from redis.asyncio import Redis
@@ -394,16 +397,27 @@ async def test_balance_is_one_snapshot_and_every_write_returns_it(clients, playe
     assert await balance(clients, p) == placed.posting.balance
 
 
+async def cached_balance(clients, player: str, *, sequence: int) -> w.Balance:
+    """The cached balance once it shows `sequence`: the cache is written right after the
+    answer, so a read that accepts it may trail a posting by that moment (and no more)."""
+    deadline = time.monotonic() + 5
+    while True:
+        shown = await clients.edge.GetBalance(
+            w.GetBalanceRequest(player_id=player, currency_code="EUR", allow_cached=True)
+        )
+        assert shown.balance.cached
+        if shown.balance.sequence >= sequence or time.monotonic() > deadline:
+            return shown.balance
+        await asyncio.sleep(0.01)
+
+
 async def test_cached_balance_is_served_only_when_asked_and_follows_writes(clients, player):
     p = await player(1000)
     fresh = await clients.edge.GetBalance(w.GetBalanceRequest(player_id=p, currency_code="EUR"))
     assert not fresh.balance.cached
     await clients.games.PlaceBet(bet(p, 10))
-    cached = await clients.edge.GetBalance(
-        w.GetBalanceRequest(player_id=p, currency_code="EUR", allow_cached=True)
-    )
-    assert cached.balance.cached
-    assert (cached.balance.posted_minor, cached.balance.sequence) == (990, 2)
+    cached = await cached_balance(clients, p, sequence=2)
+    assert (cached.posted_minor, cached.sequence) == (990, 2)
 
 
 async def test_cached_balance_follows_writes_after_redis_forgot_its_scripts(clients, player):
@@ -417,11 +431,8 @@ async def test_cached_balance_follows_writes_after_redis_forgot_its_scripts(clie
     finally:
         await redis.aclose()
     await clients.games.PlaceBet(bet(p, 20))
-    cached = await clients.edge.GetBalance(
-        w.GetBalanceRequest(player_id=p, currency_code="EUR", allow_cached=True)
-    )
-    assert cached.balance.cached
-    assert (cached.balance.posted_minor, cached.balance.sequence) == (970, 3)
+    cached = await cached_balance(clients, p, sequence=3)
+    assert (cached.posted_minor, cached.sequence) == (970, 3)
 
 
 async def test_history_is_newest_first_paged_and_filtered(clients, player) -> None:
