@@ -35,7 +35,7 @@ from services.runtime.config import ConfigError, domain_config
 from services.runtime.consumer import EventConsumer
 from services.runtime.errors import InvalidArgument
 from services.runtime.messages import timestamp
-from services.runtime.outbox import OutboxRelay
+from services.runtime.outbox import outbox_workers
 from services.runtime.pagination import decode_page_token, encode_page_token, page_size
 from services.runtime.server import ServiceRuntime
 
@@ -53,7 +53,7 @@ class ComplianceSettings:
     checkpoint_dir: Path = Path(".dev/checkpoints")
     outbox_relay: bool = True
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    # Published events are kept in the outbox this long, then pruned by the relay.
+    # Published events are kept in the outbox this long, then pruned.
     outbox_retention_hours: float = 24.0
     # AML transaction monitoring: consume the wallet's events from this durable queue (its
     # dead letters go to "<queue>.dead"). Off: checks are unaffected, events wait queued.
@@ -525,14 +525,10 @@ async def build(runtime: ServiceRuntime) -> None:
     runtime.add_background(compliance.checks)
     runtime.add_background(rule_flags)
     if settings.outbox_relay:
-        runtime.add_background(
-            OutboxRelay(
-                engine,
-                "compliance",
-                settings.amqp_url,
-                retention=dt.timedelta(hours=settings.outbox_retention_hours),
-            )
-        )
+        for worker in outbox_workers(
+            engine, "compliance", settings.amqp_url, settings.outbox_retention_hours
+        ):
+            runtime.add_background(worker)
     if settings.monitoring:
         jurisdictions = _jurisdictions(settings)
         monitoring = Monitoring(

@@ -36,7 +36,7 @@ from services.runtime.consumer import EventConsumer
 from services.runtime.errors import Code, DomainError, InvalidArgument
 from services.runtime.fields import request_id_field, text_field
 from services.runtime.logs import get_logger
-from services.runtime.outbox import OutboxRelay
+from services.runtime.outbox import outbox_workers
 from services.runtime.pagination import decode_page_token, encode_page_token
 from services.runtime.server import ServiceRuntime
 
@@ -53,7 +53,7 @@ log = get_logger()
 @dataclass(frozen=True)
 class GamesSettings:
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    # Published events are kept in the outbox this long, then pruned by the relay.
+    # Published events are kept in the outbox this long, then pruned.
     outbox_retention_hours: float = 24.0
     publish_events: bool = True
     # Consume compliance's PlayerExcluded events from this durable queue and end the
@@ -478,11 +478,7 @@ async def build(runtime: ServiceRuntime) -> None:
             )
         )
     if settings.publish_events:
-        runtime.add_background(
-            OutboxRelay(
-                engine,
-                store.SCHEMA,
-                settings.amqp_url,
-                retention=dt.timedelta(hours=settings.outbox_retention_hours),
-            )
-        )
+        for worker in outbox_workers(
+            engine, store.SCHEMA, settings.amqp_url, settings.outbox_retention_hours
+        ):
+            runtime.add_background(worker)

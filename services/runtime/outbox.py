@@ -6,10 +6,10 @@ A service's migration creates `<schema>.outbox` with `outbox_ddl`; its store cal
 rows to the `casino.events` topic exchange (persistent messages, publisher confirms,
 mandatory routing), marking them published only after the broker confirmed. A relay killed
 at any point loses nothing: unconfirmed rows are published again, and consumers
-deduplicate by the message id (the event id). Published rows are kept for `retention`
-(for tracing a delivery) and then pruned by the relay, so the table holds a bounded window
-rather than every event ever; the service role can only prune published rows, through a
-function its migration creates (`outbox_retention_ddl`).
+deduplicate by the message id (the event id). Published rows are kept for a retention
+window (for tracing a delivery) and then deleted by a `services.runtime.retention.Pruner`
+calling `<schema>.prune_outbox`, which a migration creates (`outbox_retention_ddl`): the
+service role can delete only published rows, and only through it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.runtime.logs import get_logger
+from services.runtime.retention import Pruner
 
 EXCHANGE = "casino.events"
 # Messages no queue is bound for land here instead of vanishing; its depth is an alert.
@@ -37,11 +37,6 @@ CONTENT_TYPE = "application/x-protobuf"
 
 PUBLISHED = Counter("casino_outbox_published_total", "Outbox events confirmed by the broker.")
 PENDING = Gauge("casino_outbox_pending", "Outbox events not yet confirmed by the broker.")
-PRUNED = Counter("casino_outbox_pruned_total", "Published outbox events deleted after retention.")
-
-# Published rows older than this are deleted; rows deleted per statement.
-DEFAULT_RETENTION = dt.timedelta(hours=24)
-_PRUNE_BATCH = 5000
 
 log = get_logger()
 
@@ -71,7 +66,7 @@ def outbox_ddl(schema: str, role: str) -> list[str]:
 
 
 def outbox_retention_ddl(schema: str, role: str) -> list[str]:
-    """Statements letting the relay prune published rows (for a migration after
+    """Statements letting a Pruner delete published rows (for a migration after
     `outbox_ddl`): an index on insertion time and a function owned by the schema's owner
     that deletes only published rows older than `keep`, at most `max_rows` per call. The
     service role gets EXECUTE on it, never DELETE on the table: it cannot drop an event
@@ -152,17 +147,12 @@ class OutboxRelay:
         *,
         batch_size: int = 200,
         idle_seconds: float = 0.05,
-        retention: dt.timedelta = DEFAULT_RETENTION,
-        prune_every_seconds: float = 60.0,
     ) -> None:
         self._engine = engine
         self._schema = schema
         self._amqp_url = amqp_url
         self._batch_size = batch_size
         self._idle = idle_seconds
-        self._retention = retention
-        self._prune_every = prune_every_seconds
-        self._pruned_at = -float("inf")
         self._connection: AbstractRobustConnection | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
 
@@ -230,34 +220,12 @@ class OutboxRelay:
                 ).scalar_one()
             )
 
-    async def prune(self) -> int:
-        """Delete published rows older than the retention, in bounded statements; returns
-        how many went."""
-        total = 0
-        while True:
-            async with self._engine.begin() as conn:
-                deleted = int(
-                    (
-                        await conn.execute(
-                            text(f"SELECT {self._schema}.prune_outbox(:keep, :n)"),
-                            {"keep": self._retention, "n": _PRUNE_BATCH},
-                        )
-                    ).scalar_one()
-                )
-            total += deleted
-            PRUNED.inc(deleted)
-            if deleted < _PRUNE_BATCH:
-                return total
-
     async def run(self) -> None:
         backoff = self._idle
         while True:
             try:
                 published = await self.publish_batch()
                 backoff = self._idle
-                if time.monotonic() - self._pruned_at >= self._prune_every:
-                    self._pruned_at = time.monotonic()  # a failed prune waits its turn too
-                    await self.prune()
                 if published < self._batch_size:
                     PENDING.set(await self.pending())
                     await asyncio.sleep(self._idle)
@@ -279,3 +247,14 @@ class OutboxRelay:
 
     async def close(self) -> None:
         await self._reset()
+
+
+def outbox_workers(
+    engine: AsyncEngine, schema: str, amqp_url: str, retention_hours: float
+) -> tuple[OutboxRelay, Pruner]:
+    """The background workers of a service's outbox: the relay, and the pruner of what it
+    published (for ServiceRuntime.add_background)."""
+    return (
+        OutboxRelay(engine, schema, amqp_url),
+        Pruner(engine, f"{schema}.prune_outbox", dt.timedelta(hours=retention_hours)),
+    )

@@ -18,7 +18,7 @@ from services.runtime.config import domain_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.fields import text_field
 from services.runtime.messages import timestamp
-from services.runtime.outbox import OutboxRelay
+from services.runtime.outbox import outbox_workers
 from services.runtime.pagination import decode_page_token, encode_page_token, page_size
 from services.runtime.server import ServiceRuntime
 from services.wallet import reconcile, store
@@ -50,7 +50,7 @@ class WalletConfig:
     # are safe: rows are claimed with SKIP LOCKED).
     outbox_relay: bool = True
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    # Published events are kept in the outbox this long, then pruned by the relay.
+    # Published events are kept in the outbox this long, then pruned.
     outbox_retention_hours: float = 24.0
 
 
@@ -414,11 +414,7 @@ async def build(runtime: ServiceRuntime) -> None:
         wallet_pb2_grpc.add_WalletServiceServicer_to_server,
     )
     if config.outbox_relay:
-        runtime.add_background(
-            OutboxRelay(
-                engine,
-                "wallet",
-                config.amqp_url,
-                retention=dt.timedelta(hours=config.outbox_retention_hours),
-            )
-        )
+        for worker in outbox_workers(
+            engine, "wallet", config.amqp_url, config.outbox_retention_hours
+        ):
+            runtime.add_background(worker)

@@ -1,5 +1,6 @@
 """The outbox keeps a bounded window: published events older than the retention are pruned
-by the relay, undelivered events never are, and the service role cannot delete rows itself."""
+(a Pruner calling wallet.prune_outbox, as the wallet runs it beside its relay), undelivered
+events never are, and the service role cannot delete rows itself."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 
 from services.runtime import db
 from services.runtime.config import DatabaseConfig
-from services.runtime.outbox import OutboxRelay
 from services.runtime.process import ServiceProcess
+from services.runtime.retention import Pruner
 from tests.conftest import SECRETS, database_url
 from tests.wallet.conftest import admin_dsn, wallet_role_dsn
 
@@ -28,7 +29,7 @@ def _insert(conn: psycopg.Connection, shard: str, age: dt.timedelta, published: 
     return int(row[0])
 
 
-async def test_the_relay_prunes_only_published_events_past_retention(
+async def test_only_published_events_past_retention_are_pruned(
     wallet: ServiceProcess,  # a running wallet: its schema is migrated
 ) -> None:
     shard = f"retention-{uuid.uuid4().hex[:8]}"
@@ -44,9 +45,9 @@ async def test_the_relay_prunes_only_published_events_past_retention(
         ),
         "test",
     )
-    relay = OutboxRelay(engine, "wallet", "amqp://unused", retention=day)
+    pruner = Pruner(engine, "wallet.prune_outbox", day)
     try:
-        assert await relay.prune() >= len(old_published)
+        assert await pruner.prune() >= len(old_published)
     finally:
         await engine.dispose()
 
