@@ -37,6 +37,7 @@ from services.runtime.errors import InvalidArgument
 from services.runtime.messages import timestamp
 from services.runtime.outbox import outbox_workers
 from services.runtime.pagination import decode_page_token, encode_page_token, page_size
+from services.runtime.retention import Pruner
 from services.runtime.server import ServiceRuntime
 
 
@@ -55,6 +56,14 @@ class ComplianceSettings:
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # Published events are kept in the outbox this long, then pruned.
     outbox_retention_hours: float = 24.0
+    # Counted usage (deposits, stakes, wins behind limits and the CDD threshold) is deleted
+    # after this many days; never under 35 (the database function refuses younger rows too).
+    usage_retention_days: float = 90.0
+
+    def __post_init__(self) -> None:
+        if self.usage_retention_days < 35:
+            raise ConfigError("compliance.usage_retention_days must be at least 35 (limits)")
+
     # AML transaction monitoring: consume the wallet's events from this durable queue (its
     # dead letters go to "<queue>.dead"). Off: checks are unaffected, events wait queued.
     monitoring: bool = True
@@ -524,6 +533,9 @@ async def build(runtime: ServiceRuntime) -> None:
     )
     runtime.add_background(compliance.checks)
     runtime.add_background(rule_flags)
+    runtime.add_background(
+        Pruner(engine, "compliance.prune_usage", dt.timedelta(days=settings.usage_retention_days))
+    )
     if settings.outbox_relay:
         for worker in outbox_workers(
             engine, "compliance", settings.amqp_url, settings.outbox_retention_hours
