@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from casino.common.v1 import money_pb2
 from casino.games.v1 import games_pb2 as pb
 from casino.games.v1 import games_pb2_grpc
-from services.games import audit, catalog, exclusions, messages, store
+from services.games import audit, catalog, messages, store
 from services.games.lifecycle import BetRefused, Lifecycle, StakeBounds
 from services.games.rounds import fair_key, round_fields
 from services.games.sessions import Session, Sessions
@@ -32,8 +32,8 @@ from services.runtime import verdict_log
 from services.runtime.call import CLIENT_COUNTRY_METADATA, from_edge, require_player
 from services.runtime.checkpoints import ChainCheckpointer
 from services.runtime.config import ConfigError, domain_config
-from services.runtime.consumer import EventConsumer
 from services.runtime.errors import Code, DomainError, InvalidArgument
+from services.runtime.exclusions import exclusion_consumer
 from services.runtime.fields import request_id_field, text_field
 from services.runtime.logs import get_logger
 from services.runtime.outbox import outbox_workers
@@ -469,12 +469,13 @@ async def build(runtime: ServiceRuntime) -> None:
     )
     if settings.exclusion_events:
         runtime.add_background(
-            EventConsumer(
-                exclusions.handler(sessions, redis),
-                settings.amqp_url,
-                settings.exclusion_queue,
-                [exclusions.BINDING],
-                prefetch=16,
+            exclusion_consumer(
+                sessions.end_all,
+                what="game sessions ended",
+                redis=redis,
+                seen_prefix="games:excluded-event:",
+                amqp_url=settings.amqp_url,
+                queue=settings.exclusion_queue,
             )
         )
     if settings.publish_events:

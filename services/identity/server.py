@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from casino.identity.v1 import identity_pb2 as pb
 from casino.identity.v1 import identity_pb2_grpc
-from services.identity import exclusions, store
+from services.identity import store
 from services.identity.authentication import Authenticator, IssuedSession
 from services.identity.lockout import LockoutPolicy, LoginThrottle
 from services.identity.passwords import Argon2Parameters, Passwords, ensure_pepper
@@ -29,8 +29,8 @@ from services.runtime.call import (
     require_player,
 )
 from services.runtime.config import ConfigError, domain_config
-from services.runtime.consumer import EventConsumer
 from services.runtime.errors import InvalidArgument, NotFound
+from services.runtime.exclusions import exclusion_consumer
 from services.runtime.messages import timestamp
 from services.runtime.server import ServiceRuntime
 
@@ -209,11 +209,12 @@ async def build(runtime: ServiceRuntime) -> None:
     )
     if settings.exclusion_events:
         runtime.add_background(
-            EventConsumer(
-                exclusions.handler(sessions, redis),
-                settings.amqp_url,
-                settings.exclusion_queue,
-                [exclusions.BINDING],
-                prefetch=16,
+            exclusion_consumer(
+                sessions.revoke_all,
+                what="sessions revoked",
+                redis=redis,
+                seen_prefix="identity:excluded-event:",
+                amqp_url=settings.amqp_url,
+                queue=settings.exclusion_queue,
             )
         )
