@@ -28,7 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.runtime.logs import get_logger
-from services.runtime.retention import Pruner
+from services.runtime.retention import Pruner, prune_function_ddl
 
 EXCHANGE = "casino.events"
 # Messages no queue is bound for land here instead of vanishing; its depth is an alert.
@@ -67,27 +67,20 @@ def outbox_ddl(schema: str, role: str) -> list[str]:
 
 def outbox_retention_ddl(schema: str, role: str) -> list[str]:
     """Statements letting a Pruner delete published rows (for a migration after
-    `outbox_ddl`): an index on insertion time and a function owned by the schema's owner
-    that deletes only published rows older than `keep`, at most `max_rows` per call. The
-    service role gets EXECUTE on it, never DELETE on the table: it cannot drop an event
-    that was not delivered."""
+    `outbox_ddl`): an index on insertion time and `<schema>.prune_outbox`, which deletes only
+    published rows older than `keep`. The service role gets EXECUTE on it, never DELETE on
+    the table: it cannot drop an event that was not delivered."""
     return [
         f"CREATE INDEX outbox_create_time ON {schema}.outbox (create_time)",
-        f"""
-        CREATE FUNCTION {schema}.prune_outbox(keep interval, max_rows integer)
-        RETURNS integer LANGUAGE sql SECURITY DEFINER
-        SET search_path = pg_catalog, pg_temp AS $$
-            WITH gone AS (
-                DELETE FROM {schema}.outbox WHERE (shard_key, id) IN (
-                    SELECT shard_key, id FROM {schema}.outbox
-                    WHERE create_time < now() - keep AND publish_time IS NOT NULL
-                    ORDER BY create_time LIMIT max_rows)
-                RETURNING 1)
-            SELECT count(*)::integer FROM gone
-        $$
-        """,
-        f"REVOKE ALL ON FUNCTION {schema}.prune_outbox(interval, integer) FROM PUBLIC",
-        f"GRANT EXECUTE ON FUNCTION {schema}.prune_outbox(interval, integer) TO {role}",
+        *prune_function_ddl(
+            schema,
+            "prune_outbox",
+            "outbox",
+            key="shard_key, id",
+            done="create_time < now() - keep AND publish_time IS NOT NULL",
+            order_by="create_time",
+            role=role,
+        ),
     ]
 
 

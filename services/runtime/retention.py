@@ -28,6 +28,32 @@ BATCH = 5000
 log = get_logger()
 
 
+def prune_function_ddl(
+    schema: str, name: str, table: str, key: str, done: str, order_by: str, role: str
+) -> list[str]:
+    """Statements (for a migration) creating `<schema>.<name>(keep interval, max_rows
+    integer)`: deletes at most `max_rows` rows of `<schema>.<table>` matching `done` (an SQL
+    condition that may use `keep`), oldest first by `order_by`, found by their primary key
+    `key` (a column list); owned by the migration role, executable by `role` only."""
+    function = f"{schema}.{name}(interval, integer)"
+    return [
+        f"""
+        CREATE FUNCTION {schema}.{name}(keep interval, max_rows integer)
+        RETURNS integer LANGUAGE sql SECURITY DEFINER
+        SET search_path = pg_catalog, pg_temp AS $$
+            WITH gone AS (
+                DELETE FROM {schema}.{table} WHERE ({key}) IN (
+                    SELECT {key} FROM {schema}.{table} WHERE {done}
+                    ORDER BY {order_by} LIMIT max_rows)
+                RETURNING 1)
+            SELECT count(*)::integer FROM gone
+        $$
+        """,  # noqa: S608 (names and conditions from migrations, never from input)
+        f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC",
+        f"GRANT EXECUTE ON FUNCTION {function} TO {role}",
+    ]
+
+
 class Pruner:
     """A background worker (ServiceRuntime.add_background) calling `function` (qualified,
     e.g. "wallet.prune_outbox") with `keep` every `every_seconds`."""

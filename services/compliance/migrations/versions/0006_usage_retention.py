@@ -9,6 +9,8 @@ Revises: 0005
 
 from alembic import op
 
+from services.runtime.retention import prune_function_ddl
+
 revision = "0006"
 down_revision = "0005"
 branch_labels = None
@@ -17,19 +19,13 @@ depends_on = None
 
 def upgrade(*, role: str, schema: str) -> None:
     op.execute(f"CREATE INDEX usage_at ON {schema}.usage (at)")
-    # The schema name comes from the migration environment, never from input.
-    op.execute(f"""
-        CREATE FUNCTION {schema}.prune_usage(keep interval, max_rows integer)
-        RETURNS integer LANGUAGE sql SECURITY DEFINER
-        SET search_path = pg_catalog, pg_temp AS $$
-            WITH gone AS (
-                DELETE FROM {schema}.usage WHERE (player_id, request_id) IN (
-                    SELECT player_id, request_id FROM {schema}.usage
-                    WHERE at < now() - greatest(keep, interval '35 days')
-                    ORDER BY at LIMIT max_rows)
-                RETURNING 1)
-            SELECT count(*)::integer FROM gone
-        $$
-    """)  # noqa: S608
-    op.execute(f"REVOKE ALL ON FUNCTION {schema}.prune_usage(interval, integer) FROM PUBLIC")
-    op.execute(f"GRANT EXECUTE ON FUNCTION {schema}.prune_usage(interval, integer) TO {role}")
+    for statement in prune_function_ddl(
+        schema,
+        "prune_usage",
+        "usage",
+        key="player_id, request_id",
+        done="at < now() - greatest(keep, interval '35 days')",
+        order_by="at",
+        role=role,
+    ):
+        op.execute(statement)
