@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.runtime import failpoints
 from services.runtime.errors import DomainError, IdempotencyMismatch
+from services.runtime.logs import get_logger
 from services.runtime.outbox import Event, enqueue
 from services.wallet import store
 from services.wallet.cache import BalanceCache
@@ -45,6 +46,8 @@ from services.wallet.ledger import (
 from services.wallet.store import StoredTransaction
 
 EVENT_TYPE = "casino.wallet.v1.TransactionPosted"
+
+log = get_logger()
 
 
 @dataclass(frozen=True)
@@ -187,8 +190,12 @@ class Postings:
                 pending.future.set_exception(outcome)
             else:
                 pending.future.set_result(outcome)
-        # The callers are answered; then the display cache (never on the answer's path).
-        await self._cache.put(balances)
+        # The callers are answered; then the display cache (never on the answer's path, and
+        # never able to stop the worker: it is display only).
+        try:
+            await self._cache.put(balances)
+        except Exception as exc:
+            log.warning("balance cache write failed", error=repr(exc))
 
     async def _apply(
         self, requests: list[Request], callers: list[str]
