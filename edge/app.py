@@ -191,6 +191,8 @@ class ListenerApp:
         readiness: Readiness,
         tracer: Tracer,
         geo: GeoLocator,
+        *,
+        access_log: bool = True,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -205,6 +207,8 @@ class ListenerApp:
         self.readiness = readiness
         self.tracer = tracer
         self.geo = geo
+        # One "request finished" line per request ([telemetry] access_log, as for services).
+        self.access_log = access_log
         self.openapi = openapi_document(
             [r.binding for r in routes], title=f"Casino platform edge ({name})"
         )
@@ -277,6 +281,8 @@ class ListenerApp:
             span.set_attribute("http.response.status_code", response.status_code)
             span.set_attribute("casino.request_id", request_id)
             await response(scope, receive, send)
+            if not self.access_log:
+                return
             log.info(
                 "request finished",
                 listener=self.name,
@@ -528,6 +534,7 @@ class Edge:
                 self.readiness,
                 provider_tracer,
                 geo,
+                access_log=config.telemetry.access_log,
             )
             for name in LISTENERS
         }
