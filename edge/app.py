@@ -341,6 +341,16 @@ class ListenerApp:
         binding, variables = match
         route = f"{binding.http_method} {binding.path.template}"
         endpoint_class = binding.endpoint_class
+        if not country and endpoint_class in self.geo.required_for:
+            raise _tag(
+                EdgeError(
+                    403,
+                    "PERMISSION_DENIED",
+                    "your location could not be determined; this service needs it",
+                    "LOCATION_UNKNOWN",
+                ),
+                route,
+            )
         limit = self.settings.max_body_bytes
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):

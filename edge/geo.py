@@ -7,7 +7,8 @@ Two sources, in order:
   the listener's trusted proxies (anyone else could send the header);
 - the operator's table of networks (`networks_file`: CSV lines `network,country`, e.g. an
   export of a geo-IP database), longest prefix first, for the client address.
-Neither: unknown (""), and services fall back to what the client stated. The country goes
+Neither: unknown (""); requests of the classes in `required_for` are then refused with 403
+LOCATION_UNKNOWN, others go on and services fall back to what the client stated. The country goes
 upstream in call metadata `x-casino-client-country`, which services believe only from the
 edge's certificate identity.
 """
@@ -17,12 +18,13 @@ from __future__ import annotations
 import csv
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from starlette.datastructures import Headers
 
 from edge.netrules import Address
+from edge.ratelimit import ENDPOINT_CLASSES
 from services.runtime.config import ConfigError
 
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
@@ -34,12 +36,27 @@ _NOT_A_COUNTRY = frozenset({"XX", "T1", "ZZ"})
 class GeoConfig:
     country_header: str = ""
     networks_file: Path | None = None
+    # Endpoint classes refused (403 LOCATION_UNKNOWN) for a client neither source places,
+    # e.g. ["GAMEPLAY", "PAYMENT"] where the licence requires geolocation. Empty: such a
+    # request goes on, and services fall back to the country the client states.
+    required_for: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.required_for) - set(ENDPOINT_CLASSES))
+        if unknown:
+            raise ConfigError(f"edge.geo.required_for: unknown endpoint class(es) {unknown}")
 
 
 class GeoLocator:
-    def __init__(self, networks: dict[str, str], country_header: str = "") -> None:
+    def __init__(
+        self,
+        networks: dict[str, str],
+        country_header: str = "",
+        required_for: frozenset[str] = frozenset(),
+    ) -> None:
         """`networks`: CIDR -> ISO 3166-1 alpha-2 country."""
         self._header = country_header.lower()
+        self.required_for = required_for
         # Per IP version and prefix length, network address -> country: a lookup is one
         # dict probe per prefix length present, longest first.
         self._tables: dict[int, list[tuple[int, dict[int, str]]]] = {4: [], 6: []}
@@ -73,7 +90,7 @@ class GeoLocator:
                             networks[row[0]] = row[1]
             except OSError as exc:
                 raise ConfigError(f"edge.geo: cannot read {config.networks_file}: {exc}") from None
-        return cls(networks, config.country_header)
+        return cls(networks, config.country_header, frozenset(config.required_for))
 
     def country(self, client: Address | None, via_trusted_proxy: bool, headers: Headers) -> str:
         """The client's country, or "" when neither source knows."""

@@ -31,7 +31,31 @@ def located_edge(
         pki,
         tokens,
         edge_services,
-        extra=f'[edge.geo]\ncountry_header = "CF-IPCountry"\nnetworks_file = "{table}"\n',
+        extra=(
+            f'[edge.geo]\ncountry_header = "CF-IPCountry"\nnetworks_file = "{table}"\n'
+            'required_for = ["CATALOG"]\n'
+        ),
+    )
+    yield process
+    process.terminate()
+
+
+@pytest.fixture(scope="module")
+def edge_requiring_an_unknown_location(
+    tmp_path_factory: pytest.TempPathFactory,
+    pki: Pki,
+    tokens: TokenMinter,
+    edge_services: dict[str, ServiceProcess],
+) -> Iterator[EdgeProcess]:
+    folder = tmp_path_factory.mktemp("geo-required-edge")
+    table = folder / "networks.csv"
+    table.write_text("198.51.100.0/24,US\n")  # loopback is in no row
+    process = start_edge_for(
+        folder,
+        pki,
+        tokens,
+        edge_services,
+        extra=f'[edge.geo]\nnetworks_file = "{table}"\nrequired_for = ["CATALOG"]\n',
     )
     yield process
     process.terminate()
@@ -66,3 +90,18 @@ async def test_without_geo_data_no_country_is_claimed_for_the_client(
         )
     assert reply.status_code == 200, reply.text
     assert reply.json().get("clientCountry", "") == ""
+
+
+async def test_a_class_that_requires_a_location_refuses_an_unlocated_client(
+    edge_requiring_an_unknown_location: EdgeProcess,
+) -> None:
+    async with httpx.AsyncClient(
+        base_url=edge_requiring_an_unknown_location.url(), timeout=10
+    ) as http:
+        refused = await http.post(
+            "/v1/echoes",
+            json={"requestId": uuid.uuid4().hex, "message": "m"},
+            headers={"CF-IPCountry": "GB"},  # a client's own claim does not place it
+        )
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["reason"] == "LOCATION_UNKNOWN"

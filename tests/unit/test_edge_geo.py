@@ -83,3 +83,9 @@ def test_services_believe_the_country_only_from_the_edge(
         assert from_edge([(CLIENT_COUNTRY_METADATA, "MT")], CLIENT_COUNTRY_METADATA) == believed
     finally:
         leave_call(token)
+
+
+def test_requiring_a_location_names_known_endpoint_classes() -> None:
+    assert GeoLocator.from_config(GeoConfig(required_for=["GAMEPLAY"])).required_for == {"GAMEPLAY"}
+    with pytest.raises(ConfigError):
+        GeoConfig(required_for=["GAMES"])
