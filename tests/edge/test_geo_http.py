@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,6 +17,24 @@ from tests.conftest import Pki
 from tests.edge.conftest import TokenMinter, start_edge_for
 
 
+def _geo_edge(
+    folder: Path,
+    pki: Pki,
+    tokens: TokenMinter,
+    edge_services: dict[str, ServiceProcess],
+    table: str,
+) -> EdgeProcess:
+    """An edge whose CATALOG class requires a location, with `table` as its networks file,
+    believing CF-IPCountry only from its trusted proxies (the public listener has none)."""
+    networks = folder / "networks.csv"
+    networks.write_text(table)
+    geo = (
+        f'[edge.geo]\nnetworks_file = "{networks}"\nrequired_for = ["CATALOG"]\n'
+        'country_header = "CF-IPCountry"\n'
+    )
+    return start_edge_for(folder, pki, tokens, edge_services, extra=geo)
+
+
 @pytest.fixture(scope="module")
 def located_edge(
     tmp_path_factory: pytest.TempPathFactory,
@@ -23,19 +42,9 @@ def located_edge(
     tokens: TokenMinter,
     edge_services: dict[str, ServiceProcess],
 ) -> Iterator[EdgeProcess]:
+    table = "# the operator's geo table: loopback is Malta here\n127.0.0.0/8,MT\n"
     folder = tmp_path_factory.mktemp("geo-edge")
-    table = folder / "networks.csv"
-    table.write_text("# the operator's geo table: loopback is Malta here\n127.0.0.0/8,MT\n")
-    process = start_edge_for(
-        folder,
-        pki,
-        tokens,
-        edge_services,
-        extra=(
-            f'[edge.geo]\ncountry_header = "CF-IPCountry"\nnetworks_file = "{table}"\n'
-            'required_for = ["CATALOG"]\n'
-        ),
-    )
+    process = _geo_edge(folder, pki, tokens, edge_services, table)
     yield process
     process.terminate()
 
@@ -47,16 +56,9 @@ def edge_requiring_an_unknown_location(
     tokens: TokenMinter,
     edge_services: dict[str, ServiceProcess],
 ) -> Iterator[EdgeProcess]:
+    table = "198.51.100.0/24,US\n"  # loopback is in no row
     folder = tmp_path_factory.mktemp("geo-required-edge")
-    table = folder / "networks.csv"
-    table.write_text("198.51.100.0/24,US\n")  # loopback is in no row
-    process = start_edge_for(
-        folder,
-        pki,
-        tokens,
-        edge_services,
-        extra=f'[edge.geo]\nnetworks_file = "{table}"\nrequired_for = ["CATALOG"]\n',
-    )
+    process = _geo_edge(folder, pki, tokens, edge_services, table)
     yield process
     process.terminate()
 
