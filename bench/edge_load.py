@@ -8,7 +8,7 @@ from the same client (a minimal keep-alive HTTP/1.1 client):
 
 - wallet balance read through the edge: GET /v1/players/{id}/accounts/EUR/balance with a
   bearer token minted here (EdDSA, a key pair in a temp dir the edge loads): token check,
-  revocation GET, rate-limit EVALSHA, transcoding, the gRPC call;
+  one rate-limit EVALSHA that also reads the revocation mark, transcoding, the gRPC call;
 - catalog read through the edge: GET /v1/ping (echo Ping, the catalog stand-in; no token);
 - the bare endpoint: GET /bare answering a small JSON body;
 - the same two gRPC calls made directly (as `edge`, over mTLS), which the edge cannot avoid.
