@@ -243,11 +243,17 @@ class OutboxRelay:
 
 
 def outbox_workers(
-    engine: AsyncEngine, schema: str, amqp_url: str, retention_hours: float
+    engine: AsyncEngine,
+    schema: str,
+    amqp_url: str,
+    retention_hours: float,
+    *,
+    batch_size: int = 200,
 ) -> tuple[OutboxRelay, Pruner]:
-    """The background workers of a service's outbox: the relay, and the pruner of what it
-    published (for ServiceRuntime.add_background)."""
+    """The background workers of a service's outbox: the relay (publishing up to
+    `batch_size` events per confirmed batch), and the pruner of what it published (for
+    ServiceRuntime.add_background)."""
     return (
-        OutboxRelay(engine, schema, amqp_url),
+        OutboxRelay(engine, schema, amqp_url, batch_size=batch_size),
         Pruner(engine, f"{schema}.prune_outbox", dt.timedelta(hours=retention_hours)),
     )

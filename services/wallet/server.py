@@ -52,6 +52,8 @@ class WalletConfig:
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # Published events are kept in the outbox this long, then pruned.
     outbox_retention_hours: float = 24.0
+    # Events published per batch (one set of broker confirms, one UPDATE marking them).
+    outbox_batch_size: int = 200
 
 
 RECONCILE_DISCREPANCIES = Gauge(
@@ -415,6 +417,10 @@ async def build(runtime: ServiceRuntime) -> None:
     )
     if config.outbox_relay:
         for worker in outbox_workers(
-            engine, "wallet", config.amqp_url, config.outbox_retention_hours
+            engine,
+            "wallet",
+            config.amqp_url,
+            config.outbox_retention_hours,
+            batch_size=config.outbox_batch_size,
         ):
             runtime.add_background(worker)

@@ -228,11 +228,13 @@ async def test_tampering_with_a_stored_round_is_detected(stubs, launch_rng) -> N
     replay = await stubs["backoffice"].ReplayRound(pb.ReplayRoundRequest(round_id=r.round_id))
     assert not replay.matches
 
-    # An audit record altered (bypassing the append-only triggers): the chain breaks.
+    # An audit record altered (bypassing the append-only triggers): the chain breaks. The
+    # forged values are out of the dice's range, so the update always changes the row (a
+    # real draw of 6, 6, 6 once made a "forgery" that changed nothing).
     with psycopg.connect(admin_dsn()) as conn:
         conn.execute("SET session_replication_role = replica")
         conn.execute(
-            "UPDATE rng.verdicts SET inputs = jsonb_set(inputs, '{values}', '[[6,6,6]]')"
+            "UPDATE rng.verdicts SET inputs = jsonb_set(inputs, '{values}', '[[7,7,7]]')"
             " WHERE action = 'ROUND_DRAW' AND inputs->>'round_id' = %s",
             [r.round_id],
         )

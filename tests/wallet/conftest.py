@@ -26,8 +26,12 @@ amqp_url = "{amqp_url}"
 """
 
 
-def wallet_extra(*, relay: bool = False, failpoints: dict[str, str] | None = None) -> str:
+def wallet_extra(
+    *, relay: bool = False, failpoints: dict[str, str] | None = None, wallet: str = ""
+) -> str:
+    """The test wallet's config; `wallet`: more lines for its [wallet] table."""
     extra = WALLET_SECTION.format(relay="true" if relay else "false", amqp_url=TEST_AMQP_URL)
+    extra += wallet
     if failpoints:
         extra += "[failpoints]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in failpoints.items())
     return extra

@@ -106,11 +106,15 @@ async def test_every_committed_posting_reaches_a_consumer_with_the_relay_killed_
         }
     assert len(expected) == 1200
 
-    # Relays started and SIGKILLed at random moments until the outbox is drained.
+    # Relays started and SIGKILLed at random moments until the outbox is drained. Batches of
+    # ten: the drain takes long enough for the kills to land mid-way, however fast a relay
+    # publishes a full batch on this machine.
     rng = random.Random(7)
     kills = 0
     while True:
-        relay = launcher("wallet", extra=wallet_extra(relay=True))
+        relay = launcher(
+            "wallet", extra=wallet_extra(relay=True, wallet="outbox_batch_size = 10\n")
+        )
         await asyncio.sleep(rng.uniform(0.05, 0.4))
         with psycopg.connect(admin_dsn()) as conn:
             (left,) = conn.execute(
