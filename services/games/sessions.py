@@ -3,11 +3,12 @@ reality-check clock and the running net position, with an idle TTL.
 
 One hash per session (`games:session:{<session_id>}`; the braces keep a session's keys in
 one cluster slot), and per player the set of their session ids
-(`games:player-sessions:{<player_id>}`, kept alive by every use of a session), so that a
-self-exclusion can end all of them. The session is display and pacing state: losing it
-loses no money (the wallet and the round journal are the truth), so a player whose session
-expired simply starts a new one. Slot spin spacing is one atomic script on that hash, so two
-concurrent spins of a session cannot both pass."""
+(`games:player-sessions:{<player_id>}`, kept a week after the player's last session start,
+far longer than any session lives), so that a self-exclusion can end all of them. The
+session is display and pacing state: losing it loses no money (the wallet and the round
+journal are the truth), so a player whose session expired simply starts a new one. Slot
+spin spacing is one atomic script on that hash, so two concurrent spins of a session cannot
+both pass."""
 
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ from services.runtime.errors import Code, DomainError, NotFound
 
 SESSION_KEY = "games:session:{{{session_id}}}"
 PLAYER_SESSIONS_KEY = "games:player-sessions:{{{player_id}}}"
-# The player's set outlives the last use of any of their sessions by this much more than
-# the sessions' own idle time.
-_INDEX_MARGIN_MS = 60_000
+# The player's set of session ids lives this long after their last session start: set at
+# start only, so the round path pays nothing for it. (A session ends after its idle time
+# without play; one played without a break for a week would leave the index first, and its
+# bets would still be refused by compliance's check.)
+_INDEX_LIFETIME_MS = 7 * 86_400_000
 REQUEST_KEY = "games:session-request:{{{player_id}}}:{request_id}"
 
 
@@ -195,19 +198,12 @@ class Sessions:
         index = PLAYER_SESSIONS_KEY.format(player_id=player_id)
         async with self._redis.pipeline(transaction=True) as pipe:  # another slot: its own
             pipe.sadd(index, session_id)
-            pipe.pexpire(index, self._idle_ms + _INDEX_MARGIN_MS)
+            pipe.pexpire(index, max(_INDEX_LIFETIME_MS, self._idle_ms))
             await pipe.execute()
         return await self.load(player_id, session_id)
 
     async def load(self, player_id: str, session_id: str, *, allow_ended: bool = False) -> Session:
-        # Every use of a session also keeps the player's index of sessions alive (same
-        # round trip).
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(SESSION_KEY.format(session_id=session_id))
-            pipe.pexpire(
-                PLAYER_SESSIONS_KEY.format(player_id=player_id), self._idle_ms + _INDEX_MARGIN_MS
-            )
-            raw, _ = await pipe.execute()
+        raw = await self._redis.hgetall(SESSION_KEY.format(session_id=session_id))  # type: ignore[misc]
         data = {_str(k): _str(v) for k, v in raw.items()}
         # Another player's session is as unknown to this player as a missing one.
         if not data or data.get("player_id") != player_id:
