@@ -5,13 +5,13 @@ transaction, answering each only after that commit. Several requests of one play
 share a batch (a busy account is the one that most needs it) as long as none of them names
 what another names (its key, the bet it settles or rolls back, its round, its withdrawal):
 then no request's facts depend on another's, and only the balance threads through them, in
-arrival order. The order inside the
-transaction is the invariant: lock the accounts (in key order), read what the keys and the
-referenced bets and withdrawals already hold, decide each request (pure), record every
-outcome under its idempotency key (the primary key decides: a key that turns out to exist
-sends the batch back to be posted one request at a time), then append the entries, move
-the accounts and enqueue the events. A batch that fails for any other reason is also
-retried one request at a time, so one bad request never fails its neighbours.
+arrival order. The order inside the transaction is the invariant: lock the accounts (in key
+order), read what the keys and the referenced bets and withdrawals already hold, decide
+each request (pure), record every outcome under its idempotency key (the primary key
+decides: a key that turns out to exist sends the batch back to be posted one request at a
+time), then append the entries, move the accounts and enqueue the events. A batch that
+fails for any other reason is also retried one request at a time, so one bad request never
+fails its neighbours. The display cache is written after the answers, never before.
 """
 
 from __future__ import annotations
@@ -227,21 +227,22 @@ class Postings:
                 refusal = decision if isinstance(decision, Refusal) else None
                 effect = decision if isinstance(decision, Effect) else Effect(0)
                 entry = next_entry(r, account, effect, now) if effect.writes_entry else None
+                after = account
                 if entry is not None:
+                    after = _after(entry)
+                    entries.append(entry)
                     # The player's next request in this batch sees this one's balance.
-                    accounts[(r.player_id, r.currency)] = _after(entry)
+                    accounts[(r.player_id, r.currency)] = after
                 tx = store.new_transaction(
                     r,
                     caller=callers[i],
                     effect=effect,
                     refusal=refusal,
                     sequence=entry.sequence if entry else None,
-                    after=_after(entry) if entry else account,
+                    after=after,
                     create_time=now,
                 )
                 fresh.append(tx)
-                if entry is not None:
-                    entries.append(entry)
                 outcomes[i] = refusal.error() if refusal else PostingResult(tx, replayed=False)
             if fresh:
                 if not await store.write_postings(conn, fresh, entries):
