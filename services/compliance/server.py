@@ -59,11 +59,6 @@ class ComplianceSettings:
     # Counted usage (deposits, stakes, wins behind limits and the CDD threshold) is deleted
     # after this many days; never under 35 (the database function refuses younger rows too).
     usage_retention_days: float = 90.0
-
-    def __post_init__(self) -> None:
-        if self.usage_retention_days < 35:
-            raise ConfigError("compliance.usage_retention_days must be at least 35 (limits)")
-
     # AML transaction monitoring: consume the wallet's events from this durable queue (its
     # dead letters go to "<queue>.dead"). Off: checks are unaffected, events wait queued.
     monitoring: bool = True
@@ -79,6 +74,10 @@ class ComplianceSettings:
     jurisdictions: dict[str, ComplianceConfig] = field(default_factory=dict)
     # Safety-net re-read of the rule flags (changes arrive by NOTIFY within milliseconds).
     flags_poll_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.usage_retention_days < 35:
+            raise ConfigError("compliance.usage_retention_days must be at least 35 (limits)")
 
 
 _DECISION = {"ALLOW": pb.DECISION_ALLOW, "DENY": pb.DECISION_DENY, "RECORDED": pb.DECISION_RECORDED}
