@@ -7,7 +7,12 @@ prepared statement of the connection on ROLLBACK (and a read in `engine.connect(
 one when the connection goes back to the pool): with reads rolled back, the pooled
 connections kept losing their prepared statements and the money path's statements were
 parsed and planned again on nearly every execution. Committing a read-only transaction
-writes nothing and costs the same round trip as rolling it back."""
+writes nothing and costs the same round trip as rolling it back.
+
+A unit of work that is one statement (a single-row read, say) runs instead on
+:func:`autocommit`'s engine, the same pool without psycopg's transaction: PostgreSQL runs a
+lone statement as its own transaction (atomic, one snapshot), so it costs one round trip
+where BEGIN, the statement and COMMIT cost three, and nothing is rolled back."""
 
 from __future__ import annotations
 
@@ -44,6 +49,13 @@ def create_engine(config: DatabaseConfig, application_name: str) -> AsyncEngine:
             "application_name": application_name,
         },
     )
+
+
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """``engine``'s pool for one-statement units of work: every statement commits alone, so
+    never use it for two statements that must agree or land together. Build it once per
+    service (building it costs about as much as a round trip's Python)."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 async def ping(engine: AsyncEngine) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.runtime import failpoints
+from services.runtime import db, failpoints
 from services.runtime.errors import DomainError, IdempotencyMismatch
 from services.runtime.logs import get_logger
 from services.runtime.outbox import Event, enqueue
@@ -99,6 +99,7 @@ class Postings:
         workers: int = 1,
     ) -> None:
         self._engine = engine
+        self._one_statement = db.autocommit(engine)
         self._cache = cache
         self._encode_event = encode_event
         self._max_batch = max_batch
@@ -278,16 +279,19 @@ class Postings:
     async def balance(
         self, player_id: str, currency: str, *, allow_cached: bool
     ) -> tuple[AccountState, bool]:
-        """A consistent snapshot (one row read); from the cache only if the caller allows."""
+        """A consistent snapshot (one row read, one round trip); from the cache only if the
+        caller allows, and a cache miss fills it for the next such caller."""
         if allow_cached:
             cached = await self._cache.get(player_id, currency)
             if cached is not None:
                 return cached, True
-        async with self._engine.begin() as conn:
+        async with self._one_statement.connect() as conn:
             account = await store.read_account(conn, player_id, currency)
         if account is None:
             raise AccountNotFound(player_id, currency)
-        await self._cache.put({(player_id, currency): account})
+        if allow_cached:
+            # Postings write the cache through; a read that did not ask for it leaves it be.
+            await self._cache.put({(player_id, currency): account})
         return account, False
 
 

@@ -2,12 +2,18 @@
 
 psycopg prepares a statement on a connection after its fifth execution there, and forgets
 all of that connection's prepared statements on ROLLBACK. The runtime's engine and its
-unit-of-work rule (reads too run in `engine.begin()`, see services/runtime/db.py) are what
-keep the money path's statements prepared; this checks them together, on the server."""
+unit-of-work rule (reads too run in `engine.begin()`, or alone on `db.autocommit(engine)`,
+see services/runtime/db.py) are what keep the money path's statements prepared; this
+checks them together, on the server."""
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
+from typing import Literal
+
+import psycopg
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.runtime import db
 from services.runtime.config import DatabaseConfig
@@ -19,7 +25,10 @@ PREPARED = text(
 )
 
 
-async def _prepared_after_reads(test_database: str, *, commit: bool) -> int:
+Unit = Literal["begin", "one statement", "left to roll back"]
+
+
+async def _prepared_after_reads(test_database: str, unit: Unit) -> int:
     engine = db.create_engine(
         DatabaseConfig(
             url=database_url("wallet"),
@@ -28,21 +37,44 @@ async def _prepared_after_reads(test_database: str, *, commit: bool) -> int:
         ),
         "test",
     )
+    one_statement = db.autocommit(engine)
     try:
         for _ in range(8):
-            unit = engine.begin() if commit else engine.connect()
-            async with unit as conn:
+            scope: AbstractAsyncContextManager[AsyncConnection] = (
+                engine.begin()
+                if unit == "begin"
+                else one_statement.connect()
+                if unit == "one statement"
+                else engine.connect()
+            )
+            async with scope as conn:
                 await conn.execute(READ, {"p": "nobody", "c": "EUR"})
+                raw = (await conn.get_raw_connection()).driver_connection
+                assert isinstance(raw, psycopg.AsyncConnection)
+                # A lone statement opens no transaction: no BEGIN went out, no COMMIT follows.
+                in_transaction = raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+                assert in_transaction == (unit != "one statement")
         async with engine.begin() as conn:
-            return int((await conn.execute(PREPARED)).scalar_one())
+            prepared = int((await conn.execute(PREPARED)).scalar_one())
+            # The same pooled connection is transactional again for the next unit of work.
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert isinstance(raw, psycopg.AsyncConnection)
+            assert raw.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+            return prepared
     finally:
         await engine.dispose()
 
 
 async def test_reads_in_committed_units_of_work_stay_prepared(test_database: str) -> None:
-    assert await _prepared_after_reads(test_database, commit=True) == 1
+    assert await _prepared_after_reads(test_database, "begin") == 1
+
+
+async def test_one_statement_reads_stay_prepared_without_a_transaction(
+    test_database: str,
+) -> None:
+    assert await _prepared_after_reads(test_database, "one statement") == 1
 
 
 async def test_reads_left_to_roll_back_lose_them(test_database: str) -> None:
     # Why the rule exists: the same reads, each rolled back when the connection is returned.
-    assert await _prepared_after_reads(test_database, commit=False) == 0
+    assert await _prepared_after_reads(test_database, "left to roll back") == 0
