@@ -44,7 +44,7 @@ from services.games.upstreams import (
     WalletClient,
     refusal,
 )
-from services.runtime import failpoints, outbox
+from services.runtime import db, failpoints, outbox
 from services.runtime.errors import Code, DomainError, IdempotencyMismatch, InvalidArgument
 from services.runtime.logs import get_logger
 
@@ -156,6 +156,8 @@ class Lifecycle:
         clock: Callable[[], dt.datetime] = _now,
     ) -> None:
         self._engine = engine
+        # Each step of the journal is one statement (a compare-and-set): one round trip.
+        self._one_statement = db.autocommit(engine)
         self._compliance = compliance
         self._wallet = wallet
         self._rng = rng
@@ -218,7 +220,7 @@ class Lifecycle:
             state=State.OPEN,
             open_time=self._clock(),
         )
-        async with self._engine.begin() as conn:
+        async with self._one_statement.connect() as conn:
             inserted = await store.insert_open(conn, r, self._lease)
         if not inserted:  # a concurrent retry of this request_id journalled it first
             existing = await self._find(
@@ -232,7 +234,7 @@ class Lifecycle:
     async def _find(
         self, player_id: str, request_id: str, fingerprint: bytes
     ) -> RoundRecord | None:
-        async with self._engine.begin() as conn:
+        async with self._one_statement.connect() as conn:
             existing = await store.find(conn, player_id, request_id)
         if existing is not None and existing.request_hash != fingerprint:
             raise IdempotencyMismatch(request_id)
@@ -262,13 +264,13 @@ class Lifecycle:
         return r
 
     async def _reload(self, r: RoundRecord) -> RoundRecord:
-        async with self._engine.begin() as conn:
+        async with self._one_statement.connect() as conn:
             current = await store.get(conn, r.player_id, r.round_id)
         assert current is not None, "journal rows are never deleted"
         return current
 
     async def _step(self, r: RoundRecord, new: State, **changes: Any) -> RoundRecord:
-        async with self._engine.begin() as conn:
+        async with self._one_statement.connect() as conn:
             moved = await store.step(conn, r, new, self._lease, **changes)
         return r.but(state=new, **changes) if moved else await self._reload(r)
 
