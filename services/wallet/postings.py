@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Callable
@@ -207,6 +208,10 @@ class Postings:
         outcomes: list[Outcome | None] = [None] * len(requests)
         fresh: list[StoredTransaction] = []
         entries: list[Entry] = []
+        # Rounds a win of this batch settled: the facts were read before the batch was
+        # decided, so a later rollback in the round learns of the win here (a rollback need
+        # not name its round, so the scheduler cannot keep the two apart).
+        settled: set[tuple[str, str]] = set()
         async with self._engine.begin() as conn:
             accounts = await store.lock_accounts(
                 conn, sorted({(r.player_id, r.currency) for r in requests})
@@ -220,7 +225,11 @@ class Postings:
                 if (found := known.existing.get((r.player_id, r.request_id))) is not None:
                     outcomes[i] = _replay(r, found)
                     continue
+                if facts.bet is not None and (r.player_id, facts.bet.round_id) in settled:
+                    facts = dataclasses.replace(facts, round_settled=True)
                 decision = decide(r, account, facts)
+                if r.kind is Kind.WIN and isinstance(decision, Effect):
+                    settled.add((r.player_id, r.round_id))
                 if isinstance(decision, ReplayOf):
                     original = known.related[(r.player_id, decision.request_id)]
                     outcomes[i] = PostingResult(original, replayed=True)
