@@ -77,7 +77,7 @@ async def test_a_rollback_behind_a_win_of_its_round_is_refused(
     rollback = Request(Kind.BET_ROLLBACK, player, _id("rb"), "EUR", bet_request_id=bet_b)
     if together:
         # Queued in the same loop turn: the worker takes both into one batch.
-        outcomes = await asyncio.gather(_outcome(postings, win), _outcome(postings, rollback))
+        outcomes = list(await asyncio.gather(_outcome(postings, win), _outcome(postings, rollback)))
     else:
         outcomes = [await _outcome(postings, win), await _outcome(postings, rollback)]
     assert outcomes == [("APPLIED", 50), ("ALREADY_SETTLED", 0)]
@@ -89,7 +89,7 @@ async def test_a_rollback_ahead_of_a_win_in_one_batch_still_applies(postings: Po
     player, round_id, bet_a, bet_b = await _round_with_two_bets(postings)
     rollback = Request(Kind.BET_ROLLBACK, player, _id("rb"), "EUR", bet_request_id=bet_b)
     win = Request(Kind.WIN, player, _id("win"), "EUR", 50, round_id=round_id, bet_request_id=bet_a)
-    outcomes = await asyncio.gather(_outcome(postings, rollback), _outcome(postings, win))
+    outcomes = list(await asyncio.gather(_outcome(postings, rollback), _outcome(postings, win)))
     assert outcomes == [("APPLIED", 100), ("APPLIED", 50)]
     balance, _ = await postings.balance(player, "EUR", allow_cached=False)
     assert balance.posted == 1000 - 200 + 100 + 50
