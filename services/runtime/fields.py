@@ -11,6 +11,9 @@ def text_field(field: str, value: str, *, required: bool = True, limit: int = 20
         raise InvalidArgument(field, f"{field} is required")
     if len(value) > limit:
         raise InvalidArgument(field, f"{field} is longer than {limit} characters")
+    if "\x00" in value:
+        # PostgreSQL text cannot hold NUL: refused here, not as the database's error.
+        raise InvalidArgument(field, f"{field} contains a NUL character")
     return value
 
 

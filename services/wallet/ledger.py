@@ -16,7 +16,8 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 
-from services.runtime.errors import Code, DomainError, IdempotencyKeyRequired, InvalidArgument
+from services.runtime.errors import Code, DomainError, InvalidArgument
+from services.runtime.fields import request_id_field, text_field
 
 GENESIS_HASH = bytes(32)
 # Far below int64: no sum of realistic postings can overflow a bigint balance.
@@ -349,13 +350,13 @@ def next_entry(request: Request, account: AccountState, effect: Effect, now: dt.
 
 
 def require_id(field_name: str, value: str) -> str:
-    if not value:
-        if field_name == "request_id":
-            raise IdempotencyKeyRequired(field_name)
-        raise InvalidArgument(field_name, f"{field_name} is required")
-    if len(value) > _MAX_ID:
-        raise InvalidArgument(field_name, f"{field_name} is longer than {_MAX_ID} characters")
-    return value
+    if field_name == "request_id":
+        return request_id_field(value, limit=_MAX_ID)
+    return text_field(field_name, value, limit=_MAX_ID)
+
+
+def optional_id(field_name: str, value: str) -> str:
+    return text_field(field_name, value, required=False, limit=_MAX_ID)
 
 
 def optional_instrument(value: str, field_name: str = "payment_instrument") -> str:

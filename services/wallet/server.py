@@ -27,6 +27,7 @@ from services.wallet.ledger import (
     AccountState,
     Kind,
     Request,
+    optional_id,
     optional_instrument,
     require_amount,
     require_currency,
@@ -141,14 +142,15 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
 
     @staticmethod
     def _request(kind: Kind, request: Any, currency: str, amount: int = 0, **refs: str) -> Request:
-        """The ledger request of any mutating RPC: its player, its key, its money."""
+        """The ledger request of any mutating RPC: its player, its key, its money. What it
+        refers to is checked by the caller where required; any given must be storable."""
         return Request(
             kind,
             require_id("player_id", request.player_id),
             require_id("request_id", request.request_id),
             currency,
             amount,
-            **refs,
+            **{name: optional_id(name, value) for name, value in refs.items()},
         )
 
     async def _post(self, request: Request) -> wallet_pb2.Posting:

@@ -375,6 +375,34 @@ async def test_missing_request_id_is_refused(clients, player) -> None:
     assert error_info(error).metadata["field"] == "request_id"
 
 
+@pytest.mark.parametrize("field", ["request_id", "round_id", "game_id"])
+async def test_text_the_database_cannot_hold_is_invalid_argument(clients, player, field) -> None:
+    p = await player(10)
+    request = bet(p, 1)
+    setattr(request, field, "abc\x00def")  # PostgreSQL text cannot hold NUL
+    error = await refused(clients.games.PlaceBet(request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(error).metadata["field"] == field
+    assert (await balance(clients, p)).sequence == 1
+
+
+async def test_optional_references_are_checked_too(clients, player) -> None:
+    p = await player(10)
+    placed = bet(p, 1)
+    await clients.games.PlaceBet(placed)
+    rollback = w.RollbackBetRequest(
+        player_id=p,
+        request_id=new_id("rb"),
+        bet_request_id=placed.request_id,
+        currency_code="EUR",
+        provider="x" * 129,
+    )
+    error = await refused(clients.games.RollbackBet(rollback))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(error).metadata["field"] == "provider"
+    assert (await balance(clients, p)).posted_minor == 9  # the bet stands
+
+
 # Reads
 
 
