@@ -1,21 +1,50 @@
 """Exact under concurrency: racing debits, and a randomized workload with duplicated
-retries, checked against the ledger itself."""
+retries, checked against the ledger itself. Each runs against two wallet replicas on one
+database too: one process never lets two of its batches hold one player, so only across
+processes do the account row lock and the idempotency key's constraint decide."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import psycopg
+import pytest
 
 from casino.wallet.v1 import wallet_pb2 as w
+from services.runtime.process import ServiceProcess
 from services.runtime.status import error_info
-from tests.wallet.conftest import admin_dsn, eur, new_id
+from tests.conftest import Launcher, Pki
+from tests.wallet.conftest import WalletClients, admin_dsn, eur, new_id, wallet_extra
 
 
-async def test_200_concurrent_debits_against_funds_for_100(clients, player) -> None:
+@pytest.fixture(scope="module")
+def replica(
+    tmp_path_factory: pytest.TempPathFactory, pki: Pki, wallet: ServiceProcess
+) -> Iterator[ServiceProcess]:
+    """A second wallet process on the same database, as a second replica would be."""
+    launcher = Launcher(tmp_path_factory.mktemp("wallet-replica"), pki, [])
+    process = launcher("wallet", extra=wallet_extra(), max_concurrent_rpcs=2000)
+    yield process
+    process.terminate()
+
+
+@pytest.fixture(params=["one wallet", "two replicas"])
+async def replicas(
+    request: pytest.FixtureRequest, clients: WalletClients, pki: Pki
+) -> AsyncIterator[list[WalletClients]]:
+    if request.param == "one wallet":
+        yield [clients]
+        return
+    other = WalletClients(request.getfixturevalue("replica").ports["port"], pki)
+    yield [clients, other]
+    await other.close()
+
+
+async def test_200_concurrent_debits_against_funds_for_100(clients, replicas, player) -> None:
     p = await player(100 * 10)
     bets = [
         w.PlaceBetRequest(
@@ -29,7 +58,8 @@ async def test_200_concurrent_debits_against_funds_for_100(clients, player) -> N
         for _ in range(200)
     ]
     results = await asyncio.gather(
-        *(clients.games.PlaceBet(b) for b in bets), return_exceptions=True
+        *(replicas[i % len(replicas)].games.PlaceBet(b) for i, b in enumerate(bets)),
+        return_exceptions=True,
     )
     ok = [r for r in results if not isinstance(r, BaseException)]
     failed = [r for r in results if isinstance(r, BaseException)]
@@ -51,8 +81,8 @@ class Workload:
     """A seeded random mix of every operation on a few players, each request sent 1-3 times
     concurrently (a client retrying after a timeout) and some retried again later."""
 
-    def __init__(self, clients, players: list[str], rng: random.Random) -> None:
-        self.clients = clients
+    def __init__(self, replicas, players: list[str], rng: random.Random) -> None:
+        self.replicas = replicas
         self.players = players
         self.rng = rng
         self.bets: dict[str, list[w.PlaceBetRequest]] = {p: [] for p in players}
@@ -61,13 +91,13 @@ class Workload:
 
     def next_call(self):  # type: ignore[no-untyped-def]
         p = self.rng.choice(self.players)
-        c, rng = self.clients, self.rng
+        rng = self.rng
         op = rng.choices(
             ["deposit", "bet", "win", "rollback", "reserve", "commit", "release"],
             weights=[2, 6, 3, 2, 1, 1, 1],
         )[0]
         if op == "deposit":
-            return c.payments.Deposit, w.DepositRequest(
+            return ("payments", "Deposit"), w.DepositRequest(
                 request_id=new_id("d"), player_id=p, amount=eur(rng.randint(1, 500))
             )
         if op == "bet" or not self.bets[p]:
@@ -80,10 +110,10 @@ class Workload:
                 provider="inhouse",
             )
             self.bets[p].append(b)
-            return c.games.PlaceBet, b
+            return ("games", "PlaceBet"), b
         target = rng.choice(self.bets[p])
         if op == "win":
-            return c.games.SettleWin, w.SettleWinRequest(
+            return ("games", "SettleWin"), w.SettleWinRequest(
                 request_id=new_id("w"),
                 player_id=p,
                 amount=eur(rng.randint(0, 400)),
@@ -93,27 +123,30 @@ class Workload:
         if op == "rollback":
             # Sometimes for a bet that was never sent: a tombstone.
             ref = target.request_id if rng.random() < 0.8 else new_id("ghost")
-            return c.games.RollbackBet, w.RollbackBetRequest(
+            return ("games", "RollbackBet"), w.RollbackBetRequest(
                 request_id=new_id("rb"), player_id=p, currency_code="EUR", bet_request_id=ref
             )
         if op == "reserve" or not self.reservations[p]:
             wd = new_id("wd")
             self.reservations[p].append(wd)
-            return c.payments.ReserveWithdrawal, w.ReserveWithdrawalRequest(
+            return ("payments", "ReserveWithdrawal"), w.ReserveWithdrawalRequest(
                 request_id=new_id("res"),
                 player_id=p,
                 amount=eur(rng.randint(1, 300)),
                 withdrawal_id=wd,
             )
         wd = rng.choice(self.reservations[p])
-        rpc = c.payments.CommitWithdrawal if op == "commit" else c.payments.ReleaseWithdrawal
+        rpc = ("payments", "CommitWithdrawal" if op == "commit" else "ReleaseWithdrawal")
         cls = w.CommitWithdrawalRequest if op == "commit" else w.ReleaseWithdrawalRequest
         return rpc, cls(request_id=new_id("f"), player_id=p, currency_code="EUR", withdrawal_id=wd)
 
     async def send(self, rpc, request) -> None:  # type: ignore[no-untyped-def]
+        """`request` 1-3 times at once, each copy to a replica picked at random."""
         copies = self.rng.choice([1, 1, 2, 3])
+        identity, method = rpc
+        stubs = [getattr(self.rng.choice(self.replicas), identity) for _ in range(copies)]
         results = await asyncio.gather(
-            *(rpc(request) for _ in range(copies)), return_exceptions=True
+            *(getattr(stub, method)(request) for stub in stubs), return_exceptions=True
         )
         for r in results:
             if isinstance(r, grpc.aio.AioRpcError):
@@ -124,10 +157,10 @@ class Workload:
         self.sent.append((request.player_id, request))
 
 
-async def test_randomized_workload_keeps_every_invariant(clients, player) -> None:
+async def test_randomized_workload_keeps_every_invariant(clients, replicas, player) -> None:
     rng = random.Random(20261126)
     players = [await player(rng.randint(0, 2000)) for _ in range(6)]
-    workload = Workload(clients, players, rng)
+    workload = Workload(replicas, players, rng)
     for _ in range(25):  # waves of concurrent requests across players
         calls = [workload.next_call() for _ in range(16)]
         await asyncio.gather(*(workload.send(rpc, req) for rpc, req in calls))
