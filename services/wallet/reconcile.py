@@ -1,6 +1,7 @@
 """Reconciliation: prove that every balance equals the sum of its entries, that every
-account's hash chain is intact, and that every currency sums to zero. Pure: it judges rows
-the store read in one snapshot."""
+account's hash chain is intact, that every currency sums to zero, and that the journal of
+outcomes (wallet.transactions, which replays, rollbacks and withdrawal commits read) agrees
+with the entries. Pure: it judges rows the store read in one snapshot."""
 
 from __future__ import annotations
 
@@ -27,6 +28,22 @@ class EntryRow:
     prev_hash: bytes | None
     hash: bytes | None
     create_time: dt.datetime
+    # The player leg's journal row (same player and request id), if there is one.
+    journal: JournalRow | None = None
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    """The recorded outcome of a request (a wallet.transactions row), as reconcile sees it."""
+
+    player_id: str
+    currency: str
+    request_id: str
+    kind: str
+    amount: int
+    reserved_delta: int
+    outcome: str
+    sequence: int | None
 
 
 @dataclass(frozen=True)
@@ -132,6 +149,29 @@ def check_account(account: AccountRow | None, legs: list[EntryRow], report: Repo
                 prev_hash=prev_hash,
             )
         )
+        journal = player.journal
+        if journal is None or (
+            journal.outcome,
+            journal.kind,
+            journal.currency,
+            journal.amount,
+            journal.reserved_delta,
+            journal.sequence,
+        ) != (
+            "applied",
+            player.kind,
+            player.currency,
+            player.amount,
+            player.reserved_delta,
+            player.sequence,
+        ):
+            # What a rollback would refund or a commit would take is read from the journal.
+            flag(
+                "JOURNAL_MISMATCH",
+                sequence,
+                f"applied {player.kind} {player.amount}/{player.reserved_delta}",
+                _journal_text(journal),
+            )
         if house is not None and house.amount != -player.amount:
             flag("CHAIN_BROKEN", sequence, -player.amount, house.amount)
         elif player.prev_hash != prev_hash or player.hash != recomputed:
@@ -159,3 +199,24 @@ def check_currency_sums(report: Report) -> None:
             report.discrepancies.append(
                 Discrepancy(f"currencies/{currency}", "CURRENCY_NOT_BALANCED", 0, "0", str(total))
             )
+
+
+def check_journal_without_entries(rows: list[JournalRow], report: Report) -> None:
+    """`rows`: applied journal rows that should have an entry and have none (see
+    store.journal_without_entries)."""
+    for row in rows:
+        report.discrepancies.append(
+            Discrepancy(
+                account_name(row.player_id, row.currency),
+                "JOURNAL_WITHOUT_ENTRY",
+                row.sequence or 0,
+                "an entry",
+                _journal_text(row),
+            )
+        )
+
+
+def _journal_text(row: JournalRow | None) -> str:
+    if row is None:
+        return "no journal row"
+    return f"{row.outcome} {row.kind} {row.amount}/{row.reserved_delta} ({row.request_id})"

@@ -374,6 +374,10 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                     conn, player or None, currency or None
                 ):
                     reconcile.check_account(account, entries, report)
+                reconcile.check_journal_without_entries(
+                    await store.journal_without_entries(conn, player or None, currency or None),
+                    report,
+                )
         if not player:
             reconcile.check_currency_sums(report)
             # The figure the alert watches: any non-zero value is a P1 incident.

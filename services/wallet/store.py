@@ -25,7 +25,7 @@ from services.wallet.ledger import (
     Refusal,
     Request,
 )
-from services.wallet.reconcile import AccountRow, EntryRow
+from services.wallet.reconcile import AccountRow, EntryRow, JournalRow
 
 
 @dataclass(frozen=True)
@@ -556,9 +556,14 @@ async def stream_ledger(
             " coalesce(a.currency, e.currency) AS key_currency, a.player_id AS a_player,"
             " a.posted, a.reserved, a.last_sequence, a.last_hash, e.player_id AS e_player,"
             " e.sequence, e.leg, e.account, e.request_id, e.kind, e.amount, e.reserved_delta,"
-            " e.balance_after, e.reserved_after, e.prev_hash, e.hash, e.create_time"
+            " e.balance_after, e.reserved_after, e.prev_hash, e.hash, e.create_time,"
+            " t.request_id AS t_request, t.kind AS t_kind, t.currency AS t_currency,"
+            " t.amount AS t_amount, t.reserved_delta AS t_reserved, t.outcome AS t_outcome,"
+            " t.sequence AS t_sequence"
             " FROM wallet.accounts a FULL JOIN wallet.entries e"
             " ON e.player_id = a.player_id AND e.currency = a.currency"
+            " LEFT JOIN wallet.transactions t"
+            " ON e.leg = 0 AND t.player_id = e.player_id AND t.request_id = e.request_id"
             f"{where} ORDER BY key_player, key_currency, e.sequence, e.leg"
         ),
         params,
@@ -600,7 +605,44 @@ async def stream_ledger(
                     bytes(r.prev_hash) if r.prev_hash is not None else None,
                     bytes(r.hash) if r.hash is not None else None,
                     r.create_time,
+                    JournalRow(
+                        r.key_player,
+                        r.t_currency,
+                        r.t_request,
+                        r.t_kind,
+                        r.t_amount,
+                        r.t_reserved,
+                        r.t_outcome,
+                        r.t_sequence,
+                    )
+                    if r.t_request is not None
+                    else None,
                 )
             )
     if key is not None:
         yield account, entries
+
+
+async def journal_without_entries(
+    conn: AsyncConnection, player_id: str | None, currency: str | None
+) -> list[JournalRow]:
+    """Applied journal rows with no entry of their own, though every applied request moves
+    money except a win of nothing and a rollback with nothing to undo (a refusal turned
+    into an applied bet, say, which a win would then pay on)."""
+    where, params = "", {}
+    if player_id:
+        where, params = " AND t.player_id = :p AND t.currency = :c", {"p": player_id, "c": currency}
+    rows = await conn.execute(
+        text(
+            "SELECT t.player_id, t.currency, t.request_id, t.kind, t.amount, t.reserved_delta,"
+            " t.outcome, t.sequence FROM wallet.transactions t"
+            " WHERE t.outcome = 'applied' AND (t.sequence IS NOT NULL OR t.amount <> 0"
+            " OR t.reserved_delta <> 0 OR t.kind NOT IN ('WIN', 'BET_ROLLBACK'))"
+            " AND NOT EXISTS (SELECT 1 FROM wallet.entries e WHERE e.player_id = t.player_id"
+            " AND e.currency = t.currency AND e.sequence = t.sequence AND e.leg = 0"
+            f" AND e.request_id = t.request_id){where}"
+            " ORDER BY t.player_id, t.currency, t.request_id"
+        ),
+        params,
+    )
+    return [JournalRow(*row) for row in rows]

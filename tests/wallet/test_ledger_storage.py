@@ -3,6 +3,7 @@ chain, isolated by role, and keyed by player for distribution."""
 
 from __future__ import annotations
 
+import grpc
 import psycopg
 import pytest
 
@@ -130,6 +131,45 @@ async def test_superuser_editing_the_cached_balance_is_reported(clients, player)
     p = await _player_with_history(clients, player)
     _tamper("UPDATE wallet.accounts SET posted = posted + 1 WHERE player_id = %s", [p])
     assert ("BALANCE_MISMATCH", 3) in await _discrepancies(clients, p)
+
+
+async def test_superuser_raising_a_bets_recorded_amount_is_reported(clients, player) -> None:
+    # A rollback refunds the amount the journal recorded: forging it forges the refund.
+    p = await _player_with_history(clients, player)
+    _tamper(
+        "UPDATE wallet.transactions SET amount = amount - 900 WHERE player_id = %s"
+        " AND kind = 'BET'",
+        [p],
+    )
+    assert ("JOURNAL_MISMATCH", 2) in await _discrepancies(clients, p)
+
+
+async def test_superuser_turning_a_refusal_into_an_applied_bet_is_reported(clients, player) -> None:
+    # An applied bet with no entry is one a win could then pay on.
+    p = await player(10)
+    refused = w.PlaceBetRequest(
+        request_id=new_id("b"),
+        player_id=p,
+        amount=eur(500),
+        round_id=new_id("r"),
+        game_id="dice",
+        provider="inhouse",
+    )
+    with pytest.raises(grpc.aio.AioRpcError):
+        await clients.games.PlaceBet(refused)
+    assert await _discrepancies(clients, p) == []
+    _tamper(
+        "UPDATE wallet.transactions SET outcome = 'applied', refusal_reason = NULL"
+        " WHERE player_id = %s AND request_id = %s",
+        [p, refused.request_id],
+    )
+    assert ("JOURNAL_WITHOUT_ENTRY", 0) in await _discrepancies(clients, p)
+
+
+async def test_superuser_deleting_a_journal_row_is_reported(clients, player) -> None:
+    p = await _player_with_history(clients, player)
+    _tamper("DELETE FROM wallet.transactions WHERE player_id = %s AND kind = 'WIN'", [p])
+    assert ("JOURNAL_MISMATCH", 3) in await _discrepancies(clients, p)
 
 
 def test_other_services_cannot_read_wallet_tables() -> None:

@@ -839,7 +839,9 @@ class Discrepancy(_message.Message):
     """players/{player_id}/accounts/{currency_code}, or currencies/{code} for a sum check."""
     kind: _builtins.str
     """BALANCE_MISMATCH, RESERVED_MISMATCH, RUNNING_BALANCE_MISMATCH, CHAIN_BROKEN,
-    SEQUENCE_GAP, CURRENCY_NOT_BALANCED, NEGATIVE_BALANCE, ACCOUNT_MISSING.
+    SEQUENCE_GAP, CURRENCY_NOT_BALANCED, NEGATIVE_BALANCE, ACCOUNT_MISSING,
+    JOURNAL_MISMATCH (an entry whose recorded outcome differs from it or is missing),
+    JOURNAL_WITHOUT_ENTRY (an applied outcome that moved money with no entry).
     """
     sequence: _builtins.int
     expected: _builtins.str
