@@ -204,7 +204,7 @@ class Postings:
     ) -> tuple[list[Outcome], dict[tuple[str, str], AccountState]]:
         """Post the batch in one transaction; the outcomes, and each moved account's
         balances for the display cache, once committed."""
-        now = dt.datetime.now(dt.UTC)
+        batch_time = dt.datetime.now(dt.UTC)
         outcomes: list[Outcome | None] = [None] * len(requests)
         fresh: list[StoredTransaction] = []
         entries: list[Entry] = []
@@ -218,6 +218,9 @@ class Postings:
             )
             known = await store.read_known(conn, requests)
             for i, (r, facts) in enumerate(zip(requests, known.facts, strict=True)):
+                # Each request a microsecond after the one decided before it: the history,
+                # newest first by time, lists a batch in the order it was decided.
+                now = batch_time + dt.timedelta(microseconds=i)
                 account = accounts.get((r.player_id, r.currency))
                 if account is None:
                     outcomes[i] = AccountNotFound(r.player_id, r.currency)

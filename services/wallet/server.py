@@ -107,6 +107,7 @@ def transaction_message(tx: StoredTransaction) -> wallet_pb2.Transaction:
         operator_id=tx.operator_id,
         create_time=timestamp(tx.create_time),
         payment_instrument=tx.payment_instrument,
+        refusal_reason=tx.refusal.reason if tx.refusal else "",
     )
 
 

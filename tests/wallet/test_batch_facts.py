@@ -1,7 +1,7 @@
 """Requests decided together in one batch see each other's effects, not only the facts read
 before the batch: a rollback queued behind a win of the same round (a rollback need not
 name its round) is refused ALREADY_SETTLED exactly as it is when the two come one after
-the other."""
+the other; and the history lists a batch in the order it was decided."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from services.runtime import db
 from services.runtime.config import DatabaseConfig
 from services.runtime.errors import DomainError
 from services.runtime.process import ServiceProcess
+from services.wallet import store
 from services.wallet.cache import BalanceCache
 from services.wallet.ledger import Kind, Request
 from services.wallet.postings import Postings
-from services.wallet.server import encode_event
+from services.wallet.server import encode_event, transaction_message
 from tests.conftest import SECRETS, database_url
 
 
@@ -93,3 +94,24 @@ async def test_a_rollback_ahead_of_a_win_in_one_batch_still_applies(postings: Po
     assert outcomes == [("APPLIED", 100), ("APPLIED", 50)]
     balance, _ = await postings.balance(player, "EUR", allow_cached=False)
     assert balance.posted == 1000 - 200 + 100 + 50
+
+
+async def test_history_lists_a_batch_newest_first_with_its_refusals(postings: Postings) -> None:
+    player = _id("p")
+    await postings.open_account(player, "EUR")
+    await postings.post(Request(Kind.DEPOSIT, player, _id("dep"), "EUR", 150), "payments")
+    bets = [
+        # Keys that sort against the order they are sent in: the order must come from time.
+        Request(Kind.BET, player, _id(f"bet-{key}"), "EUR", amount, round_id=_id("r"), game_id="g")
+        for key, amount in [("c", 100), ("b", 100), ("a", 50)]
+    ]
+    # One batch: the second bet finds the first's debit and is refused.
+    outcomes = list(await asyncio.gather(*(_outcome(postings, b) for b in bets)))
+    assert outcomes == [("APPLIED", -100), ("INSUFFICIENT_FUNDS", 0), ("APPLIED", -50)]
+    async with postings._engine.begin() as conn:
+        history = await store.list_transactions(
+            conn, player, kinds=[], currency=None, start=None, end=None, before=None, limit=10
+        )
+    assert [t.request_id for t in history[:3]] == [b.request_id for b in reversed(bets)]
+    listed = [transaction_message(t) for t in history[:3]]
+    assert [t.refusal_reason for t in listed] == ["", "INSUFFICIENT_FUNDS", ""]

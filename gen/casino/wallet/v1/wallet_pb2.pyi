@@ -113,6 +113,7 @@ class Transaction(_message.Message):
     OPERATOR_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     PAYMENT_INSTRUMENT_FIELD_NUMBER: _builtins.int
+    REFUSAL_REASON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: players/{player_id}/transactions/{request_id}."""
     request_id: _builtins.str
@@ -134,6 +135,11 @@ class Transaction(_message.Message):
     payment_instrument: _builtins.str
     """Deposits and withdrawal reservations: the payment instrument's opaque fingerprint
     from payments (never a card number); empty when none was given.
+    """
+    refusal_reason: _builtins.str
+    """Empty when the request was applied; when it was refused, the refusal's ErrorInfo reason
+    (INSUFFICIENT_FUNDS, BET_ROLLED_BACK, ...): the outcome is kept, and a retry under the
+    same request_id gets the same refusal.
     """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
@@ -160,10 +166,11 @@ class Transaction(_message.Message):
         operator_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         payment_instrument: _builtins.str = ...,
+        refusal_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "bet_request_id", b"bet_request_id", "create_time", b"create_time", "game_id", b"game_id", "kind", b"kind", "name", b"name", "operator_id", b"operator_id", "payment_instrument", b"payment_instrument", "player_id", b"player_id", "provider", b"provider", "reason", b"reason", "request_id", b"request_id", "reserved_delta_minor", b"reserved_delta_minor", "round_id", b"round_id", "sequence", b"sequence", "withdrawal_id", b"withdrawal_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "bet_request_id", b"bet_request_id", "create_time", b"create_time", "game_id", b"game_id", "kind", b"kind", "name", b"name", "operator_id", b"operator_id", "payment_instrument", b"payment_instrument", "player_id", b"player_id", "provider", b"provider", "reason", b"reason", "refusal_reason", b"refusal_reason", "request_id", b"request_id", "reserved_delta_minor", b"reserved_delta_minor", "round_id", b"round_id", "sequence", b"sequence", "withdrawal_id", b"withdrawal_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
