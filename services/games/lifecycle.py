@@ -98,7 +98,7 @@ class GameUnavailable(DomainError):
     def __init__(self, detail: str) -> None:
         super().__init__(
             "GAME_UNAVAILABLE",
-            "the game cannot be played now; nothing was debited",
+            "the game cannot be played now; a stake taken for this round is given back",
             {"detail": detail},
             code=Code.UNAVAILABLE,
         )
@@ -304,7 +304,10 @@ class Lifecycle:
             try:
                 r = await self._open_rng(r)
             except GameUnavailable as exc:
-                await self._void(r, reason="GAME_UNAVAILABLE", settle=None)
+                # The RNG round is journalled only with the DEBITED step: an earlier attempt
+                # under this request may have been debited before it died. Give the stake
+                # back (or leave the tombstone that refuses it) before voiding.
+                await self._roll_back_and_void(r, "GAME_UNAVAILABLE")
                 raise exc from None
         try:
             step = await self._wallet.place_bet(
@@ -407,6 +410,11 @@ class Lifecycle:
                 if r.state is not State.DEBITED:
                     return r
             return await self._record_draw(r, draws)
+        return await self._roll_back_and_void(r, NOT_DRAWN)
+
+    async def _roll_back_and_void(self, r: RoundRecord, reason: str) -> RoundRecord:
+        """Void a round that was never drawn, its stake rolled back: refunded if the wallet
+        took it, else a tombstone that refuses it should it still arrive."""
         step = await self._wallet.rollback_bet(
             request_id=rollback_transaction_id(r.round_id),
             player_id=r.player_id,
@@ -415,11 +423,11 @@ class Lifecycle:
             round_id=str(r.round_id),
         )
         # The archive names the stake the wallet took and gave back, or none if it never
-        # arrived (the wallet then holds a tombstone that refuses it).
+        # arrived.
         taken = None if step.nothing_to_undo else bet_transaction_id(r.round_id)
         return await self._void(
             r.but(bet_transaction_id=taken),
-            reason=NOT_DRAWN,
+            reason=reason,
             settle=step.transaction_id,
             balance=step.available_minor,
         )

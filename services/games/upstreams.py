@@ -31,6 +31,10 @@ _TRANSIENT = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.CANCELLED,
+    # An internal failure is no answer: whether the call took effect is unknown, so it is
+    # retried under the same key, never taken for a final refusal (which voids a round).
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
 }
 
 

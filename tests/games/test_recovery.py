@@ -99,15 +99,18 @@ def start_games(
     return launcher("games", extra=extra)
 
 
-def start_rng(launcher: Launcher, up: Upstreams, name: str, sampling: str) -> ServiceProcess:
-    """An RNG deployment opening new rounds under `sampling`. It holds the same secrets as
-    the package's RNG (every replica and every later deployment does): a round sealed by one
-    opens at the others."""
+def start_rng(
+    launcher: Launcher, up: Upstreams, name: str, sampling: str = SAMPLING_V1, settings: str = ""
+) -> ServiceProcess:
+    """An RNG deployment opening new rounds under `sampling` (`settings`: more lines for
+    its [rng] table). It holds the same secrets as the package's RNG (every replica and
+    every later deployment does): a round sealed by one opens at the others."""
     folder = launcher.tmp / name
     folder.mkdir()
     for secret in ("rng-seal.key", "rng-signing.key", "rng-signing.pub"):
         shutil.copy2(up.folder / secret, folder / secret)  # keeps mode 0600
-    return launcher("rng", extra=rng_extra(folder, settings=f'sampling_version = "{sampling}"'))
+    lines = f'sampling_version = "{sampling}"\n{settings}'
+    return launcher("rng", extra=rng_extra(folder, settings=lines))
 
 
 def play(player: str, session: pb.Session, request_id: str, bet: pb.Bet) -> pb.PlayRoundRequest:
@@ -230,6 +233,46 @@ async def test_a_crash_after_the_debit_is_recovered_by_voiding_the_round_and_ret
         "the archived round does not name the BET the wallet holds for it: a ledger"
         " reconciliation cannot tell a returned stake from one that never arrived"
     )
+
+
+async def test_a_retry_while_the_rng_refuses_returns_the_stake_an_earlier_attempt_took(
+    launcher: Launcher, upstreams: Upstreams, clients: Clients
+) -> None:
+    # The RNG round is journalled with the DEBITED step, so after this crash the journal
+    # shows an open round with no RNG round, while the wallet holds the stake.
+    doomed = start_games(
+        launcher,
+        upstreams,
+        "games-doomed",
+        failpoints={"games.after_debit": "kill"},
+        lease_seconds=PRODUCTION_LEASE_SECONDS,  # the worker stays out of it
+    )
+    player = await clients.player(deposit=DEPOSIT)
+    session = await start_session(clients.games(doomed), player, "dice")
+    request_id = uuid.uuid4().hex
+    request = play(player, session, request_id, dice_bet(stake=100, target=5000))
+    round_id = round_id_for(player, request_id)
+    await play_and_lose_the_process(clients.games(doomed), doomed, request)
+
+    # The player retries while the RNG refuses to open rounds (failed self-test).
+    unhealthy = start_rng(launcher, upstreams, "rng-unhealthy", settings='self_test_fail = "x"')
+    games = start_games(
+        launcher, upstreams, "games-b", rng=unhealthy, lease_seconds=PRODUCTION_LEASE_SECONDS
+    )
+    stub = clients.games(games)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.PlayRound(request)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    voided = await get_round(stub, player, round_id)
+    assert voided.state == pb.ROUND_STATE_VOIDED
+    assert voided.void_reason == "GAME_UNAVAILABLE"
+    bet, rollback = await round_transactions(clients, player, round_id)
+    assert (bet.kind, bet.amount.amount_minor) == (BET, -100)
+    assert (rollback.kind, rollback.amount.amount_minor) == (BET_ROLLBACK, 100)
+    assert (await clients.balance(player)).posted_minor == DEPOSIT
+    assert voided.bet_transaction_id == bet.request_id
+    assert voided.settle_transaction_id == rollback.request_id
 
 
 # --------------------------------------------------------------------- crash after the draw

@@ -327,8 +327,13 @@ async def test_an_unhealthy_rng_makes_the_game_unavailable_and_debits_nothing(
         code, reason, _ = await refused(play(stub, player, session, dice_bet(), request_id))
         assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "GAME_UNAVAILABLE")
         assert (await clients.balance(player)).posted_minor == 1_000
-        kinds = [t.kind for t in await clients.transactions(player)]
-        assert kinds == [wallet_pb2.TRANSACTION_KIND_DEPOSIT]
+        # No stake; a rollback with nothing to undo stands where it would have been, so a
+        # debit still in flight from another attempt could never land.
+        listed = [(t.kind, t.amount.amount_minor) for t in await clients.transactions(player)]
+        assert listed == [
+            (wallet_pb2.TRANSACTION_KIND_BET_ROLLBACK, 0),
+            (wallet_pb2.TRANSACTION_KIND_DEPOSIT, 1_000),
+        ]
         voided = (
             await stub.GetRound(
                 pb.GetRoundRequest(player_id=player, round_id=str(round_id_for(player, request_id)))
