@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy.ext.asyncio import create_async_engine
+
 from services.wallet.ledger import Kind, Request
 from services.wallet.postings import Postings, _Pending
 
@@ -18,7 +20,9 @@ def _win(player: str, key: str, bet: str, round_id: str) -> Request:
 
 
 async def _batches(requests: list[Request], max_batch: int = 64) -> list[list[str]]:
-    postings = Postings(None, None, lambda *_: b"", max_batch=max_batch)  # type: ignore[arg-type]
+    # An engine that never connects: only the scheduling is exercised.
+    engine = create_async_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    postings = Postings(engine, None, lambda *_: b"", max_batch=max_batch)  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
     for r in requests:
         postings._queue.append(_Pending(r, "games", loop.create_future()))
