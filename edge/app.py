@@ -9,9 +9,11 @@ refused at once with 503, so a flood on one listener never takes the others' cap
 Per request: a request id (a valid X-Request-Id is kept, otherwise one is minted; echoed in
 the response, the access log and the upstream call metadata), a span (trace starts here),
 the route from the contracts, the access token (unless the class is AUTH or CATALOG), the
-rate limit of the class, the JSON decoded into the RPC's request (400 before any call when
-it does not fit), the call with the class's deadline budget as its timeout and the player in
-`x-casino-player-id`, the reply as proto3 JSON, one access-log line.
+rate limit of the class (refusals spend one too: the client address's when there is no
+player), the body read within the class's deadline budget (408 when it does not come), the
+JSON decoded into the RPC's request (400 before any call when it does not fit), the call with
+what is left of the budget as its timeout and the player in `x-casino-player-id`, the reply
+as proto3 JSON, one access-log line.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
 import grpc
@@ -40,7 +42,13 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from edge.auth import TokenVerifier, TokenVerifierConfig, check_not_revoked, revocation_key
+from edge.auth import (
+    TokenVerifier,
+    TokenVerifierConfig,
+    Unauthenticated,
+    check_not_revoked,
+    revocation_key,
+)
 from edge.config import (
     ADMIN,
     LISTENERS,
@@ -54,7 +62,7 @@ from edge.errors import EdgeError, bad_request, from_rpc_error, http_status, int
 from edge.geo import GeoConfig, GeoLocator
 from edge.netrules import SourceRules
 from edge.openapi import openapi_document
-from edge.ratelimit import RateLimitConfig, RateLimiter
+from edge.ratelimit import UNROUTED, Decision, RateLimitConfig, RateLimiter
 from edge.transcoding import (
     Binding,
     TranscodingError,
@@ -326,23 +334,20 @@ class ListenerApp:
         anonymous_key: str,
         started: float,
     ) -> tuple[Response, str]:
+        # Every request that gets this far spends one rate-limit budget, refusals included, so
+        # a flood of bad tokens or unknown paths meets 429 like any other: a player's when the
+        # token names one, else its client's (the client address's, or its named source's).
         method = scope["method"]
         match = self.router.match(method, scope["path"])
         if isinstance(match, list):
-            if not match:
-                raise EdgeError(404, "NOT_FOUND", "no such route", "ROUTE_NOT_FOUND")
-            raise EdgeError(
-                405,
-                "UNIMPLEMENTED",
-                f"{method} is not allowed here; allowed: {', '.join(match)}",
-                "METHOD_NOT_ALLOWED",
-                headers={"Allow": ", ".join(match)},
-            )
+            await self._refuse(UNROUTED, anonymous_key, _unrouted(method, match), "")
         binding, variables = match
         route = f"{binding.http_method} {binding.path.template}"
         endpoint_class = binding.endpoint_class
         if not country and endpoint_class in self.geo.required_for:
-            raise _tag(
+            await self._refuse(
+                endpoint_class,
+                anonymous_key,
                 EdgeError(
                     403,
                     "PERMISSION_DENIED",
@@ -351,10 +356,6 @@ class ListenerApp:
                 ),
                 route,
             )
-        limit = self.settings.max_body_bytes
-        length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            raise _tag(_too_large(limit), route)
         try:
             if endpoint_class in UNAUTHENTICATED_CLASSES:
                 principal = None
@@ -363,7 +364,11 @@ class ListenerApp:
             else:
                 # The signature is checked here, in process; the player's revocation instant
                 # is read by the rate limiter's Redis call: one round trip for both.
-                principal = self.verifier.decode(headers.get("authorization"))
+                try:
+                    principal = self.verifier.decode(headers.get("authorization"))
+                except Unauthenticated as exc:
+                    # No player to charge: the client pays, from the class's anonymous budget.
+                    await self._refuse(endpoint_class, anonymous_key, from_domain_error(exc), route)
                 decision, revoked_before = await self.limiter.check_and_read(
                     endpoint_class, f"player:{principal.player_id}", revocation_key(principal)
                 )
@@ -372,22 +377,16 @@ class ListenerApp:
             raise _tag(from_domain_error(exc), route) from None
         limit_headers = dict(decision.headers)
         if not decision.allowed:
-            raise _tag(
-                EdgeError(
-                    429,
-                    "RESOURCE_EXHAUSTED",
-                    f"too many {endpoint_class} requests; retry after the Retry-After seconds",
-                    "RATE_LIMITED",
-                    {
-                        "policy": str(getattr(decision, "policy", endpoint_class.lower())),
-                        "retry_after": limit_headers.get("Retry-After", "1"),
-                    },
-                    limit_headers,
-                ),
-                route,
-            )
+            raise _tag(_rate_limited(decision, endpoint_class), route)
+        limit = self.settings.max_body_bytes
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            raise _tag(_too_large(limit), route, limit_headers)
+        # The body arrives within what is left of the request's deadline budget, or the
+        # request ends: a client that withholds its body must not hold an in-flight slot.
+        remaining = self.settings.deadline(endpoint_class) - (time.perf_counter() - started)
         try:
-            body = await _read_body(receive, limit)
+            body = await _read_body(receive, limit, remaining)
             query = parse_qsl(
                 scope["query_string"].decode("latin-1"),
                 keep_blank_values=True,
@@ -429,6 +428,40 @@ class ListenerApp:
             route,
         )
 
+    async def _refuse(self, budget: str, key: str, refusal: EdgeError, route: str) -> NoReturn:
+        """Answers a request the edge refuses before knowing its player (unrouted, unlocated,
+        no usable token) with `refusal`, after spending `key`'s `budget`: 429 once it is
+        spent, so refusals cost an attacker what requests cost everyone else."""
+        decision = await self.limiter.check(budget, key)
+        if not decision.allowed:
+            raise _tag(_rate_limited(decision, budget), route)
+        raise _tag(refusal, route, dict(decision.headers))
+
+
+def _unrouted(method: str, allowed: list[str]) -> EdgeError:
+    if not allowed:
+        return EdgeError(404, "NOT_FOUND", "no such route", "ROUTE_NOT_FOUND")
+    return EdgeError(
+        405,
+        "UNIMPLEMENTED",
+        f"{method} is not allowed here; allowed: {', '.join(allowed)}",
+        "METHOD_NOT_ALLOWED",
+        headers={"Allow": ", ".join(allowed)},
+    )
+
+
+def _rate_limited(decision: Decision, budget: str) -> EdgeError:
+    headers = decision.headers
+    what = "requests for unknown routes" if budget == UNROUTED else f"{budget} requests"
+    return EdgeError(
+        429,
+        "RESOURCE_EXHAUSTED",
+        f"too many {what}; retry after the Retry-After seconds",
+        "RATE_LIMITED",
+        {"policy": decision.policy, "retry_after": headers.get("Retry-After", "1")},
+        headers,
+    )
+
 
 def _tag(error: EdgeError, route: str, headers: dict[str, str] | None = None) -> EdgeError:
     error.route = route  # type: ignore[attr-defined]
@@ -448,7 +481,23 @@ def _too_large(limit: int) -> EdgeError:
     return bad_request(f"request body is larger than {limit} bytes", "", "REQUEST_TOO_LARGE")
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
+async def _read_body(receive: Receive, limit: int, timeout: float) -> bytes:
+    """The request body, if it all arrives within `timeout` seconds (else 408)."""
+    try:
+        async with asyncio.timeout(max(timeout, 0.0)):
+            return await _receive_body(receive, limit)
+    except TimeoutError:
+        raise EdgeError(
+            408,
+            "DEADLINE_EXCEEDED",
+            "the request body did not arrive within the request's deadline",
+            "BODY_TIMEOUT",
+            # The rest of the body may still come: it must not be read as the next request.
+            headers={"Connection": "close"},
+        ) from None
+
+
+async def _receive_body(receive: Receive, limit: int) -> bytes:
     chunks, size = [], 0
     while True:
         message = await receive()

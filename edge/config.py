@@ -62,7 +62,7 @@ class ListenerConfig:
     # with 503 (never queued), so a flood on one listener cannot take the others' capacity.
     max_in_flight: int = 512
     # Source networks (CIDRs) allowed on this listener; empty: any source. Others get 403
-    # before routing. The admin listener must set it.
+    # before routing. The admin listener must set it (the edge refuses to start otherwise).
     allowed_networks: list[str] = field(default_factory=list)
     # Peers whose X-Forwarded-For is believed (a load balancer in front); the client address
     # is then the rightmost untrusted hop. Empty: the socket peer is the client.
@@ -109,6 +109,11 @@ class EdgeSettings:
             raise ConfigError(f"edge.deadlines: unknown endpoint class(es) {unknown}")
         if self.max_body_bytes <= 0:
             raise ConfigError("edge.max_body_bytes must be positive")
+        if not self.listener(ADMIN).allowed_networks:
+            # An admin listener open to every source is the back office on the internet.
+            raise ConfigError(
+                "edge.listeners.admin.allowed_networks must name the back-office networks"
+            )
 
     def listener(self, name: str) -> ListenerConfig:
         return self.listeners.get(name, ListenerConfig())

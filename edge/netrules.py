@@ -39,6 +39,15 @@ def parse_address(text: str | None) -> Address | None:
     return address
 
 
+def subscriber(address: Address) -> Address | Network:
+    """The unit a per-address budget counts: an IPv4 address, or an IPv6 address's /64. One
+    subscriber is given at least a /64 and picks addresses in it at will (privacy extensions
+    rotate them), so counting single IPv6 addresses would let one client spend many budgets."""
+    if isinstance(address, ipaddress.IPv6Address):
+        return ipaddress.IPv6Network((address, 64), strict=False)
+    return address
+
+
 class SourceRules:
     def __init__(
         self,
@@ -78,11 +87,12 @@ class SourceRules:
 
     def rate_key(self, address: Address | None) -> str:
         """Whose budget a request without a player spends: its named source's, else its
-        address's."""
+        address's (an IPv6 address's /64: see `subscriber`)."""
         if address is not None:
             for name, networks in self.sources.items():
                 if self._within(address, networks):
                     return f"source:{name}"
+            return f"ip:{subscriber(address)}"
         return f"ip:{address}"
 
     def allows(self, address: Address | None) -> bool:

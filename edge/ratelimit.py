@@ -49,6 +49,11 @@ ENDPOINT_CLASSES = (
     "ADMIN",
     "AUTH",
 )
+# Not an endpoint class: the per-address budget of requests that match no route (404/405),
+# so probing for paths is limited like any other traffic without spending an operation's
+# budget.
+UNROUTED = "UNROUTED"
+BUDGETS = (*ENDPOINT_CLASSES, UNROUTED)
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,9 @@ class ClassLimit:
     burst: int
 
 
-# Keys: player id for authenticated classes, client IP for AUTH/ADMIN (and anything before
-# login), PSP source name for PAYMENT_WEBHOOK. The edge picks the key; the limiter only counts.
+# Keys: player id for authenticated classes; the client address (an IPv6 client's /64) for
+# AUTH/CATALOG/ADMIN, for any request without a usable token and for UNROUTED; PSP source name
+# for PAYMENT_WEBHOOK. The edge picks the key; the limiter only counts.
 DEFAULT_LIMITS: dict[str, ClassLimit] = {
     "PLAYER_WALLET": ClassLimit(rate=50, burst=50),
     "PAYMENT": ClassLimit(rate=10, burst=10),
@@ -69,13 +75,14 @@ DEFAULT_LIMITS: dict[str, ClassLimit] = {
     "AUTH": ClassLimit(rate=5, burst=5),
     "PAYMENT_WEBHOOK": ClassLimit(rate=100, burst=100),
     "ADMIN": ClassLimit(rate=20, burst=20),
+    UNROUTED: ClassLimit(rate=20, burst=20),
 }
 
 
 @dataclass(frozen=True)
 class RateLimitConfig:
-    # Overrides per class short name ([ratelimit.classes.PLAYER_WALLET] rate = 50, burst = 50);
-    # a class not listed keeps its default.
+    # Overrides per class short name ([ratelimit.classes.PLAYER_WALLET] rate = 50, burst = 50),
+    # or UNROUTED; a class not listed keeps its default.
     classes: dict[str, ClassLimit] = field(default_factory=dict)
     # With Redis unreachable each replica limits on its own with rate and burst divided by
     # this (replicas do not share a local budget, so it must be stricter).
@@ -91,7 +98,7 @@ class RateLimitConfig:
     local_max_keys: int = 100_000
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.classes) - set(ENDPOINT_CLASSES))
+        unknown = sorted(set(self.classes) - set(BUDGETS))
         if unknown:
             raise ConfigError(f"ratelimit.classes: unknown endpoint class(es) {', '.join(unknown)}")
         for name, limit in self.limits().items():
@@ -105,13 +112,14 @@ class RateLimitConfig:
 
 
 def class_name(endpoint_class: str | int) -> str:
-    """The short class name from a proto enum value, its name, or the short name itself."""
+    """The short class name from a proto enum value, its name, or the short name itself
+    (or UNROUTED)."""
     if isinstance(endpoint_class, int):
         endpoint_class = options_pb2.EndpointClass.Name(
             options_pb2.EndpointClass.ValueType(endpoint_class)
         )
     name = endpoint_class.removeprefix("ENDPOINT_CLASS_")
-    if name not in ENDPOINT_CLASSES:
+    if name not in BUDGETS:
         raise ValueError(f"not a rate-limited endpoint class: {endpoint_class!r}")
     return name
 

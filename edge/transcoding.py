@@ -394,6 +394,9 @@ def decode_request(
                 document = json.loads(body)
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise TranscodingError(f"request body is not valid JSON: {exc}") from None
+            except RecursionError:
+                # No message of ours nests this deep; the parser's stack ran out first.
+                raise TranscodingError("request body is nested too deeply") from None
         if binding.body == "*":
             if not isinstance(document, dict):
                 raise TranscodingError("request body must be a JSON object")

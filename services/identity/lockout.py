@@ -1,15 +1,26 @@
 """Login throttling: after repeated failures an account (by email, known or not) or a client
-address is locked for a time that doubles with each further failure, up to a cap.
+address (an IPv6 client's /64) is locked for a time that doubles with each further failure, up
+to a cap.
 
 Failures are counted per email whether or not an account has it, so the lockout itself does
 not reveal which emails are registered. A success clears the account's count; the address's
-count only expires (one valid account must not let an address reset its own counter)."""
+count only expires (one valid account must not let an address reset its own counter).
+
+Each attempt is reserved before its password is checked: one script refuses it if a scope is
+locked, else counts it as a failure at once, and locks the scope when the count reaches the
+threshold. So N guesses sent at the same moment cannot all pass the check before any is
+counted; at most the threshold's worth are ever checked. A success then clears the account's
+count and gives the address its attempt back; an attempt that ended in a server fault, not a
+wrong password, is given back to both."""
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
+import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -52,51 +63,126 @@ def _account_id(email_key: str) -> str:
     return hashlib.sha256(email_key.encode()).hexdigest()[:32]
 
 
+def address_scope(address: str) -> str:
+    """The unit an address's failures count against: an IPv4 address, or an IPv6 address's
+    /64 (one subscriber's allocation; rotating addresses within it must not reset the count).
+    Anything that is not an address counts as written."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+# KEYS: each scope's lock and failure count, in pairs. ARGV: attempt id, window seconds, lock
+# base seconds, lock cap seconds, then each scope's threshold. Refuses ({0, scope, ms left})
+# while a scope is locked; else counts the attempt in every scope and locks those it brings
+# to their threshold (for lock_seconds(count), which this mirrors), and returns {1, 0, 0}.
+_RESERVE = """
+local window, base, cap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local scopes = #KEYS / 2
+local longest, locked = 0, 0
+for i = 1, scopes do
+  local ttl = redis.call('PTTL', KEYS[2 * i - 1])
+  if ttl > longest then longest, locked = ttl, i end
+end
+if locked > 0 then return {0, locked, longest} end
+for i = 1, scopes do
+  local lock, counter = KEYS[2 * i - 1], KEYS[2 * i]
+  local count = redis.call('INCR', counter)
+  if count == 1 then redis.call('EXPIRE', counter, window) end
+  local threshold = tonumber(ARGV[4 + i])
+  if count >= threshold then
+    local seconds = math.floor(math.min(cap, base * 2 ^ math.min(count - threshold, 32)))
+    redis.call('SET', lock, ARGV[1], 'EX', seconds)
+    -- The count outlives the lock, so the next failure after it doubles it.
+    redis.call('EXPIRE', counter, seconds + window)
+  end
+end
+return {1, 0, 0}
+"""
+
+# KEYS: as for _RESERVE, the account's pair first. ARGV: attempt id, "1" when the attempt
+# succeeded (the account's failures are cleared) or "0" (it is only given back). A scope's
+# lock goes only if this attempt set it.
+_RELEASE = """
+for i = 1, #KEYS / 2 do
+  local lock, counter = KEYS[2 * i - 1], KEYS[2 * i]
+  if i == 1 and ARGV[2] == '1' then
+    redis.call('DEL', lock, counter)
+  else
+    if redis.call('GET', lock) == ARGV[1] then redis.call('DEL', lock) end
+    if tonumber(redis.call('GET', counter) or '0') > 0 then redis.call('DECR', counter) end
+  end
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class LoginAttempt:
+    """A reserved attempt: counted as a failure until released."""
+
+    attempt_id: str
+    keys: tuple[str, ...]
+
+
 class LoginThrottle:
     PREFIX = "identity:login-"
 
     def __init__(self, redis: Redis, policy: LockoutPolicy) -> None:
         self._redis = redis
         self._policy = policy
+        self._reserve = redis.register_script(_RESERVE)
+        self._release = redis.register_script(_RELEASE)
 
     def _scopes(self, email_key: str, address: str | None) -> list[tuple[str, str, int]]:
         scopes = [("account", _account_id(email_key), self._policy.max_failures_per_account)]
         if address:
-            scopes.append(("address", address, self._policy.max_failures_per_address))
+            scopes.append(
+                ("address", address_scope(address), self._policy.max_failures_per_address)
+            )
         return scopes
 
-    async def check(self, email_key: str, address: str | None) -> None:
-        """Raises AccountLocked while the account or the address is locked."""
-        scopes = self._scopes(email_key, address)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for scope, ident, _ in scopes:
-                pipe.pttl(f"{self.PREFIX}lock:{scope}:{ident}")
-            ttls = await pipe.execute()
-        locked = [(int(ttl), scope) for ttl, (scope, _, _) in zip(ttls, scopes, strict=True)]
-        ttl, scope = max(locked)
-        if ttl > 0:
-            raise AccountLocked(max(1, math.ceil(ttl / 1000)), scope)
-
-    async def failed(self, email_key: str, address: str | None) -> None:
+    async def reserve(self, email_key: str, address: str | None) -> LoginAttempt:
+        """Counts one attempt against the account and the address, or raises AccountLocked
+        (nothing counted) while either is locked."""
         policy = self._policy
-        for scope, ident, threshold in self._scopes(email_key, address):
-            counter = f"{self.PREFIX}failures:{scope}:{ident}"
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.incr(counter)
-                pipe.expire(counter, policy.failure_window_seconds, nx=True)
-                failures, _ = await pipe.execute()
-            seconds = lock_seconds(
-                int(failures), threshold, policy.lock_seconds, policy.max_lock_seconds
+        scopes = self._scopes(email_key, address)
+        keys = tuple(
+            key
+            for scope, ident, _ in scopes
+            for key in (
+                f"{self.PREFIX}lock:{scope}:{ident}",
+                f"{self.PREFIX}failures:{scope}:{ident}",
             )
-            if seconds:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.set(f"{self.PREFIX}lock:{scope}:{ident}", "1", ex=seconds)
-                    # The count outlives the lock, so the next failure after it doubles it.
-                    pipe.expire(counter, seconds + policy.failure_window_seconds)
-                    await pipe.execute()
-
-    async def succeeded(self, email_key: str) -> None:
-        ident = _account_id(email_key)
-        await self._redis.delete(
-            f"{self.PREFIX}failures:account:{ident}", f"{self.PREFIX}lock:account:{ident}"
         )
+        attempt_id = uuid.uuid4().hex
+        reply: Any = await self._reserve(
+            keys=list(keys),
+            args=[
+                attempt_id,
+                policy.failure_window_seconds,
+                policy.lock_seconds,
+                policy.max_lock_seconds,
+                *(threshold for _, _, threshold in scopes),
+            ],
+        )
+        allowed, locked_scope, ttl_ms = (int(v) for v in reply)
+        if not allowed:
+            raise AccountLocked(max(1, math.ceil(ttl_ms / 1000)), scopes[locked_scope - 1][0])
+        return LoginAttempt(attempt_id, keys)
+
+    async def succeeded(self, attempt: LoginAttempt) -> None:
+        """The password was right: the account's failures are cleared, the address gets its
+        attempt back."""
+        await self._release(keys=list(attempt.keys), args=[attempt.attempt_id, "1"])
+
+    async def abandoned(self, attempt: LoginAttempt) -> None:
+        """The attempt ended without an answer on the password (a server fault): not a
+        failure of the player's."""
+        await self._release(keys=list(attempt.keys), args=[attempt.attempt_id, "0"])

@@ -15,11 +15,16 @@ recognised as reuse, and revokes its family.
 Revocation is to the second (JWT iat is whole seconds): revoking sets revoked-before to the
 *next* second, so every token issued up to now is older. A token issued in that same second
 after the revocation would be refused too, so issuing waits for the second to turn (at most
-one second, only right after that player's revocation) instead of minting a dead token."""
+one second, only right after that player's revocation) instead of minting a dead token.
+
+Waiting makes room for a race: a revocation landing between a rotation (or a login's open)
+and the signing would be waited out, and a token signed for the session it just ended. So a
+signed token is answered only if `standing` finds its session still there afterwards."""
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import secrets
 import time
@@ -111,6 +116,14 @@ return 1
 """
 
 
+class Standing(enum.Enum):
+    """Where a just-signed access token stands."""
+
+    LIVE = "live"  # its session is there and the edge will accept it
+    ENDED = "ended"  # its session was revoked: it must not be answered
+    STALE = "stale"  # its session is there, but the player's cutoff is past its iat
+
+
 @dataclass(frozen=True)
 class RefreshToken:
     player_id: str
@@ -143,7 +156,23 @@ class Sessions:
         wait = revoked_before - time.time()
         if wait > 0:
             await asyncio.sleep(wait)
-        return max(int(time.time()), revoked_before)
+        # The clock's second even if the sleep ended early (the token is then found stale and
+        # signed again): never ahead of the clock, so a revocation after the signing always
+        # has a later cutoff than the token's iat.
+        return int(time.time())
+
+    async def standing(self, player_id: str, session_id: str, issued_at: int) -> Standing:
+        """Whether an access token of `session_id` with iat `issued_at`, just signed, may be
+        answered: its session and the player's cutoff, read together (one round trip)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.exists(f"{SESSION_PREFIX}{session_id}")
+            pipe.get(revoked_before_key(player_id))
+            exists, raw = await pipe.execute()
+        if not exists:
+            return Standing.ENDED
+        if raw is not None and issued_at < int(raw):
+            return Standing.STALE
+        return Standing.LIVE
 
     async def open(self, player_id: str) -> RefreshToken:
         """A new family (session) with its first refresh token."""

@@ -81,6 +81,9 @@ burst = 100000
 [edge.ratelimit.classes.ADMIN]
 rate = 100000
 burst = 100000
+[edge.ratelimit.classes.UNROUTED]
+rate = 100000
+burst = 100000
 """
 
 
@@ -261,7 +264,8 @@ class StubUpstream:
 @pytest.fixture(scope="session")
 async def failing_upstream(pki: Pki) -> AsyncIterator[StubUpstream]:
     server = grpc.aio.server()
-    echo_pb2_grpc.add_EchoServiceServicer_to_server(FailingEcho(), server)
+    # Only Mirror is served: the other methods are the base class's UNIMPLEMENTED.
+    echo_pb2_grpc.add_EchoServiceServicer_to_server(FailingEcho(), server)  # type: ignore[abstract]
     health = health_aio.HealthServicer()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

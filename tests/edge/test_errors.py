@@ -1,10 +1,12 @@
 """The error mapping through a running edge: every gRPC status an upstream returns becomes
 grpc-gateway's HTTP status with one JSON shape; internals never leave the edge; deadline
-budgets, a dead upstream, and a listener at capacity that leaves the others serving."""
+budgets (a withheld request body included), a dead upstream, and a listener at capacity that
+leaves the others serving."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -159,4 +161,45 @@ async def test_a_full_listener_refuses_at_once_and_the_others_keep_serving(
     statuses = sorted(r.status_code for r in await asyncio.gather(*slow))
     assert statuses == [503] * 4 + [504] * 4
     # Capacity returns once the slow requests are done.
+    assert (await failing.get("/v1/mirrors/INVALID_ARGUMENT")).status_code == 400
+
+
+async def test_clients_withholding_their_bodies_get_408_and_give_their_slots_back(
+    failing_edge: EdgeProcess, failing: httpx.AsyncClient
+) -> None:
+    # As many clients as the listener has slots (4) announce a body and send none or only
+    # part of it. Each is cut at its class's deadline budget (CATALOG: 0.5 s on this edge) with 408
+    # and the connection closed, instead of holding its slot for as long as it stays open.
+    head = (
+        "POST /v1/mirrors/m:mirror HTTP/1.1\r\nHost: edge\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    connections = [
+        await asyncio.open_connection("127.0.0.1", failing_edge.ports["public"]) for _ in range(4)
+    ]
+    try:
+        started = time.monotonic()
+        for i, (_, writer) in enumerate(connections):
+            writer.write(head.encode() + (b'{"title": ' if i % 2 else b""))
+            await writer.drain()
+        # Each answer ends with the server closing the connection (reads to EOF).
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(reader.read() for reader, _ in connections)), timeout=5
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        for _, writer in connections:
+            writer.close()
+    assert elapsed < 3.0
+    for answer in answers:
+        head_part, _, body = answer.partition(b"\r\n\r\n")
+        status_line, *header_lines = head_part.decode().split("\r\n")
+        assert status_line.startswith("HTTP/1.1 408"), answer
+        headers = {k.lower(): v.strip() for k, v in (h.split(":", 1) for h in header_lines)}
+        assert headers["connection"] == "close"
+        assert headers["content-type"] == "application/json"
+        error = json.loads(body)
+        assert (error["code"], error["reason"]) == ("DEADLINE_EXCEEDED", "BODY_TIMEOUT")
+        assert error["requestId"] == headers["x-request-id"]
+    # The slots are free again: a request that sends its body is served.
     assert (await failing.get("/v1/mirrors/INVALID_ARGUMENT")).status_code == 400

@@ -1,10 +1,12 @@
 """Rate limits as a player meets them: real HTTP through a running edge with the default
-per-class limits, its Redis reached through a proxy the test can cut."""
+per-class limits, its Redis reached through a proxy the test can cut; refusals (no usable
+token, no such route) spend the client address's budget like any other request."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator
 
@@ -40,6 +42,31 @@ def limited_edge(
 ) -> Iterator[EdgeProcess]:
     process = start_edge_for(
         tmp_path_factory.mktemp("limited-edge"), pki, tokens, edge_services, limits=""
+    )
+    yield process
+    process.terminate()
+
+
+# Small budgets, so that a flood is met within a few requests.
+STRICT_LIMITS = """
+[edge.ratelimit.classes.PLAYER_WALLET]
+rate = 1
+burst = 5
+[edge.ratelimit.classes.UNROUTED]
+rate = 1
+burst = 5
+"""
+
+
+@pytest.fixture(scope="module")
+def strict_edge(
+    tmp_path_factory: pytest.TempPathFactory,
+    pki: Pki,
+    tokens: TokenMinter,
+    edge_services: dict[str, ServiceProcess],
+) -> Iterator[EdgeProcess]:
+    process = start_edge_for(
+        tmp_path_factory.mktemp("strict-edge"), pki, tokens, edge_services, limits=STRICT_LIMITS
     )
     yield process
     process.terminate()
@@ -190,3 +217,100 @@ async def test_a_token_issued_before_its_players_logout_is_refused_through_the_e
     finally:
         await redis.delete(f"identity:revoked-before:{player}")
         await redis.aclose()
+
+
+def _assert_limited_after_the_burst(
+    replies: list[httpx.Response], refusal: set[int], policy: str, elapsed: float
+) -> None:
+    """The first `burst` (5) replies, and what the rate (1/s) refilled meanwhile, are the
+    refusal itself; the rest are 429 with the budget's headers."""
+    answered = [r for r in replies if r.status_code in refusal]
+    limited = [r for r in replies if r.status_code == 429]
+    assert len(answered) + len(limited) == len(replies), {r.status_code for r in replies}
+    assert 5 <= len(answered) <= 5 + int(elapsed) + 1
+    assert limited
+    first = limited[0]
+    assert first.json()["reason"] == "RATE_LIMITED"
+    assert first.json()["metadata"]["policy"] == policy
+    assert int(first.headers["Retry-After"]) >= 1
+    assert first.headers["RateLimit-Policy"] == f'"{policy}";q=5;w=5'
+    assert first.headers["RateLimit"].startswith(f'"{policy}";r=0;')
+    # The refusals before it said how much of the budget was left.
+    assert answered[0].headers["RateLimit-Policy"] == f'"{policy}";q=5;w=5'
+
+
+async def test_a_flood_of_bad_tokens_from_one_address_is_rate_limited_not_answered_forever(
+    strict_edge: EdgeProcess,
+    tokens: TokenMinter,
+    edge_services: dict[str, ServiceProcess],
+    pki: Pki,
+) -> None:
+    player = await open_account(edge_services, pki)
+    path = f"/v1/players/{player}/accounts/EUR/balance"
+    # No player can be charged for these: the client address's PLAYER_WALLET budget is.
+    bad: list[dict[str, str]] = [
+        {},
+        {"Authorization": "Bearer not-a-token"},
+        {"Authorization": f"Bearer {tokens.token(player, ttl=-3600)}"},  # expired
+    ]
+    async with httpx.AsyncClient(base_url=strict_edge.url(), timeout=10) as http:
+        started = time.monotonic()
+        replies = [await http.get(path, headers=bad[i % len(bad)]) for i in range(15)]
+        elapsed = time.monotonic() - started
+        _assert_limited_after_the_burst(replies, {401}, "player_wallet", elapsed)
+        assert {r.json()["reason"] for r in replies if r.status_code == 401} <= {
+            "TOKEN_MISSING",
+            "TOKEN_INVALID",
+            "TOKEN_EXPIRED",
+        }
+        # A player's own budget is not their address's: a valid token is served from it.
+        served = await http.get(path, headers=tokens.bearer(player))
+        assert served.status_code == 200, served.text
+
+
+async def test_a_flood_of_unknown_routes_from_one_address_is_rate_limited(
+    strict_edge: EdgeProcess,
+) -> None:
+    async with httpx.AsyncClient(base_url=strict_edge.url(), timeout=10) as http:
+        started = time.monotonic()
+        replies = [
+            await (http.get("/v1/nothing-here") if i % 2 else http.delete("/v1/ping"))
+            for i in range(15)
+        ]
+        elapsed = time.monotonic() - started
+        _assert_limited_after_the_burst(replies, {404, 405}, "unrouted", elapsed)
+        # The operations' budgets are their own.
+        assert (await http.get("/v1/ping")).status_code == 200
+
+
+async def test_an_authenticated_request_costs_one_redis_call(
+    limited_edge: EdgeProcess,
+    tokens: TokenMinter,
+    edge_services: dict[str, ServiceProcess],
+    pki: Pki,
+) -> None:
+    # The rate limit and the token's revocation instant are one script call; a failed token
+    # check costs a call of its own only when it fails.
+    player = await open_account(edge_services, pki)
+    prefix = tomllib.loads(limited_edge.config.read_text())["edge"]["ratelimit"]["key_prefix"]
+    path = f"/v1/players/{player}/accounts/EUR/balance"
+    sentinel = f"edge-test-sentinel:{uuid.uuid4().hex}"
+    redis = Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        async with httpx.AsyncClient(base_url=limited_edge.url(), timeout=10) as http:
+            # Warm: the script is loaded once per process, not per request.
+            assert (await http.get(path, headers=tokens.bearer(player))).status_code == 200
+            async with redis.monitor() as monitor:
+                reply = await http.get(path, headers=tokens.bearer(player))
+                assert reply.status_code == 200, reply.text
+                await redis.get(sentinel)  # everything the edge sent comes before this
+                commands: list[str] = []
+                while sentinel not in (command := await monitor.next_command())["command"]:
+                    if command["client_type"] != "lua":  # not the script's own GET and SET
+                        commands.append(command["command"])
+    finally:
+        await redis.aclose()
+    edge_calls = [c for c in commands if prefix in c or f"identity:revoked-before:{player}" in c]
+    assert len(edge_calls) == 1, edge_calls
+    assert edge_calls[0].upper().startswith("EVALSHA")
+    assert f"identity:revoked-before:{player}" in edge_calls[0]

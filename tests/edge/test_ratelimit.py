@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from redis.asyncio import Redis
 
-from edge.ratelimit import RateLimitConfig, RateLimiter
+from edge.ratelimit import Decision, RateLimitConfig, RateLimiter
 from tests.support.tcp_proxy import TcpProxy
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -31,14 +31,16 @@ async def redis_client() -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-def redis_proxy() -> AsyncIterator[TcpProxy]:
+def redis_proxy() -> Iterator[TcpProxy]:
     proxy = TcpProxy("127.0.0.1", 6379)
     proxy.start()
-    yield proxy  # type: ignore[misc]
+    yield proxy
     proxy.close()
 
 
-async def _burst(limiter: RateLimiter, endpoint_class: str, key: str, n: int) -> tuple[list, float]:  # type: ignore[type-arg]
+async def _burst(
+    limiter: RateLimiter, endpoint_class: str, key: str, n: int
+) -> tuple[list[Decision], float]:
     started = time.perf_counter()
     decisions = [await limiter.check(endpoint_class, key) for _ in range(n)]
     return decisions, time.perf_counter() - started
@@ -51,7 +53,7 @@ async def test_51st_wallet_request_within_a_second_is_refused_with_retry_after(
     # Until the first refusal: on a slow machine the burst takes longer and GCRA refills one
     # request per 20 ms of it, so the refusal may come a little after the 51st.
     started = time.perf_counter()
-    decisions = []
+    decisions: list[Decision] = []
     while len(decisions) < 500 and (not decisions or decisions[-1].allowed):
         decisions.append(await limiter.check("PLAYER_WALLET", "player-a"))
     elapsed = time.perf_counter() - started

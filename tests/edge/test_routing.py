@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,8 +18,8 @@ from casino.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from edge.process import EdgeProcess
 from services.runtime.client import secure_channel
 from services.runtime.process import ServiceProcess
-from tests.conftest import Pki
-from tests.edge.conftest import TokenMinter
+from tests.conftest import ROOT, Pki
+from tests.edge.conftest import TokenMinter, edge_config
 
 
 async def test_body_star_round_trips_in_lower_camel_case(http: httpx.AsyncClient) -> None:
@@ -180,6 +181,8 @@ async def test_the_class_deadline_budget_is_the_calls_timeout(http: httpx.AsyncC
         ("POST", "/v1/echoes", {"json": {"requestId": "x", "delayMs": "soon"}}, "delayMs"),
         ("POST", "/v1/echoes", {"json": ["not", "an", "object"]}, "JSON object"),
         ("POST", "/v1/echoes", {"content": b"\xff\xfe"}, "not valid JSON"),
+        # Deeper than json.loads can recurse: a 400, not the parser's RecursionError as a 500.
+        ("POST", "/v1/echoes", {"content": b"[" * 3000}, "nested too deeply"),
         ("GET", "/v1/mirrors/m", {"params": {"flag": "yes"}}, "flag"),
         ("GET", "/v1/mirrors/m", {"params": {"nope": "1"}}, "nope"),
         ("GET", "/v1/mirrors/m", {"params": {"amountMinor": "12abc"}}, "amount"),
@@ -315,6 +318,27 @@ async def test_admin_listener_refuses_sources_outside_its_networks(edge: EdgePro
         assert inside.status_code == 401, inside.text
         # Probes are answered to anyone: they reveal nothing.
         assert (await admin.get("/livez")).status_code == 200
+
+
+def test_the_edge_refuses_to_start_with_an_admin_listener_open_to_every_source(
+    tmp_path: Path, pki: Pki, tokens: TokenMinter, edge_services: dict[str, ServiceProcess]
+) -> None:
+    config = edge_config(
+        tmp_path / "open-admin.toml",
+        pki,
+        tokens.key_dir,
+        upstreams={"echo": (edge_services["echo"].ports["port"], "echo")},
+        services={"casino.echo.v1.EchoService": "echo"},
+        admin_networks=(),
+    )
+    process = EdgeProcess(config, tmp_path / "open-admin.log", cwd=ROOT)
+    process.start()
+    try:
+        with pytest.raises(RuntimeError, match="edge exited"):
+            process.wait_started()
+    finally:
+        process.terminate()
+    assert "admin.allowed_networks" in process.log_file.read_text()
 
 
 async def test_each_listener_serves_only_its_classes(edge: EdgeProcess) -> None:

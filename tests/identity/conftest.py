@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.type.date_pb2 import Date
+from google.type.date_pb2 import Date  # type: ignore[import-untyped]
 from redis.asyncio import Redis
 
 from casino.identity.v1 import identity_pb2 as pb

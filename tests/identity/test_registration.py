@@ -47,7 +47,7 @@ async def balance(wallet: ServiceProcess, pki: Pki, player_id: str, currency: st
         reply = await wallet_pb2_grpc.WalletServiceStub(channel).GetBalance(
             wallet_pb2.GetBalanceRequest(player_id=player_id, currency_code=currency)
         )
-        return reply.balance.posted_minor
+        return int(reply.balance.posted_minor)
 
 
 @pytest.mark.parametrize(("country", "currency"), [("GB", "GBP"), ("MT", "EUR"), ("IE", "EUR")])

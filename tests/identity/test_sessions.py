@@ -1,6 +1,6 @@
 """Login and sessions: the uniform error, the lockout, the access token the edge verifies
 (claims, key id, expiry, tampering), refresh rotation with reuse detection, logout and
-self-exclusion revoking every session."""
+self-exclusion revoking every session, also when they race a refresh or a login."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import asyncio
 import statistics
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import grpc
 import jwt
@@ -18,7 +18,19 @@ from redis.asyncio import Redis
 
 from casino.identity.v1 import identity_pb2 as pb
 from casino.identity.v1 import identity_pb2_grpc
-from tests.conftest import Pki
+from services.identity.authentication import Authenticator, SessionRevoked
+from services.identity.lockout import LockoutPolicy, LoginThrottle
+from services.identity.passwords import Argon2Parameters, Passwords
+from services.identity.sessions import (
+    RefreshToken,
+    RefreshTokenInvalid,
+    RefreshTokenReused,
+    Sessions,
+)
+from services.identity.tokens import TokenSigner
+from services.runtime.config import DatabaseConfig
+from services.runtime.db import create_engine
+from tests.conftest import SECRETS, Pki, database_url
 from tests.identity.conftest import (
     PASSWORD,
     Clients,
@@ -30,6 +42,7 @@ from tests.identity.conftest import (
 from tests.support.amqp import publish_player_excluded
 
 Stub = identity_pb2_grpc.IdentityServiceStub
+SessionsT = TypeVar("SessionsT", bound=Sessions)
 
 
 async def new_player(edge: Stub) -> tuple[str, str]:
@@ -39,7 +52,10 @@ async def new_player(edge: Stub) -> tuple[str, str]:
 
 
 async def login(edge: Stub, email: str, password: str = PASSWORD, **kw: Any) -> pb.Session:
-    return (await edge.Login(pb.LoginRequest(email=email, password=password), **kw)).session
+    reply: pb.LoginResponse = await edge.Login(
+        pb.LoginRequest(email=email, password=password), **kw
+    )
+    return reply.session
 
 
 async def refused(call: Any) -> grpc.aio.AioRpcError:
@@ -78,7 +94,8 @@ async def test_unknown_email_and_wrong_password_get_the_same_answer_in_similar_t
     edge: Stub,
 ) -> None:
     _, email = await new_player(edge)
-    unknown, wrong = [], []
+    unknown: list[float] = []
+    wrong: list[float] = []
     for _ in range(3):
         for attempt_email, times in ((unique_email("nobody"), unknown), (email, wrong)):
             started = time.perf_counter()
@@ -338,3 +355,106 @@ async def test_through_the_edge_logout_ends_the_authenticated_players_sessions_o
     gone = await refused(edge.Refresh(pb.RefreshRequest(refresh_token=mine.refresh_token)))
     assert error_info(gone)[0] == "REFRESH_TOKEN_INVALID"
     await edge.Refresh(pb.RefreshRequest(refresh_token=theirs.refresh_token))
+
+
+# Revocation racing a refresh or a login: identity's own pieces in this process, on the test
+# database, Redis and the running identity's secrets, with a Sessions whose hooks land the
+# revocation at the moment that used to let a live token for an ended session through.
+
+
+@pytest.fixture
+async def authenticator(
+    identity: Identity, redis: Redis
+) -> AsyncIterator[Callable[[Sessions], Authenticator]]:
+    engine = create_engine(
+        DatabaseConfig(
+            url=database_url("identity"),
+            password_file=SECRETS / "postgres" / "casino_identity",
+            pool_size=2,
+        ),
+        "identity-tests",
+    )
+    passwords = Passwords.from_file(
+        identity.secrets / "pepper", Argon2Parameters(time_cost=2, memory_kib=16384, parallelism=1)
+    )
+    signer = TokenSigner(identity.secrets / "jwt", "test-1", 900)
+
+    def build(sessions: Sessions) -> Authenticator:
+        throttle = LoginThrottle(redis, LockoutPolicy())
+        return Authenticator(engine, passwords, throttle, sessions, signer)
+
+    yield build
+    await engine.dispose()
+
+
+def sessions_kind(kind: type[SessionsT], redis: Redis) -> SessionsT:
+    return kind(redis, refresh_lifetime_seconds=600, access_lifetime_seconds=900)
+
+
+class LogoutWhileTheTokenIsIssued(Sessions):
+    """Every session of the player ends after the refresh token was rotated, before the
+    access token is signed (issuing then waits for the logout's cutoff second)."""
+
+    async def issue_second(self, player_id: str) -> int:
+        await self.revoke_all(player_id)
+        return await super().issue_second(player_id)
+
+
+class LogoutAsTheSessionOpens(Sessions):
+    """Every session of the player ends just after a login opened its session."""
+
+    async def open(self, player_id: str) -> RefreshToken:
+        session = await super().open(player_id)
+        await self.revoke_all(player_id)
+        return session
+
+
+async def test_a_refresh_racing_a_logout_answers_no_token(
+    authenticator: Callable[[Sessions], Authenticator], redis: Redis
+) -> None:
+    sessions = sessions_kind(LogoutWhileTheTokenIsIssued, redis)
+    player_id = f"player-{uuid.uuid4().hex[:12]}"
+    first = await sessions.open(player_id)
+    with pytest.raises(RefreshTokenInvalid):
+        await authenticator(sessions).refresh(first.token)
+
+
+async def test_a_login_racing_a_logout_answers_no_token(
+    authenticator: Callable[[Sessions], Authenticator], edge: Stub, redis: Redis
+) -> None:
+    _, email = await new_player(edge)
+    sessions = sessions_kind(LogoutAsTheSessionOpens, redis)
+    with pytest.raises(SessionRevoked) as ended:
+        await authenticator(sessions).login(email, PASSWORD, None)
+    assert ended.value.reason == "TOKEN_REVOKED"
+
+
+async def test_a_refresh_racing_another_familys_reuse_answers_a_token_the_edge_accepts(
+    authenticator: Callable[[Sessions], Authenticator], identity: Identity, redis: Redis
+) -> None:
+    player_id = f"player-{uuid.uuid4().hex[:12]}"
+    plain = sessions_kind(Sessions, redis)
+    elsewhere = await plain.open(player_id)
+    await plain.rotate(elsewhere.token)
+
+    class ReuseElsewhereAsTheTokenIsSigned(Sessions):
+        """The other family's spent token is presented again just after this refresh chose
+        its token's second: the player's cutoff passes it, this family lives on."""
+
+        reused = False
+
+        async def issue_second(self, player_id: str) -> int:
+            second = await super().issue_second(player_id)
+            if not self.reused:
+                self.reused = True
+                with pytest.raises(RefreshTokenReused):
+                    await plain.rotate(elsewhere.token)
+            return second
+
+    sessions = sessions_kind(ReuseElsewhereAsTheTokenIsSigned, redis)
+    mine = await sessions.open(player_id)
+    issued = await authenticator(sessions).refresh(mine.token)
+    assert sessions.reused
+    token_claims = claims(identity, issued.access.token)
+    assert token_claims["sid"] == mine.session_id
+    assert edge_accepts(token_claims, await revoked_before(redis, player_id))

@@ -64,3 +64,19 @@ def test_a_named_source_shares_one_budget_across_its_networks() -> None:
     assert rules.rate_key(parse_address("198.51.100.7")) == "source:psp-b"
     assert rules.rate_key(parse_address("198.51.100.8")) == "ip:198.51.100.8"
     assert rules.rate_key(None) == "ip:None"
+
+
+def test_an_ipv6_client_spends_its_64s_budget_and_ipv4_its_addresss() -> None:
+    rules = SourceRules([], sources={"acquirer-a": ["2001:db8:a::10/128"]})
+    # Addresses rotated within one /64 (privacy extensions, or on purpose) are one client.
+    assert rules.rate_key(parse_address("2001:db8:1:2::a")) == "ip:2001:db8:1:2::/64"
+    assert rules.rate_key(parse_address("[2001:db8:1:2:ffff:ffff:ffff:ffff]:443")) == (
+        "ip:2001:db8:1:2::/64"
+    )
+    assert rules.rate_key(parse_address("2001:db8:1:3::a")) == "ip:2001:db8:1:3::/64"
+    # IPv4, IPv4-mapped IPv6 included, keeps the whole address.
+    assert rules.rate_key(parse_address("198.51.100.8")) == "ip:198.51.100.8"
+    assert rules.rate_key(parse_address("::ffff:198.51.100.9")) == "ip:198.51.100.9"
+    # A named source is matched on the full address first.
+    assert rules.rate_key(parse_address("2001:db8:a::10")) == "source:acquirer-a"
+    assert rules.rate_key(parse_address("2001:db8:a::11")) == "ip:2001:db8:a::/64"

@@ -128,6 +128,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The listener does not serve the client's network (403; the admin listener)."""
     CLIENT_CLOSED: _ErrorReason.ValueType  # 454
     """The client went away before its request body arrived."""
+    BODY_TIMEOUT: _ErrorReason.ValueType  # 455
+    """The request body did not arrive within the request's deadline budget (408; the edge
+    closes the connection). Metadata: none.
+    """
+    LOCATION_UNKNOWN: _ErrorReason.ValueType  # 456
+    """The edge could not place the client (no trusted country header, no network table
+    entry) and the endpoint class requires a location (403). Metadata: none.
+    """
     ROUND_NOT_FOUND: _ErrorReason.ValueType  # 500
     """RNG (500-509).
     No round has this id. Metadata: round_id.
@@ -295,6 +303,14 @@ SOURCE_NOT_ALLOWED: ErrorReason.ValueType  # 453
 """The listener does not serve the client's network (403; the admin listener)."""
 CLIENT_CLOSED: ErrorReason.ValueType  # 454
 """The client went away before its request body arrived."""
+BODY_TIMEOUT: ErrorReason.ValueType  # 455
+"""The request body did not arrive within the request's deadline budget (408; the edge
+closes the connection). Metadata: none.
+"""
+LOCATION_UNKNOWN: ErrorReason.ValueType  # 456
+"""The edge could not place the client (no trusted country header, no network table
+entry) and the endpoint class requires a location (403). Metadata: none.
+"""
 ROUND_NOT_FOUND: ErrorReason.ValueType  # 500
 """RNG (500-509).
 No round has this id. Metadata: round_id.
