@@ -8,11 +8,14 @@ every number is configuration (AmlConfig).
 
 Decisions documented here:
 * CDD threshold: per flow (deposits, withdrawal requests, stakes, wins), trips when one
-  transaction alone reaches the threshold or when it takes the flow's rolling 24 h total from
-  below the threshold to at or above it. A logged-in session is linked through the same
-  rolling window (sessions are far shorter than 24 h; the wallet's events carry no session).
-  Crossing, not "being above", so a player whose due diligence was just completed is not
-  gated again by the next deposit of the same day.
+  transaction alone reaches the threshold or when it takes the flow's linked total from
+  below the threshold to at or above it (`cdd_threshold_reached`, the rule the money-path
+  checks apply too). Linked: the rolling 24 h, counted from the player's last CDD clearance
+  when that is later, so due diligence restarts the count: the next deposit of the same day
+  does not gate the player again, the activity since the clearance reaching the threshold
+  does. A logged-in session is linked through the same rolling window (sessions are far
+  shorter than 24 h; the wallet's events carry no session). Activity from before the
+  clearance (an event arriving late) never trips it: the due diligence covered it.
 * Withdrawals are counted when requested (the reservation); its commit or release is the
   same money and is not counted again.
 * Stakes are net of rolled-back stakes (a rollback is a bet that did not happen).
@@ -173,16 +176,18 @@ def evaluate(
     account_opened: dt.datetime | None,
     config: AmlConfig,
     enabled: RuleEnabled = every_rule_on,
+    cdd_cleared_at: dt.datetime | None = None,
 ) -> list[Finding]:
     """The findings `new` gives rise to, given the player's activity before it (at least
-    `config.lookback` of it; `new` itself may be included or not) and when the account was
-    opened (None: unknown, and the new-account rule does not apply). A rule for which
-    `enabled` says False is not evaluated."""
+    `config.lookback` of it; `new` itself may be included or not), when the account was
+    opened (None: unknown, and the new-account rule does not apply) and when due diligence
+    was last recorded (None: never). A rule for which `enabled` says False is not
+    evaluated."""
     history = sorted(
         {a.event_id: a for a in (*recent, new)}.values(), key=lambda a: (a.at, a.event_id)
     )
     checks: list[tuple[str, Callable[[], Finding | None]]] = [
-        (CDD_THRESHOLD, lambda: _cdd_threshold(new, history, config)),
+        (CDD_THRESHOLD, lambda: _cdd_threshold(new, history, config, cdd_cleared_at)),
         (STRUCTURING, lambda: _structuring(new, history, config)),
         (LOW_TURNOVER, lambda: _low_turnover(new, history, config)),
         (FAST_LARGE_SPEND, lambda: _fast_large_spend(new, history, account_opened, config)),
@@ -216,17 +221,34 @@ def _window(start: dt.datetime, end: dt.datetime) -> dict[str, str]:
     return {"start": start.isoformat(), "end": end.isoformat()}
 
 
-def _cdd_threshold(new: Activity, history: list[Activity], config: AmlConfig) -> Finding | None:
+def cdd_threshold_reached(amount_minor: int, linked_before_minor: int, threshold: int) -> bool:
+    """The customer-due-diligence trigger, one rule for monitoring and the money-path checks:
+    a transaction at or above the threshold alone, or one taking the linked total (what came
+    before it in the linking window, counted from the last CDD clearance) from below the
+    threshold to at or above it. Crossing, not being above: once tripped, the same window
+    does not trip again until a clearance restarts the count."""
+    return amount_minor >= threshold or (
+        linked_before_minor < threshold <= linked_before_minor + amount_minor
+    )
+
+
+def _cdd_threshold(
+    new: Activity, history: list[Activity], config: AmlConfig, cleared_at: dt.datetime | None
+) -> Finding | None:
     flow = CDD_FLOWS.get(new.kind)
     if flow is None:
         return None
     threshold = config.cdd_threshold_eur_minor
     start = new.at - dt.timedelta(hours=config.cdd_window_hours)
+    if cleared_at is not None and cleared_at > start:
+        start = cleared_at
+    if new.at <= start:
+        return None  # from before the last clearance: its due diligence covered it
     linked = _within(history, {new.kind}, start, new.at)
     total = sum(a.amount_eur_minor for a in linked)
     before = total - new.amount_eur_minor
     single = new.amount_eur_minor >= threshold
-    if not (single or before < threshold <= total):
+    if not cdd_threshold_reached(new.amount_eur_minor, before, threshold):
         return None
     return Finding(
         CDD_THRESHOLD,
@@ -240,6 +262,7 @@ def _cdd_threshold(new: Activity, history: list[Activity], config: AmlConfig) ->
             "total_eur_minor": total,
             "threshold_eur_minor": threshold,
             "window": _window(start, new.at),
+            "cdd_cleared_at": None if cleared_at is None else cleared_at.isoformat(),
         },
     )
 

@@ -12,7 +12,14 @@ another: a player's second stake in a batch sees the first.
 What a check reads is small and mostly cached: the player's state row and limits are kept
 in memory with the row's version; each batch locks the rows and reads only their versions,
 and a state is reloaded only when its version moved (every change to a player or their
-limits bumps it, in whichever process or replica made it)."""
+limits bumps it, in whichever process or replica made it).
+
+A check is idempotent by (player_id, request_id): its request and verdict id are recorded
+with its verdict, and a retry (found by the same statement that locks the players' rows)
+gets the original verdict back and records nothing; the same request_id for a different
+action, amount or currency is refused (IDEMPOTENCY_MISMATCH). Two checks with one key in a
+batch are one decision. A retry racing its original in another batch fails that batch on the
+record's key, and the batch is decided again, finding the original then."""
 
 from __future__ import annotations
 
@@ -27,14 +34,14 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter, Histogram
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.compliance import rules, store, verdicts
 from services.compliance.policy import Policy
 from services.compliance.rules import Action, Decision, LimitKind
 from services.runtime import verdict_log
-from services.runtime.errors import DomainError, InvalidArgument
+from services.runtime.errors import DomainError, IdempotencyMismatch, InvalidArgument
 
 log = structlog.get_logger()
 
@@ -52,6 +59,9 @@ STATE_CACHE = Counter(
 SCHEMA = "compliance"
 # Actions whose allowed amount counts against limits (and the CDD threshold).
 _COUNTED = {Action.DEPOSIT: "DEPOSIT", Action.BET: "BET"}
+# How often a batch is decided again when a retried check raced its original (each time,
+# the original has committed: a second attempt finds it, more only under repeated races).
+_RACED_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,33 @@ def _needs_usage(request: CheckRequest, limits: list[rules.LimitState]) -> bool:
     if request.action is Action.BET:
         return any(limit.kind in (LimitKind.STAKE, LimitKind.LOSS) for limit in limits)
     return False
+
+
+def _same_request(record: store.CheckRecord, request: CheckRequest) -> bool:
+    return (record.action, record.amount_minor, record.currency) == (
+        request.action.value,
+        request.amount_minor,
+        request.currency,
+    )
+
+
+def _record_of(request: CheckRequest, verdict: verdict_log.Verdict) -> store.CheckRecord:
+    return store.CheckRecord(
+        request.action.value, request.amount_minor, request.currency, verdict.verdict_id
+    )
+
+
+def _decision_of(verdict: verdict_log.Verdict) -> Decision:
+    return Decision(
+        verdict.decision == "ALLOW",
+        [rules.Reason(r["reason"], dict(r["metadata"])) for r in verdict.reasons],
+    )
+
+
+def _raced(exc: IntegrityError) -> bool:
+    """Did a check's record collide with one committed after the batch looked it up?"""
+    diag = getattr(exc.orig, "diag", None)
+    return getattr(diag, "constraint_name", None) == store.CHECK_REQUESTS_KEY
 
 
 class ActionChecks:
@@ -209,11 +246,13 @@ class ActionChecks:
             else:
                 future.set_result(result)
 
-    async def _states(self, conn: AsyncConnection, player_ids: list[str]) -> dict[str, CachedState]:
+    async def _states(
+        self, conn: AsyncConnection, player_ids: list[str], keys: list[tuple[str, str]]
+    ) -> tuple[dict[str, CachedState], dict[tuple[str, str], store.CheckRecord]]:
         """Lock the players' rows (in id order: batches in other replicas lock in the same
         order, so they cannot deadlock) and return their states, from the cache where the
-        version still matches."""
-        versions = await store.lock_versions(conn, player_ids)
+        version still matches, with the checks already recorded under `keys`."""
+        versions, records = await store.lock_versions(conn, player_ids, keys)
         states: dict[str, CachedState] = {}
         stale = []
         for player_id, version in versions.items():
@@ -230,12 +269,26 @@ class ActionChecks:
                 entry = CachedState.of(version, state, limits.get(player_id, []))
                 self.cache.put(player_id, entry)
                 states[player_id] = entry
-        return states
+        return states, records
 
     async def _decide(self, requests: list[CheckRequest]) -> list[Checked | DomainError]:
+        attempt = 1
+        while True:
+            try:
+                return await self._decide_once(requests)
+            except IntegrityError as exc:
+                if attempt >= _RACED_ATTEMPTS or not _raced(exc):
+                    raise
+                log.info("a retried check raced its original; deciding the batch again")
+                attempt += 1
+
+    async def _decide_once(self, requests: list[CheckRequest]) -> list[Checked | DomainError]:
         now = self._now()
+        keys = sorted({(r.player_id, r.request_id) for r in requests})
         async with self._engine.begin() as conn:
-            states = await self._states(conn, sorted({r.player_id for r in requests}))
+            states, records = await self._states(
+                conn, sorted({r.player_id for r in requests}), keys
+            )
             wanted = sorted(
                 {
                     r.player_id
@@ -243,14 +296,31 @@ class ActionChecks:
                     if r.player_id in states and _needs_usage(r, states[r.player_id].limits)
                 }
             )
-            usage = await store.usage_totals(conn, wanted, now) if wanted else {}
+            cleared = {p: states[p].state.cdd_cleared_at for p in wanted}
+            usage = await store.usage_totals(conn, wanted, now, cleared) if wanted else {}
             counted: list[tuple[str, str, str, int]] = []
-            counted_ids: set[tuple[str, str]] = set()
+            checked: list[tuple[str, str, store.CheckRecord]] = []
             cdd_players: list[str] = []
             pending: list[verdict_log.Verdict] = []
             decisions: list[Decision] = []
             refused: dict[int, DomainError] = {}
+            # Retries: of a check recorded before (its record), or of one earlier in this
+            # batch (its index).
+            replays: dict[int, store.CheckRecord] = {}
+            same_as: dict[int, int] = {}
+            decided: dict[tuple[str, str], int] = {}
             for i, request in enumerate(requests):
+                key = (request.player_id, request.request_id)
+                if key in records or key in decided:
+                    # A retry: the original's answer, nothing decided or recorded again.
+                    original = records.get(key) or checked[decided[key]][2]
+                    if not _same_request(original, request):
+                        refused[i] = IdempotencyMismatch(request.request_id)
+                    elif key in records:
+                        replays[i] = original
+                    else:
+                        same_as[i] = decided[key]
+                    continue
                 cached = states.get(request.player_id)
                 state = cached.state if cached else None
                 # The player's jurisdiction (its configuration) and the flagged rules on
@@ -279,18 +349,15 @@ class ActionChecks:
                     enabled_rules=policy.enabled_rules,
                 )
                 counted_action = _COUNTED.get(request.action)
-                key = (request.player_id, request.request_id)
                 if state is not None and decision.allow and counted_action:
-                    if key not in counted_ids:
-                        counted_ids.add(key)
-                        counted.append(
-                            (
-                                request.player_id,
-                                request.request_id,
-                                counted_action,
-                                request.amount_minor,
-                            )
+                    counted.append(
+                        (
+                            request.player_id,
+                            request.request_id,
+                            counted_action,
+                            request.amount_minor,
                         )
+                    )
                     if request.player_id in usage:  # a later check in the batch reads it
                         usage[request.player_id] = totals.plus(
                             rules.Usage(counted_action, request.amount_minor, now), now
@@ -307,29 +374,49 @@ class ActionChecks:
                 if cdd:
                     # This action goes through; the next ones wait for due diligence.
                     cdd_players.append(request.player_id)
-                decisions.append(decision)
-                pending.append(
-                    verdicts.verdict(
-                        player_id=request.player_id,
-                        action=request.action,
-                        decision=decision.verdict,
-                        reasons=decision.reasons,
-                        inputs={**_inputs(request, cached, totals, cdd), **policy.inputs()},
-                        config_version=config.version,
-                        caller=request.caller,
-                        now=now,
-                    )
+                verdict = verdicts.verdict(
+                    player_id=request.player_id,
+                    action=request.action,
+                    decision=decision.verdict,
+                    reasons=decision.reasons,
+                    inputs={**_inputs(request, cached, totals, cdd), **policy.inputs()},
+                    config_version=config.version,
+                    caller=request.caller,
+                    now=now,
                 )
-            if counted:
-                await store.record_usages(conn, counted, now)
+                decided[key] = len(pending)
+                checked.append(
+                    (request.player_id, request.request_id, _record_of(request, verdict))
+                )
+                decisions.append(decision)
+                pending.append(verdict)
+            replayed = {i: await _original(conn, record) for i, record in replays.items()}
+            if checked:
+                await store.record_checks(conn, checked, counted, now)
             for player_id in cdd_players:
                 await store.require_cdd(conn, player_id, now)
-            stored = iter(await verdict_log.append_many(conn, SCHEMA, pending))
-        answers = iter(decisions)
-        return [
-            refused[i] if i in refused else Checked(next(stored), next(answers))
-            for i in range(len(requests))
-        ]
+            stored = await verdict_log.append_many(conn, SCHEMA, pending)
+        answered = [Checked(v, d) for v, d in zip(stored, decisions, strict=True)]
+        results: list[Checked | DomainError] = []
+        position = 0
+        for i in range(len(requests)):
+            if i in refused:
+                results.append(refused[i])
+            elif i in replayed:
+                results.append(replayed[i])
+            elif i in same_as:
+                results.append(answered[same_as[i]])
+            else:
+                results.append(answered[position])
+                position += 1
+        return results
+
+
+async def _original(conn: AsyncConnection, record: store.CheckRecord) -> Checked:
+    verdict = await verdict_log.get(conn, SCHEMA, record.verdict_id)
+    if verdict is None:  # the log is append-only: a recorded check's verdict is there
+        raise RuntimeError(f"verdict {record.verdict_id} of a recorded check is missing")
+    return Checked(verdict, _decision_of(verdict))
 
 
 def _inputs(

@@ -150,6 +150,7 @@ class Monitoring:
                 account_opened=await store.account_opened(conn, event.player_id),
                 config=self._config,
                 enabled=lambda rule: self._enabled(rule, player_id, country),
+                cdd_cleared_at=state.cdd_cleared_at,
             )
             for finding in findings:
                 FINDINGS.labels(finding.rule).inc()

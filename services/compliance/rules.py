@@ -14,9 +14,10 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from services.compliance.aml import cdd_threshold_reached
 from services.runtime.errors import DomainError, InvalidArgument
 
-RULE_VERSION = "compliance-rules/2026.11.1"
+RULE_VERSION = "compliance-rules/2026.11.2"
 
 
 class Action(enum.StrEnum):
@@ -172,6 +173,8 @@ class PlayerState:
     # Set by an AML rule (fast large spend on a new account) until an officer closes the
     # alert: no new money in, no play.
     play_hold: bool = False
+    # When due diligence was last recorded: the CDD threshold links activity after it only.
+    cdd_cleared_at: dt.datetime | None = None
 
     def excluded_at(self, now: dt.datetime) -> bool:
         return self.excluded_indefinitely or (
@@ -218,10 +221,16 @@ class UsageTotals:
     player with ten bets a month as for one with ten thousand."""
 
     windows: dict[tuple[str, Period], Window] = field(default_factory=dict)
+    # Deposits linked for the CDD threshold: the rolling day's, counted only after the
+    # player's last CDD clearance (`cdd_cleared_at`, None: never), which restarts the count.
+    cdd_linked_minor: int = 0
+    cdd_cleared_at: dt.datetime | None = None
 
     @classmethod
-    def of(cls, entries: list[Usage], now: dt.datetime) -> UsageTotals:
-        totals = cls()
+    def of(
+        cls, entries: list[Usage], now: dt.datetime, cdd_cleared_at: dt.datetime | None = None
+    ) -> UsageTotals:
+        totals = cls(cdd_cleared_at=cdd_cleared_at)
         for entry in entries:
             totals = totals.plus(entry, now)
         return totals
@@ -237,7 +246,10 @@ class UsageTotals:
             windows[(entry.action, period)] = Window(
                 window.total_minor + entry.amount_minor, oldest
             )
-        return UsageTotals(windows)
+        linked = self.cdd_linked_minor
+        if entry.action == "DEPOSIT" and entry.at > cdd_linked_since(now, self.cdd_cleared_at):
+            linked += entry.amount_minor
+        return UsageTotals(windows, linked, self.cdd_cleared_at)
 
     def total(self, action: str, period: Period) -> int:
         return self.windows.get((action, period), Window()).total_minor
@@ -250,6 +262,10 @@ class UsageTotals:
             if (w := self.windows.get((a, period))) is not None and w.oldest is not None
         ]
         return (min(oldest) if oldest else now) + period.length
+
+
+# What an exclusion or an AML hold closes: play and new money in, never withdrawals.
+_PLAY_AND_NEW_MONEY = frozenset({Action.DEPOSIT, Action.BET, Action.GAME_LAUNCH})
 
 
 def action_check(
@@ -272,7 +288,9 @@ def action_check(
     if state is None:
         return Decision(False, [Reason("PLAYER_UNKNOWN")])
     reasons: list[Reason] = []
-    if state.excluded_at(now):
+    if state.excluded_at(now) and action in _PLAY_AND_NEW_MONEY:
+        # A time-out or self-exclusion closes every product, but the player's own balance
+        # stays theirs to withdraw (UKGC: funds are returned on self-exclusion).
         until = "indefinite" if state.excluded_indefinitely else state.excluded_until.isoformat()  # type: ignore[union-attr]
         reasons.append(
             Reason(
@@ -295,7 +313,7 @@ def action_check(
             reasons.append(Reason("JURISDICTION_BLOCKED", {"country": country}))
     if state.cdd_required:
         reasons.append(Reason("CDD_REQUIRED"))
-    if state.play_hold and action in (Action.DEPOSIT, Action.BET, Action.GAME_LAUNCH):
+    if state.play_hold and action in _PLAY_AND_NEW_MONEY:
         # Withdrawals stay possible under an AML hold: the hold stops further play and new
         # money while the case is reviewed; holding a player's own funds needs a legal basis
         # (a consent request to the authorities) that is the officer's call, not a rule's.
@@ -391,18 +409,30 @@ def jurisdiction_of(
     return Jurisdiction(DEFAULT_JURISDICTION, default)
 
 
+def cdd_linked_since(now: dt.datetime, cleared_at: dt.datetime | None) -> dt.datetime:
+    """Deposits after this moment are linked for the CDD threshold: the rolling day's, but
+    none from before the player's last CDD clearance (due diligence covered those)."""
+    start = now - Period.DAY.length
+    return start if cleared_at is None else max(start, cleared_at)
+
+
 def crosses_cdd_threshold(
     action: Action,
     amount_minor: int,
     usage: UsageTotals,
     config: ComplianceConfig,
 ) -> bool:
-    """A deposit or withdrawal that, alone or linked with the last 24 h's, reaches the
-    customer-due-diligence threshold."""
-    if action is not Action.DEPOSIT:
-        return amount_minor >= config.cdd_threshold_minor and action is Action.WITHDRAWAL
-    linked = usage.total("DEPOSIT", Period.DAY)
-    return linked + amount_minor >= config.cdd_threshold_minor
+    """A withdrawal reaching the customer-due-diligence threshold alone, or a deposit
+    reaching it alone or taking the linked deposits (the last 24 h's since the last CDD
+    clearance) from under it to at or over it: the rule monitoring applies to wallet
+    activity (aml.cdd_threshold_reached), so the gate trips once per crossing and an
+    explicit clearance restarts the count."""
+    threshold = config.cdd_threshold_minor
+    if action is Action.WITHDRAWAL:
+        return cdd_threshold_reached(amount_minor, 0, threshold)
+    if action is Action.DEPOSIT:
+        return cdd_threshold_reached(amount_minor, usage.cdd_linked_minor, threshold)
+    return False
 
 
 # Limits and exclusions: what a change request does.

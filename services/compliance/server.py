@@ -56,8 +56,9 @@ class ComplianceSettings:
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # Published events are kept in the outbox this long, then pruned.
     outbox_retention_hours: float = 24.0
-    # Counted usage (deposits, stakes, wins behind limits and the CDD threshold) is deleted
-    # after this many days; never under 35 (the database function refuses younger rows too).
+    # Counted usage (deposits, stakes, wins behind limits and the CDD threshold) and checks'
+    # requests (what answers a retried check) are deleted after this many days; never under
+    # 35 (the database functions refuse younger rows too).
     usage_retention_days: float = 90.0
     # AML transaction monitoring: consume the wallet's events from this durable queue (its
     # dead letters go to "<queue>.dead"). Off: checks are unaffected, events wait queued.
@@ -532,9 +533,10 @@ async def build(runtime: ServiceRuntime) -> None:
     )
     runtime.add_background(compliance.checks)
     runtime.add_background(rule_flags)
-    runtime.add_background(
-        Pruner(engine, "compliance.prune_usage", dt.timedelta(days=settings.usage_retention_days))
-    )
+    retention = dt.timedelta(days=settings.usage_retention_days)
+    runtime.add_background(Pruner(engine, "compliance.prune_usage", retention))
+    # Checks' requests (what answers a retry) are kept as long as the usage they counted.
+    runtime.add_background(Pruner(engine, "compliance.prune_check_requests", retention))
     if settings.outbox_relay:
         for worker in outbox_workers(
             engine, "compliance", settings.amqp_url, settings.outbox_retention_hours

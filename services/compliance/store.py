@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
@@ -23,13 +24,14 @@ from services.compliance.rules import (
     PlayerState,
     UsageTotals,
     Window,
+    cdd_linked_since,
 )
 
 # The columns of a player's compliance state (each a PlayerState field).
 _STATE_COLUMNS = (
     "player_id, birth_date, country, name_verified, address_verified,"
     " birth_date_verified, cdd_required, excluded_until, excluded_indefinitely, exclusion_kind,"
-    " play_hold, reality_check_minutes, affordability_assessed_at"
+    " play_hold, reality_check_minutes, affordability_assessed_at, cdd_cleared_at"
 )
 _PLAYER = text(f"SELECT {_STATE_COLUMNS} FROM compliance.players WHERE player_id = :p")
 _PLAYER_FOR_UPDATE = text(_PLAYER.text + " FOR UPDATE")
@@ -109,7 +111,8 @@ async def update_verification(
     now: dt.datetime,
     affordability_assessed: bool = False,
 ) -> None:
-    """Verification only ever adds: a flag set stays set; CDD clears only explicitly. An
+    """Verification only ever adds: a flag set stays set; CDD clears only explicitly, and
+    its clearance is dated now (the CDD threshold links activity after it only). An
     affordability assessment is dated now (it is valid for a configured period)."""
     await conn.execute(
         text(
@@ -117,6 +120,7 @@ async def update_verification(
             " address_verified = address_verified OR :a,"
             " birth_date_verified = birth_date_verified OR :b,"
             " cdd_required = cdd_required AND NOT :cdd, update_time = :now,"
+            " cdd_cleared_at = CASE WHEN :cdd THEN :now ELSE cdd_cleared_at END,"
             " affordability_assessed_at = CASE WHEN :afford THEN :now"
             "   ELSE affordability_assessed_at END,"
             " version = version + 1"
@@ -234,28 +238,40 @@ async def write_limit(
 
 _PERIODS = list(Period)
 _USAGE_TOTALS = text(
-    "SELECT player_id, action, "
+    "SELECT u.player_id, u.action, "
     + ", ".join(
-        f"sum(amount_minor) FILTER (WHERE at > :since_{i}) AS total_{i},"
-        f" min(at) FILTER (WHERE at > :since_{i}) AS oldest_{i}"
+        f"sum(u.amount_minor) FILTER (WHERE u.at > :since_{i}) AS total_{i},"
+        f" min(u.at) FILTER (WHERE u.at > :since_{i}) AS oldest_{i}"
         for i in range(len(_PERIODS))
     )
-    + " FROM compliance.usage WHERE player_id = ANY(:ids) AND at > :longest"
-    " GROUP BY player_id, action"
+    + ", sum(u.amount_minor) FILTER (WHERE u.at > s.linked_since) AS cdd_linked"
+    " FROM compliance.usage u JOIN unnest(CAST(:ids AS text[]),"
+    " CAST(:linked_since AS timestamptz[])) AS s(player_id, linked_since)"
+    " ON s.player_id = u.player_id"
+    " WHERE u.player_id = ANY(:ids) AND u.at > :longest"
+    " GROUP BY u.player_id, u.action"
 )
 
 
 async def usage_totals(
-    conn: AsyncConnection, player_ids: list[str], now: dt.datetime
+    conn: AsyncConnection,
+    player_ids: list[str],
+    now: dt.datetime,
+    cdd_cleared: dict[str, dt.datetime | None] | None = None,
 ) -> dict[str, UsageTotals]:
-    """Each player's counted usage summed per action over every limit period, in one query
-    (the rows never leave the database)."""
+    """Each player's counted usage summed per action over every limit period, and their
+    deposits linked for the CDD threshold (since `cdd_cleared[player]`, their last CDD
+    clearance, within the day), in one query (the rows never leave the database)."""
+    cleared = cdd_cleared or {}
     params: dict[str, Any] = {f"since_{i}": now - p.length for i, p in enumerate(_PERIODS)}
     longest = max(p.length for p in _PERIODS)
+    linked_since = [cdd_linked_since(now, cleared.get(p)) for p in player_ids]
     rows = await conn.execute(
-        _USAGE_TOTALS, {**params, "ids": player_ids, "longest": now - longest}
+        _USAGE_TOTALS,
+        {**params, "ids": player_ids, "linked_since": linked_since, "longest": now - longest},
     )
     windows: dict[str, dict[tuple[str, Period], Window]] = {p: {} for p in player_ids}
+    linked: dict[str, int] = {}
     for row in rows:
         for i, period in enumerate(_PERIODS):
             total = row._mapping[f"total_{i}"]
@@ -263,7 +279,9 @@ async def usage_totals(
                 windows[row.player_id][(row.action, period)] = Window(
                     int(total), row._mapping[f"oldest_{i}"]
                 )
-    return {p: UsageTotals(w) for p, w in windows.items()}
+        if row.action == "DEPOSIT" and row.cdd_linked is not None:
+            linked[row.player_id] = int(row.cdd_linked)
+    return {p: UsageTotals(w, linked.get(p, 0), cleared.get(p)) for p, w in windows.items()}
 
 
 async def record_usage(
@@ -316,22 +334,70 @@ async def write_exclusion(
 # Batched reads and writes for action checks (services.compliance.checks).
 
 
+# The players' rows locked in id order with their versions, and in the same round trip the
+# checks already decided under the batch's (player_id, request_id) keys.
 _LOCK_VERSIONS = text(
-    "SELECT player_id, version FROM compliance.players WHERE player_id = ANY(:ids)"
-    " ORDER BY player_id FOR UPDATE"
+    "WITH locked AS MATERIALIZED (SELECT player_id, version FROM compliance.players"
+    " WHERE player_id = ANY(:ids) ORDER BY player_id FOR UPDATE)"
+    " SELECT player_id, version, NULL AS request_id, NULL AS action,"
+    " CAST(NULL AS bigint) AS amount_minor, NULL AS currency, CAST(NULL AS uuid) AS verdict_id"
+    " FROM locked"
+    " UNION ALL SELECT c.player_id, NULL, c.request_id, c.action, c.amount_minor, c.currency,"
+    " c.verdict_id FROM compliance.check_requests c JOIN unnest(CAST(:key_players AS text[]),"
+    " CAST(:key_requests AS text[])) AS k(player_id, request_id)"
+    " ON c.player_id = k.player_id AND c.request_id = k.request_id"
 )
-_RECORD_USAGES = text(
-    "INSERT INTO compliance.usage (player_id, request_id, action, amount_minor, at)"
+# A check's request and, for an allowed deposit or stake, its counted usage: one statement.
+# The request is inserted without ON CONFLICT: a concurrent check with the same key that
+# committed after the batch's lookup fails this batch (unique violation), which is then
+# decided again and answered from that check's record.
+_RECORD_CHECKS = text(
+    "WITH requests AS (INSERT INTO compliance.check_requests (player_id, request_id, action,"
+    " amount_minor, currency, verdict_id, at)"
+    " SELECT p, r, a, m, c, v, :at FROM unnest(CAST(:cp AS text[]), CAST(:cr AS text[]),"
+    " CAST(:ca AS text[]), CAST(:cm AS bigint[]), CAST(:cc AS text[]), CAST(:cv AS uuid[]))"
+    " AS k(p, r, a, m, c, v))"
+    " INSERT INTO compliance.usage (player_id, request_id, action, amount_minor, at)"
     " SELECT p, r, a, m, :at FROM unnest(CAST(:p AS text[]), CAST(:r AS text[]),"
     " CAST(:a AS text[]), CAST(:m AS bigint[])) AS u(p, r, a, m)"
     " ON CONFLICT DO NOTHING"
 )
+CHECK_REQUESTS_KEY = "check_requests_pkey"
 
 
-async def lock_versions(conn: AsyncConnection, player_ids: list[str]) -> dict[str, int]:
-    """Lock the players' rows, in id order, and read only their versions."""
-    rows = await conn.execute(_LOCK_VERSIONS, {"ids": player_ids})
-    return {r.player_id: r.version for r in rows}
+@dataclass(frozen=True)
+class CheckRecord:
+    """A decided check's request, by (player_id, request_id): what it asked, its verdict."""
+
+    action: str
+    amount_minor: int
+    currency: str
+    verdict_id: uuid.UUID
+
+
+async def lock_versions(
+    conn: AsyncConnection, player_ids: list[str], keys: list[tuple[str, str]]
+) -> tuple[dict[str, int], dict[tuple[str, str], CheckRecord]]:
+    """Lock the players' rows, in id order, and read only their versions; with the checks
+    recorded under `keys` (player_id, request_id), whether those players exist or not."""
+    rows = await conn.execute(
+        _LOCK_VERSIONS,
+        {
+            "ids": player_ids,
+            "key_players": [k[0] for k in keys],
+            "key_requests": [k[1] for k in keys],
+        },
+    )
+    versions: dict[str, int] = {}
+    records: dict[tuple[str, str], CheckRecord] = {}
+    for r in rows:
+        if r.request_id is None:
+            versions[r.player_id] = r.version
+        else:
+            records[(r.player_id, r.request_id)] = CheckRecord(
+                r.action, r.amount_minor, r.currency, r.verdict_id
+            )
+    return versions, records
 
 
 async def players(
@@ -357,18 +423,28 @@ async def limits_of(conn: AsyncConnection, player_ids: list[str]) -> dict[str, l
     return found
 
 
-async def record_usages(
-    conn: AsyncConnection, entries: list[tuple[str, str, str, int]], at: dt.datetime
+async def record_checks(
+    conn: AsyncConnection,
+    requests: list[tuple[str, str, CheckRecord]],
+    usages: list[tuple[str, str, str, int]],
+    at: dt.datetime,
 ) -> None:
-    """Count allowed deposits and stakes, (player_id, request_id, action, amount_minor) each,
-    once per request_id (a retried check is no new money)."""
+    """Record decided checks, (player_id, request_id, record) each (a duplicate key raises
+    IntegrityError on CHECK_REQUESTS_KEY), and count allowed deposits and stakes,
+    (player_id, request_id, action, amount_minor) each, once per request_id."""
     await conn.execute(
-        _RECORD_USAGES,
+        _RECORD_CHECKS,
         {
-            "p": [e[0] for e in entries],
-            "r": [e[1] for e in entries],
-            "a": [e[2] for e in entries],
-            "m": [e[3] for e in entries],
+            "cp": [e[0] for e in requests],
+            "cr": [e[1] for e in requests],
+            "ca": [e[2].action for e in requests],
+            "cm": [e[2].amount_minor for e in requests],
+            "cc": [e[2].currency for e in requests],
+            "cv": [e[2].verdict_id for e in requests],
+            "p": [e[0] for e in usages],
+            "r": [e[1] for e in usages],
+            "a": [e[2] for e in usages],
+            "m": [e[3] for e in usages],
             "at": at,
         },
     )

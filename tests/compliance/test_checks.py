@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import grpc
 import psycopg
 import pytest
 
+from casino.common.v1.money_pb2 import Money
 from casino.compliance.v1 import compliance_pb2 as pb
 from casino.compliance.v1 import compliance_pb2_grpc
 from services.runtime.client import secure_channel
+from services.runtime.process import ServiceProcess
 from services.runtime.status import error_info
-from tests.compliance.conftest import compliance_extra
+from tests.compliance.conftest import Simulator, compliance_extra
 from tests.compliance.test_compliance_service import (
     ALLOW,
     DENY,
@@ -24,6 +29,7 @@ from tests.compliance.test_compliance_service import (
     reasons,
     verified_player,
 )
+from tests.conftest import Pki
 from tests.support.tcp_proxy import TcpProxy
 from tests.wallet.conftest import admin_dsn
 
@@ -119,3 +125,185 @@ async def test_unreachable_state_store_denies_and_says_so(
     finally:
         await channel.close()
         database.close()
+
+
+# A retried check (same player and request_id): the original answer, nothing new recorded.
+
+
+def _bet(player: str, request_id: str, stake: int = 1_000, **fields: Any) -> pb.CheckActionRequest:
+    request: dict[str, Any] = dict(
+        player_id=player,
+        action=pb.ACTION_BET,
+        amount=gbp(stake),
+        product=pb.PRODUCT_TABLE,
+        request_country_code="GB",
+        request_id=request_id,
+    )
+    request.update(fields)
+    return pb.CheckActionRequest(**request)
+
+
+def _recorded(player: str, request_id: str) -> tuple[int, int]:
+    """How many verdicts and counted usage rows the request left."""
+    with psycopg.connect(admin_dsn()) as conn:
+        verdicts = conn.execute(
+            "SELECT count(*) FROM compliance.verdicts WHERE player_id = %s"
+            " AND inputs ->> 'request_id' = %s",
+            (player, request_id),
+        ).fetchone()
+        usage = conn.execute(
+            "SELECT count(*) FROM compliance.usage WHERE player_id = %s AND request_id = %s",
+            (player, request_id),
+        ).fetchone()
+    assert verdicts is not None and usage is not None
+    return int(verdicts[0]), int(usage[0])
+
+
+async def _stake_limited_player(stubs: dict[str, Any], amount: int = 1_000) -> str:
+    player = await verified_player(stubs)
+    await stubs["edge"].SetLimit(
+        pb.SetLimitRequest(
+            player_id=player,
+            kind=pb.LIMIT_KIND_STAKE,
+            period=pb.LIMIT_PERIOD_DAY,
+            amount=gbp(amount),
+        )
+    )
+    return player
+
+
+async def test_a_retried_check_gets_its_original_verdict_and_counts_once(
+    stubs: dict[str, Any],
+) -> None:
+    player = await _stake_limited_player(stubs)
+    request_id = uuid.uuid4().hex
+    first = (await stubs["games"].CheckAction(_bet(player, request_id))).verdict
+    assert first.decision == ALLOW
+    retried = (await stubs["games"].CheckAction(_bet(player, request_id))).verdict
+    assert retried == first  # same verdict id, sequence, decision and reasons
+    assert _recorded(player, request_id) == (1, 1)
+    # The stake counted once: the limit is exactly used, the next stake is over it.
+    over = await check(stubs, player, pb.ACTION_BET, 1)
+    assert reasons(over)["LIMIT_EXCEEDED"]["used_minor"] == "1000"
+    # A denial is answered again as it was, even if a retry could now be allowed.
+    denied_id = uuid.uuid4().hex
+    denied = (await stubs["games"].CheckAction(_bet(player, denied_id, 500))).verdict
+    assert denied.decision == DENY
+    await stubs["edge"].SetLimit(
+        pb.SetLimitRequest(
+            player_id=player, kind=pb.LIMIT_KIND_STAKE, period=pb.LIMIT_PERIOD_DAY, amount=gbp(1)
+        )
+    )
+    assert (await stubs["games"].CheckAction(_bet(player, denied_id, 500))).verdict == denied
+    assert _recorded(player, denied_id) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [{"amount": gbp(999)}, {"action": pb.ACTION_DEPOSIT}, {"amount": Money(amount_minor=1_000)}],
+    ids=["amount", "action", "currency"],
+)
+async def test_a_request_id_reused_for_another_check_is_refused(
+    stubs: dict[str, Any], changed: dict[str, Any]
+) -> None:
+    player = await verified_player(stubs)
+    request_id = uuid.uuid4().hex
+    assert (await stubs["games"].CheckAction(_bet(player, request_id))).verdict.decision == ALLOW
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stubs["games"].CheckAction(_bet(player, request_id, **changed))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(refused.value)
+    assert info is not None and info.reason == "IDEMPOTENCY_MISMATCH"
+    assert _recorded(player, request_id) == (1, 1)
+    # The same request_id is another player's own.
+    other = await verified_player(stubs)
+    assert (await stubs["games"].CheckAction(_bet(other, request_id))).verdict.decision == ALLOW
+
+
+async def test_identical_checks_at_once_are_one_decision(stubs: dict[str, Any]) -> None:
+    player = await _stake_limited_player(stubs)
+    others = [await verified_player(stubs) for _ in range(3)]
+    request_id = uuid.uuid4().hex
+    mine = [stubs["games"].CheckAction(_bet(player, request_id)) for _ in range(20)]
+    theirs = [check(stubs, p, pb.ACTION_BET, 100) for p in others for _ in range(5)]
+    replies = await asyncio.gather(*mine, *theirs)
+    verdicts = {reply.verdict.verdict_id: reply.verdict for reply in replies[:20]}
+    assert len(verdicts) == 1
+    assert next(iter(verdicts.values())).decision == ALLOW
+    assert _recorded(player, request_id) == (1, 1)
+    assert all(v.decision == ALLOW for v in replies[20:])
+    # A mismatching check in the same crowd is refused, the others answered as one.
+    again = uuid.uuid4().hex
+    outcomes = await asyncio.gather(
+        stubs["games"].CheckAction(_bet(others[0], again, 100)),
+        stubs["games"].CheckAction(_bet(others[0], again, 200)),
+        stubs["games"].CheckAction(_bet(others[0], again, 100)),
+        return_exceptions=True,
+    )
+    answered = [o for o in outcomes if not isinstance(o, BaseException)]
+    failed = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len({o.verdict.verdict_id for o in answered}) == 1
+    assert [getattr(error_info(e), "reason", None) for e in failed] == [
+        "IDEMPOTENCY_MISMATCH"
+    ] * len(failed)
+    assert len(answered) + len(failed) == 3 and failed
+    assert _recorded(others[0], again)[0] == 1
+
+
+async def test_a_retry_racing_its_original_on_another_replica_gets_the_original(
+    stubs: dict[str, Any],
+    launch: Callable[..., ServiceProcess],
+    pki: Pki,
+    register: Simulator,
+    tmp_path: Path,
+) -> None:
+    """Both replicas look the request up before either has recorded it (they wait on the
+    player's row lock, held here): the second to commit finds the first's record by its key,
+    decides again and answers with the first's verdict."""
+    player = await _stake_limited_player(stubs)
+    replica = launch("compliance", extra=compliance_extra(register, tmp_path))
+    channel = secure_channel(
+        f"127.0.0.1:{replica.ports['port']}", pki.tls("games"), "compliance", default_timeout=10
+    )
+    other = compliance_pb2_grpc.ComplianceServiceStub(channel)
+    request_id = uuid.uuid4().hex
+    try:
+        # Warm both up (their first check of the player loads its state).
+        await check(stubs, player, pb.ACTION_GAME_LAUNCH)
+        await other.CheckAction(
+            pb.CheckActionRequest(
+                player_id=player,
+                action=pb.ACTION_GAME_LAUNCH,
+                request_country_code="GB",
+                request_id=uuid.uuid4().hex,
+            )
+        )
+        async with await psycopg.AsyncConnection.connect(admin_dsn()) as lock:
+            await lock.execute(
+                "SELECT 1 FROM compliance.players WHERE player_id = %s FOR UPDATE", (player,)
+            )
+            racing = [
+                asyncio.ensure_future(stubs["games"].CheckAction(_bet(player, request_id))),
+                asyncio.ensure_future(other.CheckAction(_bet(player, request_id))),
+            ]
+            waiting = 0
+            for _ in range(200):
+                row = await (
+                    await lock.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE usename ="
+                        " 'casino_compliance' AND wait_event_type = 'Lock'"
+                        " AND datname = current_database()"
+                    )
+                ).fetchone()
+                waiting = row[0] if row else 0
+                if waiting == 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert waiting == 2
+        # The lock is released at the end of the block: both decide, one after the other.
+        replies = await asyncio.gather(*racing)
+        assert replies[0].verdict == replies[1].verdict
+        assert replies[0].verdict.decision == ALLOW
+        assert _recorded(player, request_id) == (1, 1)
+    finally:
+        await channel.close()

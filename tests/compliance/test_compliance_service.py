@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import grpc
 import psycopg
@@ -169,6 +170,51 @@ async def test_self_exclusion_blocks_bets_in_the_same_second(stubs) -> None:
     assert excluded.until_time.seconds > 0
 
 
+@pytest.mark.parametrize(
+    "exclusion",
+    [
+        pb.ExcludeRequest(self_exclusion_days=183),
+        pb.ExcludeRequest(indefinite=True),
+        pb.ExcludeRequest(timeout_hours=24),
+    ],
+    ids=["self-exclusion", "indefinite", "time-out"],
+)
+async def test_an_excluded_player_can_still_withdraw_their_balance(
+    stubs: dict[str, Any], exclusion: pb.ExcludeRequest
+) -> None:
+    player_id = await verified_player(stubs)
+    exclusion.player_id = player_id
+    await stubs["edge"].Exclude(exclusion)
+    for action in (pb.ACTION_DEPOSIT, pb.ACTION_BET, pb.ACTION_GAME_LAUNCH):
+        verdict = await check(stubs, player_id, action, 100)
+        assert verdict.decision == DENY and set(reasons(verdict)) == {"SELF_EXCLUDED"}
+    withdrawal = await check(stubs, player_id, pb.ACTION_WITHDRAWAL, 50_000)
+    assert withdrawal.decision == ALLOW, reasons(withdrawal)
+
+
+async def test_an_excluded_player_withdrawing_still_meets_kyc_and_cdd(
+    stubs: dict[str, Any],
+) -> None:
+    player_id = f"player-{uuid.uuid4().hex[:10]}"
+    await stubs["identity"].EnrolPlayer(pb.EnrolPlayerRequest(player_id=player_id, person=person()))
+    await stubs["edge"].Exclude(pb.ExcludeRequest(player_id=player_id, indefinite=True))
+    unverified = await check(stubs, player_id, pb.ACTION_WITHDRAWAL, 50_000)
+    assert set(reasons(unverified)) == {"KYC_REQUIRED"}
+    await stubs["backoffice"].UpdateVerification(
+        pb.UpdateVerificationRequest(
+            player_id=player_id,
+            name_verified=True,
+            address_verified=True,
+            birth_date_verified=True,
+            verified_by="kyc-provider:ref-1",
+        )
+    )
+    # A withdrawal reaching the CDD threshold goes through and sets the gate, as for anyone.
+    assert (await check(stubs, player_id, pb.ACTION_WITHDRAWAL, 200_000)).decision == ALLOW
+    gated = await check(stubs, player_id, pb.ACTION_WITHDRAWAL, 100)
+    assert set(reasons(gated)) == {"CDD_REQUIRED"}
+
+
 async def test_deposit_limit_blocks_once_reached_and_says_when_it_resets(stubs) -> None:
     player_id = await verified_player(stubs)
     await stubs["edge"].SetLimit(
@@ -240,6 +286,33 @@ async def test_cdd_gate_trips_across_linked_deposits_and_clears_only_by_kyc_upda
         pb.UpdateVerificationRequest(player_id=player_id, cdd_cleared=True, verified_by="op-1")
     )
     assert (await check(stubs, player_id, pb.ACTION_BET, 100)).decision == ALLOW
+
+
+async def test_after_cdd_is_cleared_only_deposits_since_the_clearance_trip_it_again(
+    stubs: dict[str, Any],
+) -> None:
+    player_id = await verified_player(stubs)
+    assert (await check(stubs, player_id, pb.ACTION_DEPOSIT, 150_000)).decision == ALLOW
+    assert (await check(stubs, player_id, pb.ACTION_DEPOSIT, 60_000)).decision == ALLOW
+    assert set(reasons(await check(stubs, player_id, pb.ACTION_BET, 100))) == {"CDD_REQUIRED"}
+    await stubs["backoffice"].UpdateVerification(
+        pb.UpdateVerificationRequest(player_id=player_id, cdd_cleared=True, verified_by="op-1")
+    )
+    # The day's GBP 2,100 were covered by the due diligence: GBP 1 more does not gate again.
+    assert (await check(stubs, player_id, pb.ACTION_DEPOSIT, 100)).decision == ALLOW
+    after = await check(stubs, player_id, pb.ACTION_BET, 100)
+    assert after.decision == ALLOW, reasons(after)
+    # Deposits since the clearance reaching GBP 2,000 do: the last one goes through, then
+    # the gate is set.
+    assert (await check(stubs, player_id, pb.ACTION_DEPOSIT, 199_800)).decision == ALLOW
+    assert (await check(stubs, player_id, pb.ACTION_BET, 100)).decision == ALLOW
+    tripping = await check(stubs, player_id, pb.ACTION_DEPOSIT, 100)
+    assert tripping.decision == ALLOW
+    explained = await stubs["backoffice"].ExplainVerdict(
+        pb.ExplainVerdictRequest(verdict_id=tripping.verdict_id)
+    )
+    assert json.loads(explained.inputs_json)["cdd_gate_set"] is True
+    assert set(reasons(await check(stubs, player_id, pb.ACTION_BET, 100))) == {"CDD_REQUIRED"}
 
 
 async def test_unknown_player_is_denied_and_callers_are_restricted(stubs) -> None:

@@ -212,6 +212,38 @@ class TestWithTheConsumerRunning:
         )
         assert (await check(stubs, player, pb.ACTION_GAME_LAUNCH)).decision == ALLOW
 
+    async def test_after_cdd_is_cleared_only_activity_since_the_clearance_trips_it_again(
+        self, stubs: dict[str, Any], monitored: ServiceProcess, wallet_events: Wallet
+    ) -> None:
+        player = await verified_player(stubs)
+        await wallet_events.publish(player, "DEPOSIT", 100_000, "GBP")
+        await wallet_events.publish(player, "DEPOSIT", 80_000, "GBP")
+
+        async def gated() -> bool:
+            return "CDD_REQUIRED" in reasons(await check(stubs, player, pb.ACTION_GAME_LAUNCH))
+
+        await eventually(gated)
+        await stubs["backoffice"].UpdateVerification(
+            pb.UpdateVerificationRequest(
+                player_id=player, cdd_cleared=True, verified_by="officer-1"
+            )
+        )
+        # GBP 900 (EUR 1,053) since the clearance: under the threshold, no gate.
+        processed = metric(monitored, "processed")
+        third = await wallet_events.publish(player, "DEPOSIT", 90_000, "GBP")
+        await eventually(lambda: _true(metric(monitored, "processed") > processed))
+        assert (await check(stubs, player, pb.ACTION_GAME_LAUNCH)).decision == ALLOW
+        # GBP 1,800 (EUR 2,106) since the clearance, in the same 24 h: gated again, linking
+        # only what came after the clearance.
+        fourth = await wallet_events.publish(player, "DEPOSIT", 90_000, "GBP")
+        await eventually(gated)
+        alert = await alert_of(stubs, player, "AML_CDD_THRESHOLD")
+        assert alert is not None
+        first_finding, again = evidence(alert)
+        assert len(first_finding["event_ids"]) == 2
+        assert again["event_ids"] == [third, fourth]
+        assert again["total_eur_minor"] == 210_600 and again["cdd_cleared_at"]
+
     async def test_stakes_reaching_the_threshold_also_require_cdd(
         self, stubs, wallet_events
     ) -> None:

@@ -69,3 +69,38 @@ def test_the_compliance_role_cannot_delete_usage_itself(compliance: ServiceProce
 def test_a_retention_shorter_than_the_limit_periods_is_refused_at_start() -> None:
     with pytest.raises(ConfigError):
         ComplianceSettings(usage_retention_days=30)
+
+
+async def test_check_requests_past_retention_are_pruned_and_never_younger_than_35_days(
+    compliance: ServiceProcess,
+) -> None:
+    player = f"retention-{uuid.uuid4().hex[:8]}"
+    ages = {"d10": 10, "d34": 34, "d40": 40, "d100": 100}
+    with psycopg.connect(_dsn("casino_admin"), autocommit=True) as conn:
+        for request_id, days in ages.items():
+            conn.execute(
+                "INSERT INTO compliance.check_requests (player_id, request_id, action,"
+                " amount_minor, currency, verdict_id, at)"
+                " VALUES (%s, %s, 'BET', 100, 'GBP', %s, now() - %s)",
+                (player, request_id, uuid.uuid4(), dt.timedelta(days=days)),
+            )
+    engine = db.create_engine(
+        DatabaseConfig(
+            url=database_url("compliance"),
+            password_file=SECRETS / "postgres" / "casino_compliance",
+        ),
+        "test",
+    )
+    try:
+        await Pruner(engine, "compliance.prune_check_requests", dt.timedelta(days=1)).prune()
+    finally:
+        await engine.dispose()
+    with psycopg.connect(_dsn("casino_admin")) as conn:
+        left = {
+            row[0]
+            for row in conn.execute(
+                "SELECT request_id FROM compliance.check_requests WHERE player_id = %s", (player,)
+            )
+        }
+        conn.execute("DELETE FROM compliance.check_requests WHERE player_id = %s", (player,))
+    assert left == {"d10", "d34"}

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from services.compliance import rules
+from services.compliance import aml, rules
 from services.compliance.rules import (
     Action,
     ComplianceConfig,
@@ -140,12 +140,31 @@ def test_loss_limit_counts_stakes_net_of_wins() -> None:
 # Gates
 
 
-def test_self_exclusion_and_timeout_close_every_action() -> None:
+def test_self_exclusion_and_timeout_close_play_and_deposits_but_not_withdrawals() -> None:
     excluded = player(excluded_until=NOW + dt.timedelta(days=200), exclusion_kind="SELF_EXCLUSION")
-    for action in (Action.DEPOSIT, Action.BET, Action.WITHDRAWAL, Action.GAME_LAUNCH):
-        assert "SELF_EXCLUDED" in reasons(check(action, 0, state=excluded))
+    timed_out = player(excluded_until=NOW + dt.timedelta(hours=24), exclusion_kind="TIMEOUT")
+    forever = player(excluded_indefinitely=True, exclusion_kind="SELF_EXCLUSION")
+    for state in (excluded, timed_out, forever):
+        for action in (Action.DEPOSIT, Action.BET, Action.GAME_LAUNCH):
+            assert "SELF_EXCLUDED" in reasons(check(action, 100, state=state))
+        # The player's own balance is returned to them: a withdrawal stays possible.
+        assert check(Action.WITHDRAWAL, 10_000, state=state).allow
+    # Other gates still apply to the withdrawal.
+    unverified = player(
+        excluded_indefinitely=True, exclusion_kind="SELF_EXCLUSION", address_verified=False
+    )
+    assert reasons(check(Action.WITHDRAWAL, 10_000, state=unverified)) == {"KYC_REQUIRED"}
+    gated = player(excluded_indefinitely=True, exclusion_kind="SELF_EXCLUSION", cdd_required=True)
+    assert reasons(check(Action.WITHDRAWAL, 10_000, state=gated)) == {"CDD_REQUIRED"}
     ended = player(excluded_until=NOW - dt.timedelta(seconds=1), exclusion_kind="TIMEOUT")
     assert check(Action.BET, 100, state=ended).allow
+
+
+def test_an_aml_hold_and_an_exclusion_close_the_same_actions() -> None:
+    held = player(play_hold=True)
+    excluded = player(excluded_indefinitely=True, exclusion_kind="SELF_EXCLUSION")
+    for action in (Action.DEPOSIT, Action.BET, Action.GAME_LAUNCH, Action.WITHDRAWAL):
+        assert check(action, 100, state=held).allow == check(action, 100, state=excluded).allow
 
 
 def test_kyc_jurisdiction_and_cdd_gates() -> None:
@@ -187,6 +206,94 @@ def test_cdd_threshold_on_single_or_linked_deposits_in_24h() -> None:
     old = totals(Usage("DEPOSIT", 150_000, NOW - dt.timedelta(hours=25)))
     assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 50_000, old, CONFIG)
     assert rules.crosses_cdd_threshold(Action.DEPOSIT, 200_000, totals(), CONFIG)
+    assert rules.crosses_cdd_threshold(Action.WITHDRAWAL, 200_000, totals(), CONFIG)
+    assert not rules.crosses_cdd_threshold(Action.WITHDRAWAL, 199_999, usage, CONFIG)
+    assert not rules.crosses_cdd_threshold(Action.BET, 200_000, usage, CONFIG)
+
+
+def test_after_a_cdd_clearance_only_deposits_since_count_towards_the_threshold() -> None:
+    """GBP 1,500 + 600 trip the gate; due diligence recorded at `cleared`: the next GBP 1
+    does not trip it again, deposits since the clearance reaching GBP 2,000 do."""
+    cleared = NOW - dt.timedelta(hours=1)
+    before = [
+        Usage("DEPOSIT", 150_000, NOW - dt.timedelta(hours=3)),
+        Usage("DEPOSIT", 60_000, NOW - dt.timedelta(hours=2)),
+    ]
+    usage = rules.UsageTotals.of(before, NOW, cdd_cleared_at=cleared)
+    assert usage.total("DEPOSIT", Period.DAY) == 210_000  # limits still see the whole day
+    assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 100, usage, CONFIG)
+    assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 199_999, usage, CONFIG)
+    after = rules.UsageTotals.of(
+        [*before, Usage("DEPOSIT", 100, NOW - dt.timedelta(minutes=30))], NOW, cleared
+    )
+    assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 199_899, after, CONFIG)
+    assert rules.crosses_cdd_threshold(Action.DEPOSIT, 199_900, after, CONFIG)
+    # A later deposit in the same batch is linked too (plus), a clearance older than the
+    # day changes nothing.
+    assert after.plus(Usage("DEPOSIT", 199_900, NOW), NOW).cdd_linked_minor == 200_000
+    stale = rules.UsageTotals.of(before, NOW, cdd_cleared_at=NOW - dt.timedelta(days=2))
+    assert stale.cdd_linked_minor == 210_000
+
+
+def test_the_cdd_threshold_trips_on_crossing_as_monitoring_does() -> None:
+    """One rule for checks (player currency) and monitoring (EUR): a deposit trips it alone,
+    or by taking the linked total from under the threshold to over it, not by being over."""
+    eur = aml.AmlConfig(cdd_threshold_eur_minor=CONFIG.cdd_threshold_minor)
+    cleared = NOW - dt.timedelta(hours=2)
+    cases = [
+        # (earlier deposits as (amount, hours ago), the new deposit, cleared at)
+        ([(150_000, 3)], 60_000, None),
+        ([(150_000, 3)], 49_999, None),
+        ([(150_000, 3), (60_000, 2.5)], 1, None),
+        ([(150_000, 3), (60_000, 2.5)], 1, cleared),
+        ([(150_000, 3), (60_000, 2.5), (100, 1)], 199_900, cleared),
+        ([(150_000, 3), (60_000, 2.5), (100, 1)], 199_899, cleared),
+        ([(250_000, 3)], 200_000, None),
+        ([(100_000, 30)], 150_000, None),
+    ]
+    for earlier, amount, cleared_at in cases:
+        entries = [Usage("DEPOSIT", m, NOW - dt.timedelta(hours=h)) for m, h in earlier]
+        totals = rules.UsageTotals.of(entries, NOW, cdd_cleared_at=cleared_at)
+        checks_trip = rules.crosses_cdd_threshold(Action.DEPOSIT, amount, totals, CONFIG)
+        history = [
+            aml.Activity(f"e{i}", aml.DEPOSIT, m, NOW - dt.timedelta(hours=h))
+            for i, (m, h) in enumerate(earlier)
+        ]
+        new = aml.Activity("new", aml.DEPOSIT, amount, NOW)
+        found = aml.evaluate(
+            new, history, account_opened=None, config=eur, cdd_cleared_at=cleared_at
+        )
+        monitoring_trips = any(f.rule == aml.CDD_THRESHOLD for f in found)
+        assert checks_trip == monitoring_trips, (earlier, amount, cleared_at)
+    tripped = [
+        rules.crosses_cdd_threshold(
+            Action.DEPOSIT,
+            amount,
+            rules.UsageTotals.of(
+                [Usage("DEPOSIT", m, NOW - dt.timedelta(hours=h)) for m, h in earlier],
+                NOW,
+                cdd_cleared_at=cleared_at,
+            ),
+            CONFIG,
+        )
+        for earlier, amount, cleared_at in cases
+    ]
+    assert tripped == [True, False, False, False, True, False, True, False]
+
+
+def test_monitoring_ignores_activity_from_before_the_last_clearance() -> None:
+    """A deposit event arriving after the clearance but dated before it was covered by the
+    due diligence: it neither trips the threshold nor links with later ones."""
+    cleared = NOW - dt.timedelta(hours=1)
+    late = aml.Activity("late", aml.DEPOSIT, 250_000, NOW - dt.timedelta(hours=2))
+    assert not aml.evaluate(
+        late, [], account_opened=None, config=aml.AmlConfig(), cdd_cleared_at=cleared
+    )
+    after = aml.Activity("after", aml.DEPOSIT, 199_999, NOW)
+    found = aml.evaluate(
+        after, [late], account_opened=None, config=aml.AmlConfig(), cdd_cleared_at=cleared
+    )
+    assert not [f for f in found if f.rule == aml.CDD_THRESHOLD]
 
 
 # Registration and exclusions
