@@ -323,6 +323,11 @@ class ActionChecks:
                     continue
                 cached = states.get(request.player_id)
                 state = cached.state if cached else None
+                gated_here = state is not None and request.player_id in cdd_players
+                if state is not None and gated_here:
+                    # An earlier check of this batch set the CDD gate: this one meets it, as
+                    # it would decided after that one committed.
+                    state = dataclasses.replace(state, cdd_required=True)
                 # The player's jurisdiction (its configuration) and the flagged rules on
                 # for them.
                 policy = self._policy.for_player(state)
@@ -379,7 +384,10 @@ class ActionChecks:
                     action=request.action,
                     decision=decision.verdict,
                     reasons=decision.reasons,
-                    inputs={**_inputs(request, cached, totals, cdd), **policy.inputs()},
+                    inputs={
+                        **_inputs(request, cached, totals, cdd, gated_here),
+                        **policy.inputs(),
+                    },
                     config_version=config.version,
                     caller=request.caller,
                     now=now,
@@ -420,7 +428,11 @@ async def _original(conn: AsyncConnection, record: store.CheckRecord) -> Checked
 
 
 def _inputs(
-    request: CheckRequest, cached: CachedState | None, totals: rules.UsageTotals, cdd: bool
+    request: CheckRequest,
+    cached: CachedState | None,
+    totals: rules.UsageTotals,
+    cdd: bool,
+    gated_in_batch: bool = False,
 ) -> dict[str, Any]:
     return {
         "amount_minor": request.amount_minor,
@@ -430,4 +442,6 @@ def _inputs(
         **(cached.recorded if cached else {"state": None, "limits": []}),
         "usage": {f"{a}/{p.value}": w.total_minor for (a, p), w in totals.windows.items()},
         "cdd_gate_set": cdd,
+        # The recorded state predates the gate an earlier check of the batch set.
+        **({"cdd_gate_set_earlier_in_batch": True} if gated_in_batch else {}),
     }

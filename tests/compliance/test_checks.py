@@ -64,6 +64,20 @@ async def test_concurrent_stakes_fit_a_stake_limit_exactly(stubs) -> None:
     assert list(report.problems) == []
 
 
+async def test_deposits_at_once_stop_at_the_cdd_gate_as_one_after_another_would(
+    stubs,
+) -> None:
+    # GBP 1,000 each against a GBP 2,000 threshold: the second crosses it and goes through,
+    # every later one meets the gate it set, however the checks were batched.
+    player = await verified_player(stubs)
+    verdicts = await asyncio.gather(
+        *(check(stubs, player, pb.ACTION_DEPOSIT, 100_000) for _ in range(12))
+    )
+    assert [v.decision for v in verdicts].count(ALLOW) == 2
+    denied = [v for v in verdicts if v.decision == DENY]
+    assert all("CDD_REQUIRED" in reasons(v) for v in denied)
+
+
 async def test_a_change_made_elsewhere_is_seen_by_the_next_check(stubs) -> None:
     """Another replica, or the monitoring consumer, changes the player's row: the cached
     state is revalidated by the row's version under the batch's lock, so the very next check
