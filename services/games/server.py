@@ -7,10 +7,13 @@ import asyncio
 import datetime as dt
 import re
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from casino.common.v1 import money_pb2
@@ -19,7 +22,7 @@ from casino.games.v1 import games_pb2_grpc
 from services.games import audit, catalog, messages, store
 from services.games.lifecycle import BetRefused, Lifecycle, StakeBounds
 from services.games.rounds import fair_key, round_fields
-from services.games.sessions import Session, Sessions
+from services.games.sessions import Session, Sessions, launch_fingerprint
 from services.games.upstreams import (
     ComplianceClient,
     Refused,
@@ -45,6 +48,11 @@ _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _CLIENT_SEED = re.compile(r"^[\x21-\x7e]{1,64}$")
 _MAX_HISTORY_PAGE = 100
 _DEFAULT_HISTORY_PAGE = 20
+# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+_MIN_TIMESTAMP_SECONDS = -62_135_596_800
+_MAX_TIMESTAMP_SECONDS = 253_402_300_799
+
+T = TypeVar("T")
 
 
 log = get_logger()
@@ -107,6 +115,26 @@ def _round_id(value: str) -> uuid.UUID:
         return uuid.UUID(text_field("round_id", value))
     except ValueError:
         raise InvalidArgument("round_id", "round_id is not a round id") from None
+
+
+def _time_field(field: str, value: Timestamp) -> dt.datetime:
+    if not (
+        _MIN_TIMESTAMP_SECONDS <= value.seconds <= _MAX_TIMESTAMP_SECONDS
+        and 0 <= value.nanos <= 999_999_999
+    ):
+        raise InvalidArgument(
+            field, f"{field} must be a time from 0001-01-01 to 9999-12-31 UTC (nanos 0-999999999)"
+        )
+    return value.ToDatetime(dt.UTC)
+
+
+async def _answer(call: Awaitable[T]) -> T:
+    """An upstream's answer; its final refusal reaches our caller with the upstream's own
+    status and reason (never as an internal error)."""
+    try:
+        return await call
+    except Refused as exc:
+        raise refusal(exc) from None
 
 
 def _own_player(player_id: str) -> str:
@@ -178,29 +206,34 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
             _fair_game(math.game_id)
             if not _CLIENT_SEED.match(client_seed):
                 raise InvalidArgument("client_seed", "client_seed is 1-64 printable ASCII")
-        verdict = await self._compliance.check(
-            player_id=player_id,
-            action="GAME_LAUNCH",
-            amount_minor=0,
-            currency=request.currency_code,
-            product=math.product,
-            country=country,
-            request_id=f"launch:{request_id}",
+        fingerprint = launch_fingerprint(math.game_id, request.currency_code, country, client_seed)
+        started = await self._sessions.started(player_id, request_id, fingerprint)
+        if started is not None:
+            return pb.StartSessionResponse(session=messages.session_message(started))
+        verdict = await _answer(
+            self._compliance.check(
+                player_id=player_id,
+                action="GAME_LAUNCH",
+                amount_minor=0,
+                currency=request.currency_code,
+                product=math.product,
+                country=country,
+                request_id=f"launch:{request_id}",
+            )
         )
         if not verdict.allowed:
             raise BetRefused(verdict.verdict_id, verdict.reasons)
-        try:
-            balance = await self._wallet.available(player_id, request.currency_code)
-        except Refused as exc:
-            raise refusal(exc) from None
+        balance = await _answer(self._wallet.available(player_id, request.currency_code))
         now = _now()
-        clock = await self._compliance.reality_check(player_id, now)
+        clock = await _answer(self._compliance.reality_check(player_id, now))
         commitment = ""
         if client_seed:
-            commitment = (await self._rng.commitment(fair_key(player_id, math.game_id))).commitment
+            seed = await _answer(self._rng.commitment(fair_key(player_id, math.game_id)))
+            commitment = seed.commitment
         session = await self._sessions.start(
             player_id=player_id,
             request_id=request_id,
+            fingerprint=fingerprint,
             game_id=math.game_id,
             currency=request.currency_code,
             country=country,
@@ -243,21 +276,21 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
         bet = messages.bet_json(session.game_id, request.bet)
         prepared = await self._lifecycle.prepare(session, request_id, bet)
         if prepared.existing is not None:
-            played = await self._lifecycle.resume(prepared.existing)
+            played = await _answer(self._lifecycle.resume(prepared.existing))
         else:
             now = _now()
             self._sessions.require_no_reality_check(session, now)
-            claim = None
+            product, claim = prepared.math.product, None
             if prepared.math.min_round_interval_ms:
                 claim = await self._sessions.claim_spin(
-                    session, prepared.math.min_round_interval_ms, now
+                    session, product, prepared.math.min_round_interval_ms, now
                 )
             try:
-                played = await self._lifecycle.play(session, prepared)
+                played = await _answer(self._lifecycle.play(session, prepared))
             except DomainError as exc:
                 # A refused round played nothing: it does not count towards spin spacing.
                 if claim is not None and exc.reason != "DEPENDENCY_UNAVAILABLE":
-                    await self._sessions.release_spin(session, claim)
+                    await self._sessions.release_spin(session, product, claim)
                 raise
         r = played.round
         session = await self._sessions.load(session.player_id, session.session_id, allow_ended=True)
@@ -295,8 +328,12 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
         game_id = request.game_id
         if game_id:
             catalog.current(game_id)
-        start = request.start_time.ToDatetime(dt.UTC) if request.HasField("start_time") else None
-        end = request.end_time.ToDatetime(dt.UTC) if request.HasField("end_time") else None
+        start = (
+            _time_field("start_time", request.start_time)
+            if request.HasField("start_time")
+            else None
+        )
+        end = _time_field("end_time", request.end_time) if request.HasField("end_time") else None
         if start is not None and end is not None and end <= start:
             raise InvalidArgument("end_time", "end_time must be after start_time")
         filters = {
@@ -337,7 +374,7 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
     ) -> pb.GetFairSeedResponse:
         player_id = _own_player(request.player_id)
         math = _fair_game(request.game_id)
-        seed = await self._rng.commitment(fair_key(player_id, math.game_id))
+        seed = await _answer(self._rng.commitment(fair_key(player_id, math.game_id)))
         return pb.GetFairSeedResponse(
             server_seed_commitment=seed.commitment, next_nonce=seed.next_nonce
         )
@@ -347,10 +384,7 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
     ) -> pb.RotateFairSeedResponse:
         player_id = _own_player(request.player_id)
         math = _fair_game(request.game_id)
-        try:
-            revealed = await self._rng.reveal(fair_key(player_id, math.game_id))
-        except Refused as exc:
-            raise refusal(exc) from None
+        revealed = await _answer(self._rng.reveal(fair_key(player_id, math.game_id)))
         return pb.RotateFairSeedResponse(
             revealed_server_seed=revealed.server_seed,
             revealed_commitment=revealed.commitment,
@@ -363,18 +397,24 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
     ) -> pb.ReplayRoundResponse:
         player_id = text_field("player_id", request.player_id)
         report = await audit.replay(self._engine, self._rng, player_id, _round_id(request.round_id))
+        try:
+            archived = messages.round_message(report.record, report.digest)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            # Altered past reading: the problems say so; the journal's round is shown.
+            report.problems.append("the archived record cannot be read as a round")
+            archived = messages.round_message(report.journal, report.digest)
         response = pb.ReplayRoundResponse(
-            round=messages.round_message(report.record, report.digest),
+            round=archived,
             matches=not report.problems,
             recomputed_draws=report.recomputed_draws,
             recomputed_payout=money_pb2.Money(
-                amount_minor=report.recomputed_payout, currency_code=report.record["currency"]
+                amount_minor=report.recomputed_payout, currency_code=report.journal["currency"]
             ),
             problems=report.problems,
         )
         if report.recomputed_outcome is not None:
             response.recomputed_outcome.CopyFrom(
-                messages.outcome_message(report.record["game_id"], report.recomputed_outcome)
+                messages.outcome_message(report.recomputed_game_id, report.recomputed_outcome)
             )
         return response
 
@@ -383,8 +423,8 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
     ) -> pb.VerifyArchiveResponse:
         if not request.HasField("start_time") or not request.HasField("end_time"):
             raise InvalidArgument("start_time", "start_time and end_time are required")
-        start = request.start_time.ToDatetime(dt.UTC)
-        end = request.end_time.ToDatetime(dt.UTC)
+        start = _time_field("start_time", request.start_time)
+        end = _time_field("end_time", request.end_time)
         if end <= start:
             raise InvalidArgument("end_time", "end_time must be after start_time")
         report = await audit.verify_archive(

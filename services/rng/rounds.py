@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.rng import draws, fair
 from services.rng.draws import Spec, StreamSource
-from services.rng.sealing import ROUND_SEED, SERVER_SEED, Sealer, SealError
+from services.rng.sealing import ROUND_SEED, SERVER_SEED, Sealer, SealError, SealKeyUnknown
 from services.rng.selftest import RngHealth
 from services.runtime import verdict_log
 from services.runtime.errors import Code, DomainError, IdempotencyMismatch, InvalidArgument
@@ -103,13 +103,21 @@ class DrawOutOfOrder(DomainError):
 
 
 class SeedUnsealable(DomainError):
-    code = Code.INTERNAL
+    """A stored sealed seed does not open: altered, or sealed under a key this RNG does not
+    hold. A finding about the stored record (a replay reports it), not a passing fault:
+    asking again gives the same answer."""
 
-    def __init__(self, round_id: uuid.UUID) -> None:
+    code = Code.FAILED_PRECONDITION
+
+    def __init__(self, record_id: uuid.UUID, error: SealError) -> None:
+        metadata = {"round_id": str(record_id)}
+        if isinstance(error, SealKeyUnknown):
+            metadata["seal_key_id"] = error.key_id
+            why = f"it was sealed under key {error.key_id}, which this RNG does not hold"
+        else:
+            why = "it was altered, or sealed under another key than the one recorded"
         super().__init__(
-            "SEED_UNSEALABLE",
-            f"the sealed seed of round {round_id} does not open (wrong key or altered)",
-            {"round_id": str(round_id)},
+            "SEED_UNSEALABLE", f"the sealed seed of {record_id} does not open: {why}", metadata
         )
 
 
@@ -283,29 +291,30 @@ class Rounds:
         try:
             if r.fair is None:
                 assert r.sealed_seed is not None
-                seed = self._sealer.open(ROUND_SEED, r.round_id, r.sealed_seed)
+                # Opened with the key it was sealed under (earlier keys stay in the keyring).
+                seed = self._sealer.open(ROUND_SEED, r.round_id, r.sealed_seed, r.seal_key_id)
                 return StreamSource(r.generator_version, seed, r.game_id, r.game_inputs)
             assert conn_seed is not None
             return StreamSource(
                 r.generator_version, conn_seed, client_seed=r.fair.client_seed, nonce=r.fair.nonce
             )
-        except SealError:
-            raise SeedUnsealable(r.round_id) from None
+        except SealError as exc:
+            raise SeedUnsealable(r.round_id, exc) from None
 
     async def _server_seed(self, conn: AsyncConnection, server_seed_id: uuid.UUID) -> bytes:
-        sealed = (
+        sealed, key_id = (
             await conn.execute(
                 text(
-                    f"SELECT sealed_seed FROM {self._schema}.server_seeds"  # noqa: S608
+                    f"SELECT sealed_seed, seal_key_id FROM {self._schema}.server_seeds"  # noqa: S608
                     " WHERE server_seed_id = :id"
                 ),
                 {"id": server_seed_id},
             )
-        ).scalar_one()
+        ).one()
         try:
-            return self._sealer.open(SERVER_SEED, server_seed_id, bytes(sealed))
-        except SealError:
-            raise SeedUnsealable(server_seed_id) from None
+            return self._sealer.open(SERVER_SEED, server_seed_id, bytes(sealed), key_id)
+        except SealError as exc:
+            raise SeedUnsealable(server_seed_id, exc) from None
 
     async def _stream_source(self, conn: AsyncConnection, r: Round) -> StreamSource:
         if r.fair is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -23,6 +23,7 @@ from services.runtime.config import ConfigError, domain_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.fields import request_id_field, text_field
 from services.runtime.messages import timestamp
+from services.runtime.secrets import SecretFileError
 from services.runtime.server import ServiceRuntime
 
 MAX_GAME_INPUTS = 4096
@@ -34,6 +35,10 @@ class RngSettings:
     # AES-256-GCM key sealing round and server seeds (64 hex characters), outside the
     # database. A development key is generated at start if the file does not exist.
     seal_key_file: Path = Path(".dev/secrets/rng-seal.key")
+    # Earlier seal keys (one file each, as the current one): never seal, still open the
+    # seeds they sealed, so rounds sealed before a rotation replay. Drop a key from this
+    # list only once nothing it sealed needs replaying.
+    retired_seal_key_files: list[Path] = field(default_factory=list)
     # Ed25519 key signing audit-chain checkpoints, and where checkpoints are written.
     signing_key_file: Path = Path(".dev/secrets/rng-signing.key")
     public_key_file: Path = Path(".dev/secrets/rng-signing.pub")
@@ -223,6 +228,11 @@ async def build(runtime: ServiceRuntime) -> None:
     if settings.sampling_version not in versions.SAMPLERS:
         raise ConfigError(f"rng.sampling_version: unknown {settings.sampling_version!r}")
     ensure_seal_key(settings.seal_key_file)
+    try:
+        sealer = Sealer(settings.seal_key_file, settings.retired_seal_key_files)
+    except (ValueError, SecretFileError) as exc:
+        raise ConfigError(f"rng seal keys: {exc}") from None
+    runtime.log.info("seal keys", sealing=sealer.key_id, held=list(sealer.key_ids))
     verdict_log.ensure_signing_key(settings.signing_key_file, settings.public_key_file)
     health = RngHealth(
         ChaChaDrbg(reseed_interval=settings.reseed_interval),
@@ -235,7 +245,7 @@ async def build(runtime: ServiceRuntime) -> None:
     engine = runtime.database()
     rounds = Rounds(
         engine,
-        Sealer(settings.seal_key_file),
+        sealer,
         health,
         generator_version=settings.generator_version,
         sampling_version=settings.sampling_version,

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import aio_pika
+import grpc
 import psycopg
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -23,6 +24,7 @@ from casino.games.v1 import events_pb2
 from casino.games.v1 import games_pb2 as pb
 from services.games.catalog import canonical_json
 from services.runtime.outbox import EXCHANGE, declare_events_exchange
+from services.runtime.status import error_info
 from tests.conftest import ROOT, TEST_AMQP_URL
 from tests.games.conftest import Clients, dice_bet, start_session
 from tests.support.amqp import delete_queues
@@ -52,6 +54,9 @@ async def play(stub, player: str, game_id: str) -> pb.Round:
         )
     )
     return reply.round
+
+
+NOW = dt.datetime.now(dt.UTC)
 
 
 def ts(moment: dt.datetime) -> Timestamp:
@@ -195,6 +200,97 @@ async def test_an_altered_rng_draw_record_is_detected_by_replay(
     )
     assert not replay.matches
     assert "the RNG's recomputed draws differ from its audit records" in replay.problems
+
+
+async def test_replay_reports_a_seed_the_rng_cannot_unseal(
+    games, clients: Clients, put_back: Callable[..., None]
+) -> None:
+    player = await clients.player()
+    r = await play(clients.games(games), player, "dice")
+    put_back("rng.rounds", "round_id = %s", uuid.UUID(r.rng_round_id))
+    tamper(
+        "UPDATE rng.rounds SET sealed_seed = set_byte(sealed_seed, 20, get_byte(sealed_seed, 20)"
+        " # 255) WHERE round_id = %s",
+        uuid.UUID(r.rng_round_id),
+    )
+    replay = await clients.games(games, "backoffice").ReplayRound(
+        pb.ReplayRoundRequest(player_id=player, round_id=r.round_id)
+    )
+    assert not replay.matches
+    assert any("SEED_UNSEALABLE" in p for p in replay.problems), replay.problems
+    assert replay.round.round_id == r.round_id
+
+
+ALTERED_RECORDS = {
+    "rng round id": ("{rng,round_id}", '"not-a-round"', "is not a round id"),
+    "unknown rng round": ("{rng,round_id}", f'"{uuid.UUID(int=7)}"', "ROUND_NOT_FOUND"),
+    "math version": ("{math_version}", '"dice/v0"', "'dice/v0' is not implemented"),
+    "bet": ("{bet}", '{"stake": "lots"}', "the outcome cannot be recomputed"),
+    "bet shape": ("{bet}", '"all-in"', "the outcome cannot be recomputed"),
+    "draws": ("{draws}", '"seven"', "the archived draws are not a list of integers"),
+}
+
+
+@pytest.mark.parametrize("altered", ALTERED_RECORDS)
+async def test_replay_reports_an_archived_record_altered_past_replaying(
+    games, clients: Clients, put_back: Callable[..., None], altered: str
+) -> None:
+    path, value, named = ALTERED_RECORDS[altered]
+    player = await clients.player()
+    r = await play(clients.games(games), player, "dice")
+    put_back("games.round_archive", "round_id = %s", uuid.UUID(r.round_id))
+    tamper(
+        "UPDATE games.round_archive SET record = jsonb_set(record, %s::text[], %s::jsonb)"
+        " WHERE round_id = %s",
+        path,
+        value,
+        uuid.UUID(r.round_id),
+    )
+    replay = await clients.games(games, "backoffice").ReplayRound(
+        pb.ReplayRoundRequest(player_id=player, round_id=r.round_id)
+    )
+    assert not replay.matches
+    assert "the archived record does not hash to its stored hash" in replay.problems
+    assert any(named in p for p in replay.problems[1:]), replay.problems
+    assert replay.round.round_id == r.round_id
+
+
+async def test_out_of_range_times_are_invalid_arguments_naming_the_field(
+    games, clients: Clients
+) -> None:
+    stub = clients.games(games)
+    backoffice = clients.games(games, "backoffice")
+    player = await clients.player()
+    far = Timestamp(seconds=10**15)
+    calls = {
+        "start_time": [
+            stub.ListRounds(pb.ListRoundsRequest(player_id=player, start_time=far)),
+            stub.ListRounds(
+                pb.ListRoundsRequest(player_id=player, start_time=Timestamp(seconds=0, nanos=-5))
+            ),
+            backoffice.VerifyArchive(
+                pb.VerifyArchiveRequest(start_time=Timestamp(seconds=-(10**12)), end_time=ts(NOW))
+            ),
+        ],
+        "end_time": [
+            stub.ListRounds(pb.ListRoundsRequest(player_id=player, end_time=far)),
+            backoffice.VerifyArchive(
+                pb.VerifyArchiveRequest(start_time=Timestamp(seconds=0), end_time=far)
+            ),
+            backoffice.VerifyArchive(
+                pb.VerifyArchiveRequest(
+                    start_time=Timestamp(seconds=0), end_time=Timestamp(seconds=1, nanos=10**9)
+                )
+            ),
+        ],
+    }
+    for field, pending in calls.items():
+        for call in pending:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call
+            info = error_info(raised.value)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value
+            assert info is not None and info.metadata["field"] == field
 
 
 async def test_history_pages_newest_first_over_twelve_months(games, clients: Clients) -> None:

@@ -106,6 +106,15 @@ async def play(stub, player: str, session: pb.Session, bet: pb.Bet, request_id: 
     )
 
 
+async def make_reality_check_due(player: str) -> None:
+    """Fast-forward the player's reality-check clock: the check fell due a moment ago."""
+    redis = Redis.from_url(REDIS_URL)
+    past = int((dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)).timestamp() * 1000)
+    assert await redis.exists(f"games:reality-check:{{{player}}}")
+    await redis.hset(f"games:reality-check:{{{player}}}", "next_check_ms", past)
+    await redis.aclose()
+
+
 async def refused(call) -> tuple[grpc.StatusCode, str, dict[str, str]]:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await call
@@ -201,6 +210,29 @@ async def test_compliance_refuses_a_slot_stake_over_the_young_adult_cap_before_a
     assert allowed.state == pb.ROUND_STATE_COMPLETED
 
 
+async def test_a_refused_bets_request_id_used_again_for_another_bet_is_a_mismatch(
+    games, clients: Clients
+) -> None:
+    stub = clients.games(games)
+    young = await clients.player(deposit=10_000, birth_year=dt.date.today().year - 20)
+    session = await start_session(stub, young, "slot")
+    request_id = uuid.uuid4().hex
+    over_cap = pb.Bet(slot=pb.SlotSpin(line_bet_minor=25))
+    code, reason, _ = await refused(play(stub, young, session, over_cap, request_id))
+    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "BET_REFUSED")
+    # Compliance decided that request_id already: another stake under it is its mismatch,
+    # passed on as compliance answered it.
+    within = pb.Bet(slot=pb.SlotSpin(line_bet_minor=20))
+    code, reason, _ = await refused(play(stub, young, session, within, request_id))
+    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "IDEMPOTENCY_MISMATCH")
+    assert [t.kind for t in await clients.transactions(young)] == [
+        wallet_pb2.TRANSACTION_KIND_DEPOSIT
+    ]
+    # Neither used up the spin interval; a fresh request_id plays.
+    allowed = (await play(stub, young, session, within)).round
+    assert allowed.state == pb.ROUND_STATE_COMPLETED
+
+
 async def test_a_self_excluded_player_cannot_launch_a_game(games, clients: Clients) -> None:
     stub = clients.games(games)
     player = await clients.player()
@@ -219,11 +251,7 @@ async def test_play_stops_when_a_reality_check_is_due_until_it_is_acknowledged(
     player = await clients.player()
     session = await start_session(stub, player, "dice")
     assert session.reality_check.interval_minutes > 0
-    # Fast-forward the session's clock: the check fell due a moment ago.
-    redis = Redis.from_url(REDIS_URL)
-    past = int((dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)).timestamp() * 1000)
-    await redis.hset(f"games:session:{{{session.session_id}}}", "next_check_ms", past)
-    await redis.aclose()
+    await make_reality_check_due(player)
     code, reason, meta = await refused(play(stub, player, session, dice_bet()))
     assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "REALITY_CHECK_DUE")
     assert meta["session_id"] == session.session_id
@@ -340,6 +368,14 @@ async def test_an_unhealthy_rng_makes_the_game_unavailable_and_debits_nothing(
             )
         ).round
         assert voided.state == pb.ROUND_STATE_VOIDED and voided.void_reason == "GAME_UNAVAILABLE"
+        # Provably-fair play needs the RNG's commitment: the RNG's refusal reaches the player
+        # with its own status and reason.
+        code, reason, _ = await refused(
+            stub.GetFairSeed(pb.GetFairSeedRequest(player_id=player, game_id="dice"))
+        )
+        assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "RNG_UNHEALTHY")
+        code, reason, _ = await refused(start_session(stub, player, "dice", client_seed="lucky"))
+        assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "RNG_UNHEALTHY")
     finally:
         for process in launcher.started:
             process.terminate()

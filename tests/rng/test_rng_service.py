@@ -22,8 +22,8 @@ from services.rng.sampling_v2 import SAMPLING_V2_VERSION
 from services.rng.sealing import ROUND_SEED, Sealer, SealError, ensure_seal_key
 from services.runtime.health import NOT_SERVING
 from services.runtime.status import error_info
-from tests.conftest import ROOT
-from tests.rng.conftest import RngLauncher, StubsFor
+from tests.conftest import ROOT, Launcher, Pki
+from tests.rng.conftest import RngLauncher, StubsFor, rng_extra
 from tests.wallet.conftest import admin_dsn
 
 DICE = [pb.DrawSpec(integers=pb.IntegerDraw(low=1, high=6, count=3))]
@@ -176,6 +176,67 @@ async def test_a_round_opened_under_v1_completes_under_v1_after_v2(
     await stubs_v2["games"].Draw(pb.DrawRequest(round_id=fresh.round_id, specs=DICE))
     replay = await stubs["backoffice"].ReplayRound(pb.ReplayRoundRequest(round_id=fresh.round_id))
     assert replay.matches and replay.round.versions.sampling == SAMPLING_V2_VERSION
+
+
+def seal_key_ids(*round_ids: str) -> list[str]:
+    with psycopg.connect(admin_dsn()) as conn:
+        return [
+            conn.execute("SELECT seal_key_id FROM rng.rounds WHERE round_id = %s", [r]).fetchone()[
+                0
+            ]
+            for r in round_ids
+        ]
+
+
+async def test_rounds_sealed_before_a_seal_key_rotation_still_replay(
+    stubs, launch_rng: RngLauncher, stubs_for: StubsFor, pki: Pki, tmp_path: Path
+) -> None:
+    key_a = launch_rng.folder / "rng-seal.key"
+    done = await open_round(stubs["games"], "roulette", b"bets=red")
+    drawn = await stubs["games"].Draw(
+        pb.DrawRequest(round_id=done.round_id, specs=ROULETTE, draw_index=0, close_round=True)
+    )
+    in_play = await open_round(stubs["games"], "dice", b"target=4")
+    # Rotate: key B seals from now on; A is retired, kept only to open what it sealed.
+    launcher = Launcher(tmp_path, pki, [])
+    try:
+        rotated = launcher(
+            "rng", extra=rng_extra(tmp_path, settings=f'retired_seal_key_files = ["{key_a}"]')
+        )
+        after = stubs_for(rotated)
+        replay = await after["backoffice"].ReplayRound(
+            pb.ReplayRoundRequest(round_id=done.round_id)
+        )
+        assert replay.matches
+        assert [list(r.values) for r in replay.recomputed] == values(drawn)
+        # A round opened under A draws after the rotation, from its A-sealed seed.
+        late = await after["games"].Draw(
+            pb.DrawRequest(round_id=in_play.round_id, specs=DICE, draw_index=0, close_round=True)
+        )
+        replay = await after["backoffice"].ReplayRound(
+            pb.ReplayRoundRequest(round_id=in_play.round_id)
+        )
+        assert replay.matches and [list(r.values) for r in replay.recomputed] == values(late)
+        fresh = await open_round(after["games"], "dice", b"target=5")
+        await after["games"].Draw(pb.DrawRequest(round_id=fresh.round_id, specs=DICE))
+        replay = await after["backoffice"].ReplayRound(
+            pb.ReplayRoundRequest(round_id=fresh.round_id)
+        )
+        assert replay.matches
+        id_a, id_b = Sealer(key_a).key_id, Sealer(tmp_path / "rng-seal.key").key_id
+        assert id_a != id_b
+        assert seal_key_ids(done.round_id, in_play.round_id, fresh.round_id) == [id_a, id_a, id_b]
+        # An RNG that does not hold B cannot open B's seeds: a finding about the round (its
+        # key named), not an internal error.
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await stubs["backoffice"].ReplayRound(pb.ReplayRoundRequest(round_id=fresh.round_id))
+        assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        info = error_info(exc.value)
+        assert info is not None and info.reason == "SEED_UNSEALABLE"
+        assert info.metadata["seal_key_id"] == id_b
+    finally:
+        for process in launcher.started:
+            process.terminate()
 
 
 def verify_chain(folder: Path, *extra: str) -> subprocess.CompletedProcess[str]:

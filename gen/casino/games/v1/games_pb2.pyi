@@ -229,6 +229,8 @@ Global___ListGamesResponse: _TypeAlias = ListGamesResponse  # noqa: Y015
 
 @_typing.final
 class RealityCheck(_message.Message):
+    """The player's reality-check clock, shared by all their sessions."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INTERVAL_MINUTES_FIELD_NUMBER: _builtins.int

@@ -130,8 +130,11 @@ class GamesServiceServicer:
 
     def StartSession(self, request, context):
         """Launches a game for a player: compliance's game-launch check (exclusion, KYC, AML hold,
-        jurisdiction), then a session in Redis holding the game, the currency, the balance shown,
-        the reality-check clock and the net position. Idempotent by request_id.
+        jurisdiction), then a session in Redis holding the game, the currency, the balance shown
+        and the net position. The session joins the player's reality-check clock (one per
+        player, across sessions: a check already due stays due). Idempotent by request_id: the
+        same request returns the same session; the same request_id with another game, currency,
+        country or client seed is refused (IDEMPOTENCY_MISMATCH).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,7 +150,7 @@ class GamesServiceServicer:
 
     def AcknowledgeRealityCheck(self, request, context):
         """The player has seen the reality check (time played, net position) and chooses to go on:
-        play resumes until the next one is due.
+        play resumes, in every session of the player, until the next one is due.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -163,8 +166,8 @@ class GamesServiceServicer:
     def PlayRound(self, request, context):
         """Plays one round of the session's game and answers with it completed (or voided, stake
         returned). Idempotent by request_id: a retry returns the same round, finishing it first
-        if it was left part way. A slot spin within 2.5 s of the session's previous one is
-        refused (SPIN_TOO_SOON, retry_after_ms).
+        if it was left part way. A slot spin within 2.5 s of the player's previous one, in any
+        of their sessions, is refused (SPIN_TOO_SOON, retry_after_ms).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -48,8 +48,11 @@ class GamesServiceStub:
     """The lobby: every game this build serves, with its math version, exact RTP and stakes."""
     StartSession: _grpc.UnaryUnaryMultiCallable[_games_pb2.StartSessionRequest, _games_pb2.StartSessionResponse]
     """Launches a game for a player: compliance's game-launch check (exclusion, KYC, AML hold,
-    jurisdiction), then a session in Redis holding the game, the currency, the balance shown,
-    the reality-check clock and the net position. Idempotent by request_id.
+    jurisdiction), then a session in Redis holding the game, the currency, the balance shown
+    and the net position. The session joins the player's reality-check clock (one per
+    player, across sessions: a check already due stays due). Idempotent by request_id: the
+    same request returns the same session; the same request_id with another game, currency,
+    country or client seed is refused (IDEMPOTENCY_MISMATCH).
     """
     GetSession: _grpc.UnaryUnaryMultiCallable[_games_pb2.GetSessionRequest, _games_pb2.GetSessionResponse]
     """The session as it stands: balance shown, rounds, staked, won, net position, reality
@@ -57,15 +60,15 @@ class GamesServiceStub:
     """
     AcknowledgeRealityCheck: _grpc.UnaryUnaryMultiCallable[_games_pb2.AcknowledgeRealityCheckRequest, _games_pb2.AcknowledgeRealityCheckResponse]
     """The player has seen the reality check (time played, net position) and chooses to go on:
-    play resumes until the next one is due.
+    play resumes, in every session of the player, until the next one is due.
     """
     EndSession: _grpc.UnaryUnaryMultiCallable[_games_pb2.EndSessionRequest, _games_pb2.EndSessionResponse]
     """Ends a session; its rounds stay in the archive. Idempotent."""
     PlayRound: _grpc.UnaryUnaryMultiCallable[_games_pb2.PlayRoundRequest, _games_pb2.PlayRoundResponse]
     """Plays one round of the session's game and answers with it completed (or voided, stake
     returned). Idempotent by request_id: a retry returns the same round, finishing it first
-    if it was left part way. A slot spin within 2.5 s of the session's previous one is
-    refused (SPIN_TOO_SOON, retry_after_ms).
+    if it was left part way. A slot spin within 2.5 s of the player's previous one, in any
+    of their sessions, is refused (SPIN_TOO_SOON, retry_after_ms).
     """
     GetRound: _grpc.UnaryUnaryMultiCallable[_games_pb2.GetRoundRequest, _games_pb2.GetRoundResponse]
     """One of the player's rounds, in flight or archived."""
@@ -109,8 +112,11 @@ class GamesServiceAsyncStub(GamesServiceStub):
     """The lobby: every game this build serves, with its math version, exact RTP and stakes."""
     StartSession: _aio.UnaryUnaryMultiCallable[_games_pb2.StartSessionRequest, _games_pb2.StartSessionResponse]  # type: ignore[assignment]
     """Launches a game for a player: compliance's game-launch check (exclusion, KYC, AML hold,
-    jurisdiction), then a session in Redis holding the game, the currency, the balance shown,
-    the reality-check clock and the net position. Idempotent by request_id.
+    jurisdiction), then a session in Redis holding the game, the currency, the balance shown
+    and the net position. The session joins the player's reality-check clock (one per
+    player, across sessions: a check already due stays due). Idempotent by request_id: the
+    same request returns the same session; the same request_id with another game, currency,
+    country or client seed is refused (IDEMPOTENCY_MISMATCH).
     """
     GetSession: _aio.UnaryUnaryMultiCallable[_games_pb2.GetSessionRequest, _games_pb2.GetSessionResponse]  # type: ignore[assignment]
     """The session as it stands: balance shown, rounds, staked, won, net position, reality
@@ -118,15 +124,15 @@ class GamesServiceAsyncStub(GamesServiceStub):
     """
     AcknowledgeRealityCheck: _aio.UnaryUnaryMultiCallable[_games_pb2.AcknowledgeRealityCheckRequest, _games_pb2.AcknowledgeRealityCheckResponse]  # type: ignore[assignment]
     """The player has seen the reality check (time played, net position) and chooses to go on:
-    play resumes until the next one is due.
+    play resumes, in every session of the player, until the next one is due.
     """
     EndSession: _aio.UnaryUnaryMultiCallable[_games_pb2.EndSessionRequest, _games_pb2.EndSessionResponse]  # type: ignore[assignment]
     """Ends a session; its rounds stay in the archive. Idempotent."""
     PlayRound: _aio.UnaryUnaryMultiCallable[_games_pb2.PlayRoundRequest, _games_pb2.PlayRoundResponse]  # type: ignore[assignment]
     """Plays one round of the session's game and answers with it completed (or voided, stake
     returned). Idempotent by request_id: a retry returns the same round, finishing it first
-    if it was left part way. A slot spin within 2.5 s of the session's previous one is
-    refused (SPIN_TOO_SOON, retry_after_ms).
+    if it was left part way. A slot spin within 2.5 s of the player's previous one, in any
+    of their sessions, is refused (SPIN_TOO_SOON, retry_after_ms).
     """
     GetRound: _aio.UnaryUnaryMultiCallable[_games_pb2.GetRoundRequest, _games_pb2.GetRoundResponse]  # type: ignore[assignment]
     """One of the player's rounds, in flight or archived."""
@@ -179,8 +185,11 @@ class GamesServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_games_pb2.StartSessionResponse, _abc.Awaitable[_games_pb2.StartSessionResponse]]:
         """Launches a game for a player: compliance's game-launch check (exclusion, KYC, AML hold,
-        jurisdiction), then a session in Redis holding the game, the currency, the balance shown,
-        the reality-check clock and the net position. Idempotent by request_id.
+        jurisdiction), then a session in Redis holding the game, the currency, the balance shown
+        and the net position. The session joins the player's reality-check clock (one per
+        player, across sessions: a check already due stays due). Idempotent by request_id: the
+        same request returns the same session; the same request_id with another game, currency,
+        country or client seed is refused (IDEMPOTENCY_MISMATCH).
         """
 
     @_abc_1.abstractmethod
@@ -200,7 +209,7 @@ class GamesServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_games_pb2.AcknowledgeRealityCheckResponse, _abc.Awaitable[_games_pb2.AcknowledgeRealityCheckResponse]]:
         """The player has seen the reality check (time played, net position) and chooses to go on:
-        play resumes until the next one is due.
+        play resumes, in every session of the player, until the next one is due.
         """
 
     @_abc_1.abstractmethod
@@ -219,8 +228,8 @@ class GamesServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_games_pb2.PlayRoundResponse, _abc.Awaitable[_games_pb2.PlayRoundResponse]]:
         """Plays one round of the session's game and answers with it completed (or voided, stake
         returned). Idempotent by request_id: a retry returns the same round, finishing it first
-        if it was left part way. A slot spin within 2.5 s of the session's previous one is
-        refused (SPIN_TOO_SOON, retry_after_ms).
+        if it was left part way. A slot spin within 2.5 s of the player's previous one, in any
+        of their sessions, is refused (SPIN_TOO_SOON, retry_after_ms).
         """
 
     @_abc_1.abstractmethod

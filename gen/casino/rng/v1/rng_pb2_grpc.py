@@ -112,7 +112,9 @@ class RngServiceServicer:
 
     def ReplayRound(self, request, context):
         """Re-derives every draw of a round from its sealed seed and recorded inputs under its
-        recorded versions, and compares them with the archived draws.
+        recorded versions, and compares them with the archived draws. A seed that does not
+        open (altered, or sealed under a key this RNG no longer holds) is FAILED_PRECONDITION
+        SEED_UNSEALABLE (metadata round_id, and seal_key_id when the key is not held).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

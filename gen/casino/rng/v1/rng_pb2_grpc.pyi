@@ -52,7 +52,9 @@ class RngServiceStub:
     """Closes a round; no more draws. Idempotent."""
     ReplayRound: _grpc.UnaryUnaryMultiCallable[_rng_pb2.ReplayRoundRequest, _rng_pb2.ReplayRoundResponse]
     """Re-derives every draw of a round from its sealed seed and recorded inputs under its
-    recorded versions, and compares them with the archived draws.
+    recorded versions, and compares them with the archived draws. A seed that does not
+    open (altered, or sealed under a key this RNG no longer holds) is FAILED_PRECONDITION
+    SEED_UNSEALABLE (metadata round_id, and seal_key_id when the key is not held).
     """
     ListVersions: _grpc.UnaryUnaryMultiCallable[_rng_pb2.ListVersionsRequest, _rng_pb2.ListVersionsResponse]
     """The algorithm registry: every version this build implements, with the SHA-256 of the
@@ -91,7 +93,9 @@ class RngServiceAsyncStub(RngServiceStub):
     """Closes a round; no more draws. Idempotent."""
     ReplayRound: _aio.UnaryUnaryMultiCallable[_rng_pb2.ReplayRoundRequest, _rng_pb2.ReplayRoundResponse]  # type: ignore[assignment]
     """Re-derives every draw of a round from its sealed seed and recorded inputs under its
-    recorded versions, and compares them with the archived draws.
+    recorded versions, and compares them with the archived draws. A seed that does not
+    open (altered, or sealed under a key this RNG no longer holds) is FAILED_PRECONDITION
+    SEED_UNSEALABLE (metadata round_id, and seal_key_id when the key is not held).
     """
     ListVersions: _aio.UnaryUnaryMultiCallable[_rng_pb2.ListVersionsRequest, _rng_pb2.ListVersionsResponse]  # type: ignore[assignment]
     """The algorithm registry: every version this build implements, with the SHA-256 of the
@@ -151,7 +155,9 @@ class RngServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_rng_pb2.ReplayRoundResponse, _abc.Awaitable[_rng_pb2.ReplayRoundResponse]]:
         """Re-derives every draw of a round from its sealed seed and recorded inputs under its
-        recorded versions, and compares them with the archived draws.
+        recorded versions, and compares them with the archived draws. A seed that does not
+        open (altered, or sealed under a key this RNG no longer holds) is FAILED_PRECONDITION
+        SEED_UNSEALABLE (metadata round_id, and seal_key_id when the key is not held).
         """
 
     @_abc_1.abstractmethod
