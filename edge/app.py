@@ -8,12 +8,14 @@ refused at once with 503, so a flood on one listener never takes the others' cap
 
 Per request: a request id (a valid X-Request-Id is kept, otherwise one is minted; echoed in
 the response, the access log and the upstream call metadata), a span (trace starts here),
-the route from the contracts, the access token (unless the class is AUTH or CATALOG), the
-rate limit of the class (refusals spend one too: the client address's when there is no
-player), the body read within the class's deadline budget (408 when it does not come), the
-JSON decoded into the RPC's request (400 before any call when it does not fit), the call with
-what is left of the budget as its timeout and the player in `x-casino-player-id`, the reply
-as proto3 JSON, one access-log line.
+the route from the contracts, the access token (unless the class is AUTH or CATALOG; on the
+admin listener an operator's token, never a player's), the rate limit of the class (per
+player or operator; refusals spend one too: the client address's when there is no player),
+the body read within the class's deadline budget (408 when it does not come), the JSON
+decoded into the RPC's request (400 before any call when it does not fit), the call with
+what is left of the budget as its timeout and the player in `x-casino-player-id` (or the
+operator in `x-casino-operator-id` with their roles), the reply as proto3 JSON, one
+access-log line.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from edge.auth import (
+    Principal,
     TokenVerifier,
     TokenVerifierConfig,
     Unauthenticated,
@@ -52,6 +55,7 @@ from edge.auth import (
 from edge.config import (
     ADMIN,
     LISTENERS,
+    OPERATOR_CLASSES,
     PUBLIC,
     UNAUTHENTICATED_CLASSES,
     WEBHOOKS,
@@ -62,6 +66,12 @@ from edge.errors import EdgeError, bad_request, from_rpc_error, http_status, int
 from edge.geo import GeoConfig, GeoLocator
 from edge.netrules import SourceRules
 from edge.openapi import openapi_document
+from edge.operators import (
+    OperatorPrincipal,
+    OperatorTokenConfig,
+    OperatorTokenVerifier,
+    missing_role,
+)
 from edge.ratelimit import UNROUTED, Decision, RateLimitConfig, RateLimiter
 from edge.transcoding import (
     Binding,
@@ -74,6 +84,8 @@ from edge.transcoding import (
 from services.runtime.call import (
     CLIENT_ADDRESS_METADATA,
     CLIENT_COUNTRY_METADATA,
+    OPERATOR_METADATA,
+    OPERATOR_ROLES_METADATA,
     PLAYER_METADATA,
 )
 from services.runtime.client import secure_channel
@@ -195,11 +207,13 @@ class ListenerApp:
         settings: EdgeSettings,
         routes: Sequence[Route],
         verifier: TokenVerifier,
+        operators: OperatorTokenVerifier,
         limiter: RateLimiter,
         readiness: Readiness,
         tracer: Tracer,
         geo: GeoLocator,
         *,
+        required_roles: dict[str, list[str]] | None = None,
         access_log: bool = True,
     ) -> None:
         self.name = name
@@ -211,6 +225,8 @@ class ListenerApp:
         self.router = Router([r.binding for r in routes])
         self.calls = {id(r.binding): r.call for r in routes}
         self.verifier = verifier
+        self.operators = operators
+        self.required_roles = required_roles or {}
         self.limiter = limiter
         self.readiness = readiness
         self.tracer = tracer
@@ -356,11 +372,22 @@ class ListenerApp:
                 ),
                 route,
             )
+        principal: Principal | None = None
+        operator: OperatorPrincipal | None = None
         try:
             if endpoint_class in UNAUTHENTICATED_CLASSES:
-                principal = None
                 # No player: the client address's budget, or its named source's (a PSP).
                 decision = await self.limiter.check(endpoint_class, anonymous_key)
+            elif endpoint_class in OPERATOR_CLASSES:
+                # The back office: an operator's token only (a player's is refused), and the
+                # operator's own budget.
+                try:
+                    operator = self.operators.decode(headers.get("authorization"))
+                except Unauthenticated as exc:
+                    await self._refuse(endpoint_class, anonymous_key, from_domain_error(exc), route)
+                decision = await self.limiter.check(
+                    endpoint_class, f"operator:{operator.operator_id}"
+                )
             else:
                 # The signature is checked here, in process; the player's revocation instant
                 # is read by the rate limiter's Redis call: one round trip for both.
@@ -378,6 +405,17 @@ class ListenerApp:
         limit_headers = dict(decision.headers)
         if not decision.allowed:
             raise _tag(_rate_limited(decision, endpoint_class), route)
+        if operator is not None:
+            needed = missing_role(self.required_roles, binding.grpc_path.lstrip("/"), operator)
+            if needed is not None:
+                log.warning(
+                    "operator lacks the role for an operation",
+                    request_id=request_id,
+                    operator=operator.operator_id,
+                    rpc=binding.grpc_path,
+                    required_roles=needed,
+                )
+                raise _tag(_role_required(needed), route, limit_headers)
         limit = self.settings.max_body_bytes
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
@@ -394,6 +432,8 @@ class ListenerApp:
                 errors="strict",
             )
             request = decode_request(binding, variables, query, body)
+            if operator is not None:
+                _record_operator(request, operator)
         except TranscodingError as exc:
             raise _tag(bad_request(exc.message, exc.field), route, limit_headers) from None
         except UnicodeDecodeError:
@@ -407,6 +447,10 @@ class ListenerApp:
             metadata.append((CLIENT_COUNTRY_METADATA, country))
         if principal is not None:
             metadata.append((PLAYER_METADATA, principal.player_id))
+        if operator is not None:
+            metadata.append((OPERATOR_METADATA, operator.operator_id))
+            if operator.roles:
+                metadata.append((OPERATOR_ROLES_METADATA, ",".join(sorted(operator.roles))))
         budget = self.settings.deadline(endpoint_class) - (time.perf_counter() - started)
         try:
             reply: Message = await self.calls[id(binding)](
@@ -448,6 +492,36 @@ def _unrouted(method: str, allowed: list[str]) -> EdgeError:
         "METHOD_NOT_ALLOWED",
         headers={"Allow": ", ".join(allowed)},
     )
+
+
+def _role_required(roles: list[str]) -> EdgeError:
+    return EdgeError(
+        403,
+        "PERMISSION_DENIED",
+        "this operation needs one of the roles in required_roles; the operator holds none",
+        "OPERATOR_ROLE_REQUIRED",
+        {"required_roles": ",".join(roles)},
+    )
+
+
+def _record_operator(request: Any, operator: OperatorPrincipal) -> None:
+    """An operation that records its operator (a top-level `operator_id`) records the
+    token's: filled in when left out, refused when it names someone else. The service checks
+    the same again (services.runtime.call.require_operator)."""
+    field = request.DESCRIPTOR.fields_by_name.get("operator_id")
+    if field is None or field.type != field.TYPE_STRING or field.is_repeated:
+        return
+    given = request.operator_id
+    if not given:
+        request.operator_id = operator.operator_id
+    elif given != operator.operator_id:
+        raise EdgeError(
+            403,
+            "PERMISSION_DENIED",
+            "an operator may record only themselves as the operator of a change",
+            "OPERATOR_MISMATCH",
+            {"operator_id": given},
+        )
 
 
 def _rate_limited(decision: Decision, budget: str) -> EdgeError:
@@ -556,6 +630,11 @@ class Edge:
             )
         auth = build(TokenVerifierConfig, settings.auth, "edge.auth", config.config_dir)
         self.verifier = TokenVerifier.from_config(auth, self.redis)
+        operator_auth = build(
+            OperatorTokenConfig, settings.operator_auth, "edge.operator_auth", config.config_dir
+        )
+        check_token_realms(auth, operator_auth)
+        self.operators = OperatorTokenVerifier.from_config(operator_auth, auth.issuer)
         limits = build(RateLimitConfig, settings.ratelimit, "edge.ratelimit", config.config_dir)
         self.limiter = RateLimiter(self.redis, limits)
         redis_client = self.redis
@@ -581,6 +660,18 @@ class Edge:
                     response_deserializer=binding.response_class.FromString,
                 )
                 routes[listener_of(binding.endpoint_class)].append(Route(binding, call))
+        admin_operations = {r.binding.grpc_path.lstrip("/") for r in routes[ADMIN]}
+        unknown = sorted(set(operator_auth.required_roles) - admin_operations)
+        if unknown:
+            raise ConfigError(
+                f"edge.operator_auth.required_roles: {unknown} are not admin operations served "
+                f"here ({sorted(admin_operations)})"
+            )
+        if admin_operations and operator_auth.public_key_dir is None:
+            log.warning(
+                "no [edge.operator_auth] public_key_dir: no operator can be authenticated, "
+                "the admin listener refuses every operation"
+            )
         provider_tracer = tracer(self.tracer_provider)
         geo = GeoLocator.from_config(build(GeoConfig, settings.geo, "edge.geo", config.config_dir))
         self.apps = {
@@ -589,10 +680,12 @@ class Edge:
                 settings,
                 routes[name],
                 self.verifier,
+                self.operators,
                 self.limiter,
                 self.readiness,
                 provider_tracer,
                 geo,
+                required_roles=operator_auth.required_roles,
                 access_log=config.telemetry.access_log,
             )
             for name in LISTENERS
@@ -658,6 +751,22 @@ class Edge:
         if failed:
             raise failed[0]
         log.info("stopped")
+
+
+def check_token_realms(players: TokenVerifierConfig, operators: OperatorTokenConfig) -> None:
+    """Players' and operators' tokens must never be mistaken for one another: their own keys,
+    issuer and audience."""
+    if operators.issuer == players.issuer or operators.audience == players.audience:
+        raise ConfigError(
+            "edge.operator_auth: issuer and audience must differ from edge.auth's (players')"
+        )
+    if (
+        operators.public_key_dir is not None
+        and operators.public_key_dir.resolve() == players.public_key_dir.resolve()
+    ):
+        raise ConfigError(
+            "edge.operator_auth.public_key_dir must not be the players' key directory"
+        )
 
 
 def run(config_path: Path) -> None:

@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jwt
 import redis.exceptions
@@ -62,6 +63,120 @@ class Unauthenticated(DomainError):
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(reason, message)
+
+
+class KeyRing:
+    """The Ed25519 public keys of a directory of `<kid>.pub` files (SPKI PEM), re-read every
+    `reload_seconds`, and at once (at most once a second) when a token names a kid not held.
+    No directory (None): no key, every token names an unknown kid."""
+
+    def __init__(self, directory: Path | None, reload_seconds: float, what: str) -> None:
+        self._dir = directory
+        self._reload_seconds = reload_seconds
+        self._what = what
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._loaded_at = -float("inf")
+        self.reload()
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        return frozenset(self._keys)
+
+    def reload(self) -> bool:
+        """Re-read every `<kid>.pub` (a removed file retires its key); True if keys changed."""
+        keys: dict[str, Ed25519PublicKey] = {}
+        for path in sorted(self._dir.glob("*.pub")) if self._dir is not None else ():
+            try:
+                key = load_pem_public_key(path.read_bytes())
+            except (OSError, ValueError) as exc:
+                log.warning(
+                    f"unreadable {self._what} public key skipped", file=str(path), error=str(exc)
+                )
+                continue
+            if not isinstance(key, Ed25519PublicKey):
+                log.warning(f"{self._what} public key is not Ed25519; skipped", file=str(path))
+                continue
+            keys[path.stem] = key
+        changed = keys.keys() != self._keys.keys() or any(
+            keys[k].public_bytes_raw() != self._keys[k].public_bytes_raw() for k in keys
+        )
+        if changed:
+            log.info(f"{self._what} public keys loaded", key_ids=sorted(keys))
+        self._keys = keys
+        self._loaded_at = time.monotonic()
+        return changed
+
+    def get(self, kid: str) -> tuple[Ed25519PublicKey | None, bool]:
+        """The key of `kid` (None: not held), and whether the directory was re-read with a
+        change on the way."""
+        since = time.monotonic() - self._loaded_at
+        changed = False
+        if since > self._reload_seconds or (
+            kid not in self._keys and since > _UNKNOWN_KID_RELOAD_SECONDS
+        ):
+            changed = self.reload()
+        return self._keys.get(kid), changed
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header."""
+    if not authorization or not authorization.strip():
+        raise Unauthenticated("TOKEN_MISSING", "an access token is required")
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("TOKEN_INVALID", "expected 'Authorization: Bearer <token>'")
+    if len(token) > _MAX_TOKEN_LENGTH:
+        raise Unauthenticated("TOKEN_INVALID", "access token is too long")
+    return token
+
+
+def key_id(token: str) -> str:
+    """The kid in a token's header, once the header pins the algorithm to EdDSA (nothing is
+    verified yet)."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise Unauthenticated("TOKEN_INVALID", "access token is malformed") from None
+    if header.get("alg") != ALGORITHM:
+        raise Unauthenticated("TOKEN_INVALID", f"access token algorithm must be {ALGORITHM}")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise Unauthenticated("TOKEN_INVALID", "access token has no key id")
+    return kid
+
+
+def verified_claims(
+    token: str,
+    key: Ed25519PublicKey,
+    *,
+    issuer: str,
+    audience: str,
+    leeway: float,
+    required: tuple[str, ...],
+) -> dict[str, Any]:
+    """The claims of a token signed with `key`, for `issuer` and `audience`, within its time
+    claims, with every `required` claim present."""
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            audience=audience,
+            issuer=issuer,
+            leeway=leeway,
+            options={"require": list(required)},
+        )
+    except jwt.ExpiredSignatureError:
+        raise Unauthenticated("TOKEN_EXPIRED", "access token has expired") from None
+    except jwt.ImmatureSignatureError:
+        raise Unauthenticated("TOKEN_NOT_YET_VALID", "access token is not valid yet") from None
+    except jwt.PyJWTError as exc:
+        # Bad signature, wrong issuer or audience, missing or malformed claims: the
+        # client learns only that the token is unusable; the log has which check failed.
+        log.info("access token refused", reason=type(exc).__name__, issuer=issuer)
+        raise Unauthenticated("TOKEN_INVALID", "access token is invalid") from None
+    return claims
 
 
 @dataclass(frozen=True)
@@ -98,15 +213,12 @@ class TokenVerifier:
         redis_timeout_ms: int = 50,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._dir = Path(public_key_dir)
-        self._issuer = issuer
+        self.issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
-        self._reload_seconds = reload_seconds
         self._redis = redis_client
         self._clock = clock
-        self._keys: dict[str, Ed25519PublicKey] = {}
-        self._loaded_at = -float("inf")
+        self._keys = KeyRing(Path(public_key_dir), reload_seconds, "token")
         # Tokens whose signature and claims were checked, by their text: an app sends the
         # same token for up to 15 minutes, and the signature check is most of decode's cost.
         # Times are still checked on every use; a change of keys empties it.
@@ -114,7 +226,6 @@ class TokenVerifier:
         self._breaker = AsyncBreaker(
             "revocation-redis", fail_max=3, reset_timeout=1.0, call_timeout=redis_timeout_ms / 1000
         )
-        self.reload()
 
     @classmethod
     def from_config(cls, config: TokenVerifierConfig, redis_client: Redis | None) -> TokenVerifier:
@@ -129,48 +240,23 @@ class TokenVerifier:
 
     @property
     def key_ids(self) -> frozenset[str]:
-        return frozenset(self._keys)
+        return self._keys.key_ids
 
     def reload(self) -> None:
         """Re-read every `<kid>.pub`; a removed file retires its key."""
-        keys: dict[str, Ed25519PublicKey] = {}
-        for path in sorted(self._dir.glob("*.pub")):
-            try:
-                key = load_pem_public_key(path.read_bytes())
-            except (OSError, ValueError) as exc:
-                log.warning("unreadable token public key skipped", file=str(path), error=str(exc))
-                continue
-            if not isinstance(key, Ed25519PublicKey):
-                log.warning("token public key is not Ed25519; skipped", file=str(path))
-                continue
-            keys[path.stem] = key
-        if keys.keys() != self._keys.keys() or any(
-            keys[k].public_bytes_raw() != self._keys[k].public_bytes_raw() for k in keys
-        ):
-            log.info("token public keys loaded", key_ids=sorted(keys))
+        if self._keys.reload():
             self._verified.clear()
-        self._keys = keys
-        self._loaded_at = time.monotonic()
 
     def _key(self, kid: str) -> Ed25519PublicKey | None:
-        since = time.monotonic() - self._loaded_at
-        if since > self._reload_seconds or (
-            kid not in self._keys and since > _UNKNOWN_KID_RELOAD_SECONDS
-        ):
-            self.reload()
-        return self._keys.get(kid)
+        key, changed = self._keys.get(kid)
+        if changed:
+            self._verified.clear()
+        return key
 
     def decode(self, authorization: str | None) -> Principal:
         """Check the `Authorization: Bearer <jwt>` header's token: algorithm, key id,
         signature, issuer, audience, time claims. No Redis."""
-        if not authorization or not authorization.strip():
-            raise Unauthenticated("TOKEN_MISSING", "an access token is required")
-        scheme, _, token = authorization.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthenticated("TOKEN_INVALID", "expected 'Authorization: Bearer <token>'")
-        if len(token) > _MAX_TOKEN_LENGTH:
-            raise Unauthenticated("TOKEN_INVALID", "access token is too long")
+        token = bearer_token(authorization)
         known = self._verified.get(token)
         if known is not None and self._key(known.key_id) is not None:
             now = self._clock()
@@ -186,37 +272,18 @@ class TokenVerifier:
         return principal
 
     def _check(self, token: str) -> Principal:
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise Unauthenticated("TOKEN_INVALID", "access token is malformed") from None
-        if header.get("alg") != ALGORITHM:
-            raise Unauthenticated("TOKEN_INVALID", f"access token algorithm must be {ALGORITHM}")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise Unauthenticated("TOKEN_INVALID", "access token has no key id")
+        kid = key_id(token)
         key = self._key(kid)
         if key is None:
             raise Unauthenticated("UNKNOWN_KEY_ID", "access token is signed with an unknown key")
-        try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=[ALGORITHM],
-                audience=self._audience,
-                issuer=self._issuer,
-                leeway=self._leeway,
-                options={"require": ["exp", "iat", "sub", "sid", "iss", "aud"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise Unauthenticated("TOKEN_EXPIRED", "access token has expired") from None
-        except jwt.ImmatureSignatureError:
-            raise Unauthenticated("TOKEN_NOT_YET_VALID", "access token is not valid yet") from None
-        except jwt.PyJWTError as exc:
-            # Bad signature, wrong issuer or audience, missing or malformed claims: the
-            # client learns only that the token is unusable; the log has which check failed.
-            log.info("access token refused", reason=type(exc).__name__, kid=kid)
-            raise Unauthenticated("TOKEN_INVALID", "access token is invalid") from None
+        claims = verified_claims(
+            token,
+            key,
+            issuer=self.issuer,
+            audience=self._audience,
+            leeway=self._leeway,
+            required=("exp", "iat", "sub", "sid", "iss", "aud"),
+        )
         sub, sid, iat, exp = claims["sub"], claims["sid"], claims["iat"], claims["exp"]
         if not (isinstance(sub, str) and sub and isinstance(sid, str) and sid):
             raise Unauthenticated("TOKEN_INVALID", "access token is invalid")

@@ -40,6 +40,9 @@ ENDPOINT_CLASSES = (
 # No player token: AUTH and CATALOG are public; a PSP's webhook is authenticated by its
 # signature over the raw body, checked by the payments service.
 UNAUTHENTICATED_CLASSES = frozenset({"AUTH", "CATALOG", "PAYMENT_WEBHOOK"})
+# Classes whose operations need an operator's token (edge.operators), never a player's: the
+# back office, served on the admin listener only.
+OPERATOR_CLASSES = frozenset({"ADMIN"})
 
 # Deadline budget per class, seconds: what a client may wait at most for one request.
 DEFAULT_DEADLINES = {
@@ -92,6 +95,10 @@ class EdgeSettings:
     # The token verifier's table (edge.auth.TokenVerifierConfig: public_key_dir, issuer,
     # audience, leeway_seconds, reload_seconds).
     auth: dict[str, Any] = field(default_factory=dict)
+    # The admin listener's operator tokens (edge.operators.OperatorTokenConfig:
+    # public_key_dir, issuer, audience, leeway_seconds, reload_seconds, max_lifetime_seconds,
+    # required_roles). Left out: every admin operation is refused.
+    operator_auth: dict[str, Any] = field(default_factory=dict)
     # The rate limiter's table (edge.ratelimit.RateLimitConfig).
     ratelimit: dict[str, Any] = field(default_factory=dict)
     # Where clients are (edge.geo.GeoConfig: country_header, networks_file).

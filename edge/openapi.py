@@ -5,7 +5,8 @@ in the proto3 JSON mapping: lowerCamelCase names, 64-bit integers as decimal str
 by value name, bytes as base64, Timestamp as an RFC 3339 date-time string, Duration as
 "1.5s", wrappers as nullable scalars. Every operation names its rate-limit class
 (`x-rate-limit-class`), its deadline budget, and needs a bearer token unless its class is
-AUTH or CATALOG. Errors share one schema.
+AUTH or CATALOG: a player's, or for ADMIN operations an operator's (`operatorAuth`). Errors
+share one schema.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
-from edge.config import UNAUTHENTICATED_CLASSES
+from edge.config import OPERATOR_CLASSES, UNAUTHENTICATED_CLASSES
 from edge.transcoding import Binding
 
 _T = FieldDescriptor
@@ -256,7 +257,18 @@ def _operation(schemas: _Schemas, binding: Binding, operation_id: str) -> dict[s
             },
         },
     }
-    if cls not in UNAUTHENTICATED_CLASSES:
+    if cls in OPERATOR_CLASSES:
+        op["security"] = [{"operatorAuth": []}]
+        op["responses"]["401"] = {
+            "description": "Missing, invalid or expired operator token, or a player's token",
+            "content": {"application/json": {"schema": schemas.ref("Error")}},
+        }
+        op["responses"]["403"] = {
+            "description": "Network not served, a role the operator lacks, or another "
+            "operator named in the request",
+            "content": {"application/json": {"schema": schemas.ref("Error")}},
+        }
+    elif cls not in UNAUTHENTICATED_CLASSES:
         op["security"] = [{"bearerAuth": []}]
         op["responses"]["401"] = {
             "description": "Missing, invalid, expired or revoked access token",
@@ -307,7 +319,19 @@ def openapi_document(bindings: Sequence[Binding], title: str) -> bytes:
         "components": {
             "schemas": schemas.components,
             "securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "A player's access token from identity (Login, Refresh)",
+                },
+                "operatorAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "A back-office operator's access token from the "
+                    "operator's SSO (admin listener only)",
+                },
             },
         },
     }

@@ -242,6 +242,9 @@ def bindings_for(service_name: str) -> list[Binding]:
         cls = options_pb2.EndpointClass.Name(access.endpoint_class).removeprefix("ENDPOINT_CLASS_")
         if cls == "UNSPECIFIED":
             raise RouteConfigError(f"{method.full_name}: routed RPC without an endpoint_class")
+        if "edge" not in access.allowed_callers:
+            # Every request would end upstream in CALLER_NOT_ALLOWED: a route that cannot work.
+            raise RouteConfigError(f"{method.full_name}: routed RPC does not allow the edge")
         for rule in _rules(options.Extensions[annotations_pb2.http]):
             kind = rule.WhichOneof("pattern")
             if kind not in HTTP_METHODS:

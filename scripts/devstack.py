@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge.process import EdgeProcess  # noqa: E402
 from scripts import demo  # noqa: E402
+from scripts.operator_token import ensure_dev_key  # noqa: E402
 from services.runtime import dbsetup  # noqa: E402
 from services.runtime.process import ServiceProcess  # noqa: E402
 
@@ -92,6 +93,8 @@ async def main() -> int:
                 f"{p.service:<12} SERVING  grpc(mTLS) :{ports['port']}  "
                 f"health :{ports['health_port']}  metrics :{ports['metrics_port']}"
             )
+        # The operator SSO's development signing key: the admin listener trusts its .pub.
+        ensure_dev_key()
         edge.start()
         edge_ports = edge.wait_started()
         await asyncio.to_thread(edge.wait_ready)

@@ -1,5 +1,10 @@
 """Caller authorisation read from the contract: the `casino.common.v1.access` option of each
-RPC names the service identities allowed to call it."""
+RPC names the service identities allowed to call it.
+
+The edge is one caller with two kinds of principal: players on its public listener, back-office
+operators on its admin listener. An ADMIN RPC listing `edge` is open to it only for an operator
+it authenticated (named in x-casino-operator-id), so a player's token can never reach one; and
+the edge names an operator on ADMIN RPCs only."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from dataclasses import dataclass
 from google.protobuf.descriptor import ServiceDescriptor
 
 from casino.common.v1 import options_pb2
+from services.runtime.call import EDGE_IDENTITY
 from services.runtime.identity import SERVICE_NAMES
 
 
@@ -21,8 +27,18 @@ class MethodAccess:
     allowed_callers: frozenset[str]
     endpoint_class: int  # casino.common.v1.EndpointClass
 
-    def allows(self, caller: str | None) -> bool:
-        return caller is not None and caller in self.allowed_callers
+    @property
+    def admin(self) -> bool:
+        return self.endpoint_class == options_pb2.ENDPOINT_CLASS_ADMIN
+
+    def allows(self, caller: str | None, *, operator: bool = False) -> bool:
+        """Whether `caller` may call this RPC; `operator`: the call names an operator the edge
+        authenticated."""
+        if caller is None or caller not in self.allowed_callers:
+            return False
+        if caller == EDGE_IDENTITY:
+            return operator == self.admin
+        return not operator
 
 
 def method_path(service: ServiceDescriptor, method_name: str) -> str:

@@ -22,6 +22,11 @@ CLIENT_ADDRESS_METADATA = "x-casino-client-ip"
 # The country the edge located the client in (ISO 3166-1 alpha-2; believed only from the
 # edge): where the request comes from, as the platform determined it, not as the client says.
 CLIENT_COUNTRY_METADATA = "x-casino-client-country"
+# The back-office operator the edge authenticated on its admin listener (their operator token's
+# subject), and their roles (comma-separated). Believed only from the edge, and only on ADMIN
+# RPCs: the runtime lets the edge call an ADMIN RPC only when it names an operator.
+OPERATOR_METADATA = "x-casino-operator-id"
+OPERATOR_ROLES_METADATA = "x-casino-operator-roles"
 EDGE_IDENTITY = "edge"
 
 
@@ -34,6 +39,10 @@ class CallInfo:
     # The player the edge authenticated for this call (x-casino-player-id from the edge);
     # None for calls from other services and for the edge's unauthenticated calls.
     player_id: str | None = None
+    # The operator the edge authenticated on its admin listener (x-casino-operator-id from the
+    # edge) and their roles; None and empty for every other call.
+    operator_id: str | None = None
+    operator_roles: frozenset[str] = frozenset()
 
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -85,14 +94,47 @@ def require_player(player_id: str) -> None:
     """Refuse a call that came through the edge unless it was authenticated as `player_id`.
 
     Calls from other services pass: they are trusted by their certificate and their
-    contract's allowed_callers, and act for whichever player their own logic says. A call
-    from the edge without a player (an unauthenticated class) is refused too: a public
+    contract's allowed_callers, and act for whichever player their own logic says. So does an
+    operator's call through the edge's admin listener: the back office acts on any player. A
+    call from the edge without a player (an unauthenticated class) is refused too: a public
     handler that names a player is only ever a player's own."""
     call = _current.get()
     if call is None or call.caller is None:
         raise RuntimeError("require_player() used outside an authorised RPC")
-    if call.caller == EDGE_IDENTITY and call.player_id != player_id:
+    if call.caller == EDGE_IDENTITY and call.operator_id is None and call.player_id != player_id:
         raise PlayerMismatch(player_id, call.method)
+
+
+class OperatorMismatch(DomainError):
+    """PERMISSION_DENIED: an operator's call through the edge recording another operator."""
+
+    code = Code.PERMISSION_DENIED
+
+    def __init__(self, operator_id: str, rpc: str) -> None:
+        super().__init__(
+            "OPERATOR_MISMATCH",
+            "an operator may record only themselves as the operator of a change",
+            {"operator_id": operator_id, "rpc": rpc},
+        )
+
+
+def require_operator(operator_id: str) -> None:
+    """Refuse a call through the edge unless `operator_id` (the operator a request records)
+    is the operator the edge authenticated (empty when it authenticated none). Calls from
+    services (the back-office service included) pass: they name the operator on their own
+    authority.
+
+    The runtime applies this before the handler to every request with a top-level
+    `operator_id` field; a handler recording an operator from elsewhere calls it itself."""
+    call = _current.get()
+    if call is None or call.caller is None:
+        raise RuntimeError("require_operator() used outside an authorised RPC")
+    if call.caller != EDGE_IDENTITY:
+        return
+    # Through the edge the recorded operator is the authenticated one, and a player's call
+    # (no operator) records none.
+    if operator_id != (call.operator_id or ""):
+        raise OperatorMismatch(operator_id, call.method)
 
 
 def from_edge(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:

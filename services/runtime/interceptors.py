@@ -24,10 +24,13 @@ from services.runtime import metrics
 from services.runtime.access import MethodAccess
 from services.runtime.call import (
     EDGE_IDENTITY,
+    OPERATOR_METADATA,
+    OPERATOR_ROLES_METADATA,
     PLAYER_METADATA,
     CallInfo,
     enter_call,
     leave_call,
+    require_operator,
 )
 from services.runtime.errors import DependencyUnavailable, DomainError, Overloaded
 from services.runtime.identity import service_from_spiffe_id
@@ -82,37 +85,73 @@ class _RpcScope:
         self.code = grpc.StatusCode.OK
         self.token: contextvars.Token[CallInfo | None] | None = None
 
-    async def __aenter__(self) -> CallInfo:
+    async def __aenter__(self) -> _RpcScope:
         caller = peer_service(self.context)
         remaining = self.context.time_remaining()
-        players = [
-            value
-            for key, value in self.context.invocation_metadata() or ()
-            if key == PLAYER_METADATA
-        ]
+        metadata = self.context.invocation_metadata() or ()
+        players = [str(value) for key, value in metadata if key == PLAYER_METADATA]
+        operators = [str(value) for key, value in metadata if key == OPERATOR_METADATA]
+        roles = [str(value) for key, value in metadata if key == OPERATOR_ROLES_METADATA]
+        from_edge = caller == EDGE_IDENTITY
+        operator = operators[0] if from_edge and len(operators) == 1 and operators[0] else None
         self.info = CallInfo(
             service=self.service,
             method=self.access.method,
             caller=caller,
             deadline=None if remaining is None else time.monotonic() + remaining,
-            player_id=str(players[0]) if len(players) == 1 and caller == EDGE_IDENTITY else None,
+            player_id=players[0] if len(players) == 1 and from_edge else None,
+            operator_id=operator,
+            operator_roles=frozenset(
+                r for r in (roles[0].split(",") if operator and roles else ()) if r
+            ),
         )
         self.token = enter_call(self.info)
         self.log = log.bind(rpc=self.access.method, caller=caller)
+        if operator is not None:
+            # Who in the back office did it: on every line of the call, the access line too.
+            self.log = self.log.bind(operator=operator)
         self.started = time.perf_counter()
         metrics.RPC_STARTED.labels(self.grpc_service, self.grpc_method).inc()
-        if not self.access.allows(caller):
-            await self._deny(
-                f"caller {caller or 'without a platform identity'} may not call this RPC"
-            )
-        elif players and caller != EDGE_IDENTITY:
-            # Only the edge authenticates players. Another service naming one is refused,
-            # not ignored: a service that forwards the header would otherwise believe it
-            # was acting for that player while the callee silently treats it as itself.
-            await self._deny(f"caller {caller} may not name a player in {PLAYER_METADATA}")
+        if not self.access.allows(caller, operator=from_edge and bool(operators)):
+            await self._deny(self._not_allowed(caller, bool(operators)))
+        elif not from_edge and (players or operators or roles):
+            # Only the edge authenticates players and operators. Another service naming one
+            # is refused, not ignored: a service that forwards the header would otherwise
+            # believe it was acting for that player while the callee silently treats it as
+            # itself.
+            named = PLAYER_METADATA if players else OPERATOR_METADATA
+            await self._deny(f"caller {caller} may not name a player or operator in {named}")
         elif len(players) > 1 or (players and not players[0]):
             await self._deny(f"{PLAYER_METADATA} must carry exactly one non-empty player id")
-        return self.info
+        elif (operators or roles) and (operator is None or len(roles) > 1):
+            await self._deny(
+                f"{OPERATOR_METADATA} must carry exactly one non-empty operator id, "
+                f"{OPERATOR_ROLES_METADATA} at most one list"
+            )
+        elif players and operators:
+            await self._deny("a call is made for a player or by an operator, never both")
+        return self
+
+    def _not_allowed(self, caller: str | None, names_operator: bool) -> str:
+        if caller == EDGE_IDENTITY and self.access.admin:
+            return (
+                "the edge may call this back-office RPC only for an operator it authenticated "
+                f"({OPERATOR_METADATA})"
+            )
+        if caller == EDGE_IDENTITY and names_operator:
+            return f"the edge names an operator ({OPERATOR_METADATA}) on back-office RPCs only"
+        return f"caller {caller or 'without a platform identity'} may not call this RPC"
+
+    def check_request(self, request: Any) -> None:
+        """Rules on the request itself, before the handler: a request recording an operator
+        (a top-level `operator_id` field) through the edge records the authenticated one.
+        Other callers name the operator on their own authority (and pay nothing for this)."""
+        if self.info.caller != EDGE_IDENTITY:
+            return
+        descriptor = getattr(request, "DESCRIPTOR", None)
+        field = descriptor.fields_by_name.get("operator_id") if descriptor is not None else None
+        if field is not None and field.type == field.TYPE_STRING and not field.is_repeated:
+            require_operator(request.operator_id)
 
     async def _deny(self, message: str) -> NoReturn:
         caller = self.info.caller
@@ -198,7 +237,8 @@ class RuntimeServerInterceptor(grpc.aio.ServerInterceptor):
             uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with _RpcScope(service, access, context, access_log):
+                async with _RpcScope(service, access, context, access_log) as scope:
+                    scope.check_request(request)
                     return await uu(request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, des, ser)
@@ -206,7 +246,8 @@ class RuntimeServerInterceptor(grpc.aio.ServerInterceptor):
             us = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with _RpcScope(service, access, context, access_log):
+                async with _RpcScope(service, access, context, access_log) as scope:
+                    scope.check_request(request)
                     async for item in us(request, context):
                         yield item
 

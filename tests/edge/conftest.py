@@ -1,10 +1,12 @@
 """A running edge process in front of real service processes (echo, wallet), over real HTTP,
-with access tokens minted here from an Ed25519 key pair in a temp dir, and an in-process
-gRPC stand-in of the echo contract that fails on request (the error-mapping rows)."""
+with players' access tokens and back-office operators' tokens minted here from Ed25519 key
+pairs in temp dirs (as identity and the operator's SSO mint them), and an in-process gRPC
+stand-in of the echo contract that fails on request (the error-mapping rows)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +33,11 @@ from tests.wallet.conftest import wallet_extra
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 KID = "edge-test-1"
+OPERATOR_KID = "sso-test-1"
+# The admin listener serves 10.0.0.0/8 only; the test client (loopback) is its trusted proxy.
+BACK_OFFICE = {"X-Forwarded-For": "10.1.2.3"}
+# Roles the test edges require per admin operation (others: any operator).
+REQUIRED_ROLES = {"casino.wallet.v1.WalletService/AdjustBalance": ["wallet-adjuster"]}
 
 
 @dataclass(frozen=True)
@@ -59,16 +66,74 @@ class TokenMinter:
         return {"Authorization": f"Bearer {self.token(player_id)}"}
 
 
-@pytest.fixture(scope="session")
-def tokens(tmp_path_factory: pytest.TempPathFactory) -> TokenMinter:
-    folder = tmp_path_factory.mktemp("jwt")
-    key = Ed25519PrivateKey.generate()
-    (folder / f"{KID}.pub").write_bytes(
+def _write_public_key(path: Path, key: Ed25519PrivateKey) -> None:
+    path.write_bytes(
         key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
+
+
+@pytest.fixture(scope="session")
+def tokens(tmp_path_factory: pytest.TempPathFactory) -> TokenMinter:
+    folder = tmp_path_factory.mktemp("jwt")
+    key = Ed25519PrivateKey.generate()
+    _write_public_key(folder / f"{KID}.pub", key)
     return TokenMinter(folder, key)
+
+
+@dataclass(frozen=True)
+class OperatorMinter:
+    """Signs back-office operators' tokens the way the operator's SSO does (EdDSA, its own
+    kid, issuer and audience, the operator's roles)."""
+
+    key_dir: Path
+    key: Ed25519PrivateKey
+
+    def token(
+        self,
+        operator_id: str,
+        roles: tuple[str, ...] = ("finance",),
+        *,
+        ttl: int = 300,
+        kid: str = OPERATOR_KID,
+        key: Ed25519PrivateKey | None = None,
+        **claims: object,
+    ) -> str:
+        now = int(time.time())
+        payload = {
+            "iss": "casino-operator-sso",
+            "aud": "casino-admin",
+            "sub": operator_id,
+            "roles": list(roles),
+            "jti": uuid.uuid4().hex,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl,
+            **claims,
+        }
+        return jwt.encode(payload, key or self.key, algorithm="EdDSA", headers={"kid": kid})
+
+    def bearer(self, operator_id: str, roles: tuple[str, ...] = ("finance",)) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(operator_id, roles)}"}
+
+
+@pytest.fixture(scope="session")
+def operators(tmp_path_factory: pytest.TempPathFactory) -> OperatorMinter:
+    folder = tmp_path_factory.mktemp("operator-jwt")
+    key = Ed25519PrivateKey.generate()
+    _write_public_key(folder / f"{OPERATOR_KID}.pub", key)
+    return OperatorMinter(folder, key)
+
+
+def operator_auth(key_dir: Path, required_roles: dict[str, list[str]] | None = None) -> str:
+    """The [edge.operator_auth] tables of a test edge."""
+    roles = REQUIRED_ROLES if required_roles is None else required_roles
+    lines = "".join(f'"{rpc}" = {json.dumps(names)}\n' for rpc, names in roles.items())
+    return (
+        f'[edge.operator_auth]\npublic_key_dir = "{key_dir}"\n'
+        f"[edge.operator_auth.required_roles]\n{lines}"
+    )
 
 
 HIGH_LIMITS = """
@@ -102,12 +167,14 @@ def edge_config(
     max_body_bytes: int = 4096,
     limits: str = HIGH_LIMITS,
     redis_url: str = REDIS_URL,
+    operator_key_dir: Path | None = None,
 ) -> Path:
     """An edge config: every listener on a free loopback port; the admin listener only for
     `admin_networks` (loopback is not among them), believing X-Forwarded-For only from
     `admin_trusted_proxies` (the test client's loopback address plays the load balancer); a
     rate-limit key prefix of its own so runs never share budgets; high limits (unless
-    `limits` says otherwise) so routing tests are never limited."""
+    `limits` says otherwise) so routing tests are never limited; operators' tokens from the
+    keys of `operator_key_dir` (none: the admin listener authenticates no one)."""
     upstream_tables = "".join(
         f'[upstreams.{name}]\ntarget = "127.0.0.1:{port}"\nservice = "{service}"\n'
         for name, (port, service) in upstreams.items()
@@ -148,6 +215,7 @@ trusted_proxies = [{proxies}]
 CATALOG = {catalog_deadline}
 [edge.auth]
 public_key_dir = "{key_dir}"
+{operator_auth(operator_key_dir) if operator_key_dir else ""}
 [edge.ratelimit]
 key_prefix = "edge-test-{uuid.uuid4().hex}"
 {limits}
@@ -191,10 +259,18 @@ def edge(
     tmp_path_factory: pytest.TempPathFactory,
     pki: Pki,
     tokens: TokenMinter,
+    operators: OperatorMinter,
     edge_services: dict[str, ServiceProcess],
 ) -> Iterator[EdgeProcess]:
-    """The edge in front of the real echo and wallet."""
-    process = start_edge_for(tmp_path_factory.mktemp("edge"), pki, tokens, edge_services)
+    """The edge in front of the real echo and wallet, authenticating `operators` on its admin
+    listener."""
+    process = start_edge_for(
+        tmp_path_factory.mktemp("edge"),
+        pki,
+        tokens,
+        edge_services,
+        operator_key_dir=operators.key_dir,
+    )
     yield process
     process.terminate()
 

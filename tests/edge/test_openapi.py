@@ -7,6 +7,9 @@ from typing import Any
 
 import httpx
 
+from edge.process import EdgeProcess
+from tests.edge.conftest import BACK_OFFICE
+
 
 async def _document(http: httpx.AsyncClient) -> dict[str, Any]:
     reply = await http.get("/openapi.json")
@@ -59,11 +62,22 @@ async def test_authenticated_operations_need_a_bearer_token(http: httpx.AsyncCli
     assert balance["security"] == [{"bearerAuth": []}]
     assert balance["x-rate-limit-class"] == "PLAYER_WALLET"
     assert "401" in balance["responses"]
-    assert doc["components"]["securitySchemes"]["bearerAuth"] == {
+    scheme = doc["components"]["securitySchemes"]["bearerAuth"]
+    assert {k: scheme[k] for k in ("type", "scheme", "bearerFormat")} == {
         "type": "http",
         "scheme": "bearer",
         "bearerFormat": "JWT",
     }
+
+
+async def test_admin_operations_need_an_operator_token(edge: EdgeProcess) -> None:
+    async with httpx.AsyncClient(base_url=edge.url("admin"), timeout=10) as admin:
+        doc = (await admin.get("/openapi.json", headers=BACK_OFFICE)).json()
+    reconcile = doc["paths"]["/v1/admin/wallet:reconcile"]["post"]
+    assert reconcile["x-rate-limit-class"] == "ADMIN"
+    assert reconcile["security"] == [{"operatorAuth": []}]
+    assert "player" in reconcile["responses"]["401"]["description"]
+    assert doc["components"]["securitySchemes"]["operatorAuth"]["scheme"] == "bearer"
 
 
 async def test_schemas_follow_the_proto3_json_mapping(http: httpx.AsyncClient) -> None:

@@ -86,7 +86,9 @@ def test_every_annotated_public_rpc_is_routed_once() -> None:
     ]
 
 
-def _service_with(rule: str, *, endpoint_class: int = 3) -> str:
+def _service_with(
+    rule: str, *, endpoint_class: int = 3, allowed_callers: tuple[str, ...] = ("edge",)
+) -> str:
     """A throwaway service in its own pool file whose one RPC carries `rule`."""
     from google.api import annotations_pb2
     from google.protobuf import text_format
@@ -107,6 +109,7 @@ def _service_with(rule: str, *, endpoint_class: int = 3) -> str:
     )
     text_format.Parse(rule, method.options.Extensions[annotations_pb2.http])
     method.options.Extensions[options_pb2.access].endpoint_class = endpoint_class  # type: ignore[assignment]
+    method.options.Extensions[options_pb2.access].allowed_callers.extend(allowed_callers)
     descriptor_pool.Default().Add(file)
     return f"{name}.Svc"
 
@@ -131,6 +134,14 @@ def test_a_routed_rpc_needs_an_endpoint_class() -> None:
     load_contracts()
     with pytest.raises(RouteConfigError):
         bindings_for(_service_with('get: "/v1/things"', endpoint_class=0))
+
+
+def test_a_routed_rpc_must_allow_the_edge() -> None:
+    # Its every request would end upstream in CALLER_NOT_ALLOWED (as the admin routes did
+    # while their RPCs allowed only the back-office service): refused when the edge starts.
+    load_contracts()
+    with pytest.raises(RouteConfigError, match="does not allow the edge"):
+        bindings_for(_service_with('get: "/v1/things"', allowed_callers=("backoffice",)))
 
 
 def test_path_variables_fill_their_field_and_the_query_cannot_rebind_it() -> None:

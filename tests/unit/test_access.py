@@ -5,6 +5,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 
 from casino.common.v1 import options_pb2
 from casino.echo.v1 import echo_pb2
+from casino.wallet.v1 import wallet_pb2
 from services.runtime.access import ContractError, access_policies
 
 
@@ -42,3 +43,20 @@ def test_unknown_identity_in_allowed_callers_is_a_contract_error() -> None:
     options.Extensions[options_pb2.access].allowed_callers.append("walet")
     with pytest.raises(ContractError, match="unknown caller"):
         access_policies(_service(options, "t2"))
+
+
+def test_the_edge_reaches_an_admin_rpc_only_for_an_operator() -> None:
+    policies = access_policies(wallet_pb2.DESCRIPTOR.services_by_name["WalletService"])
+    reconcile = policies["/casino.wallet.v1.WalletService/Reconcile"]
+    balance = policies["/casino.wallet.v1.WalletService/GetBalance"]
+    assert reconcile.admin and not balance.admin
+    # The edge: an admin RPC for an operator it authenticated, never without one (a player's
+    # call); a player's RPC never for an operator.
+    assert reconcile.allows("edge", operator=True)
+    assert not reconcile.allows("edge")
+    assert balance.allows("edge")
+    assert not balance.allows("edge", operator=True)
+    # The back office and reporting call directly, as ever; naming an operator is not theirs.
+    assert reconcile.allows("backoffice") and reconcile.allows("reporting")
+    assert not reconcile.allows("backoffice", operator=True)
+    assert not reconcile.allows("games")

@@ -51,6 +51,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     for no player at all): a player may act only on their own data. Metadata: player_id
     (the request's), rpc.
     """
+    OPERATOR_MISMATCH: _ErrorReason.ValueType  # 11
+    """An operator's call through the edge's admin listener records another operator (e.g. an
+    adjustment's operator_id): an operator acts only as themselves. Metadata: operator_id
+    (the request's), rpc.
+    """
     INSUFFICIENT_FUNDS: _ErrorReason.ValueType  # 100
     """Wallet.
     Not enough available balance. Metadata: available_minor, posted_minor, reserved_minor,
@@ -115,6 +120,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     RATE_LIMITED: _ErrorReason.ValueType  # 406
     """Over the endpoint class's rate limit; the Retry-After header says when to retry.
     Metadata: policy, retry_after.
+    """
+    OPERATOR_TOKEN_REQUIRED: _ErrorReason.ValueType  # 407
+    """The admin listener accepts operator tokens only (from the operator's SSO), and this is a
+    player's token (401).
+    """
+    OPERATOR_ROLE_REQUIRED: _ErrorReason.ValueType  # 408
+    """The operator holds none of the roles the operation needs (403). Metadata: required_roles
+    (comma-separated).
     """
     ROUTE_NOT_FOUND: _ErrorReason.ValueType  # 450
     """Edge: routing and transcoding (450+). Each is answered by the edge; nothing was called.
@@ -226,6 +239,11 @@ PLAYER_MISMATCH: ErrorReason.ValueType  # 10
 for no player at all): a player may act only on their own data. Metadata: player_id
 (the request's), rpc.
 """
+OPERATOR_MISMATCH: ErrorReason.ValueType  # 11
+"""An operator's call through the edge's admin listener records another operator (e.g. an
+adjustment's operator_id): an operator acts only as themselves. Metadata: operator_id
+(the request's), rpc.
+"""
 INSUFFICIENT_FUNDS: ErrorReason.ValueType  # 100
 """Wallet.
 Not enough available balance. Metadata: available_minor, posted_minor, reserved_minor,
@@ -290,6 +308,14 @@ this token was issued: log in again.
 RATE_LIMITED: ErrorReason.ValueType  # 406
 """Over the endpoint class's rate limit; the Retry-After header says when to retry.
 Metadata: policy, retry_after.
+"""
+OPERATOR_TOKEN_REQUIRED: ErrorReason.ValueType  # 407
+"""The admin listener accepts operator tokens only (from the operator's SSO), and this is a
+player's token (401).
+"""
+OPERATOR_ROLE_REQUIRED: ErrorReason.ValueType  # 408
+"""The operator holds none of the roles the operation needs (403). Metadata: required_roles
+(comma-separated).
 """
 ROUTE_NOT_FOUND: ErrorReason.ValueType  # 450
 """Edge: routing and transcoding (450+). Each is answered by the edge; nothing was called.

@@ -83,7 +83,9 @@ class MethodAccess(_message.Message):
     def allowed_callers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Service identities allowed to call this RPC: the <name> in the caller certificate's
         SPIFFE ID spiffe://casino.local/svc/<name>. Any other caller gets PERMISSION_DENIED
-        with reason CALLER_NOT_ALLOWED. An empty list allows no one.
+        with reason CALLER_NOT_ALLOWED. An empty list allows no one. On an ENDPOINT_CLASS_ADMIN
+        RPC, "edge" is allowed only for a back-office operator the edge authenticated on its
+        admin listener (x-casino-operator-id); the edge names an operator on ADMIN RPCs only.
         """
 
     def __init__(

@@ -721,6 +721,10 @@ class AdjustBalanceRequest(_message.Message):
     player_id: _builtins.str
     reason: _builtins.str
     operator_id: _builtins.str
+    """Who made the correction. Through the edge's admin listener it is the operator of the
+    access token: left empty, the edge fills it in; another operator is refused
+    (PERMISSION_DENIED / OPERATOR_MISMATCH).
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """Signed: positive credits, negative debits (never below the available balance)."""

@@ -181,7 +181,8 @@ class WalletServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AdjustBalance(self, request, context):
-        """Back-office correction with a mandatory reason and operator identity.
+        """Back-office correction with a mandatory reason and operator identity. The edge may call
+        it (and Reconcile) only for an operator it authenticated on its admin listener.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -64,7 +64,9 @@ class WalletServiceStub:
     arriving later is refused (BET_ROLLED_BACK). Never needs a live player session.
     """
     AdjustBalance: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.AdjustBalanceRequest, _wallet_pb2.AdjustBalanceResponse]
-    """Back-office correction with a mandatory reason and operator identity."""
+    """Back-office correction with a mandatory reason and operator identity. The edge may call
+    it (and Reconcile) only for an operator it authenticated on its admin listener.
+    """
     ListTransactions: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ListTransactionsRequest, _wallet_pb2.ListTransactionsResponse]
     """A player's transactions, newest first (AIP-158 paging)."""
     Reconcile: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ReconcileRequest, _wallet_pb2.ReconcileResponse]
@@ -108,7 +110,9 @@ class WalletServiceAsyncStub(WalletServiceStub):
     arriving later is refused (BET_ROLLED_BACK). Never needs a live player session.
     """
     AdjustBalance: _aio.UnaryUnaryMultiCallable[_wallet_pb2.AdjustBalanceRequest, _wallet_pb2.AdjustBalanceResponse]  # type: ignore[assignment]
-    """Back-office correction with a mandatory reason and operator identity."""
+    """Back-office correction with a mandatory reason and operator identity. The edge may call
+    it (and Reconcile) only for an operator it authenticated on its admin listener.
+    """
     ListTransactions: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ListTransactionsRequest, _wallet_pb2.ListTransactionsResponse]  # type: ignore[assignment]
     """A player's transactions, newest first (AIP-158 paging)."""
     Reconcile: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ReconcileRequest, _wallet_pb2.ReconcileResponse]  # type: ignore[assignment]
@@ -209,7 +213,9 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _wallet_pb2.AdjustBalanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_pb2.AdjustBalanceResponse, _abc.Awaitable[_wallet_pb2.AdjustBalanceResponse]]:
-        """Back-office correction with a mandatory reason and operator identity."""
+        """Back-office correction with a mandatory reason and operator identity. The edge may call
+        it (and Reconcile) only for an operator it authenticated on its admin listener.
+        """
 
     @_abc_1.abstractmethod
     def ListTransactions(
