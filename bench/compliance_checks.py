@@ -160,6 +160,8 @@ async def main() -> None:
         extra = f"""
 [compliance]
 register_url = "http://127.0.0.1:9"
+# Every jurisdiction's currency needs its rate (the CDD threshold is EUR 2,000).
+fx_to_eur = {{ EUR = "1", GBP = "1.17" }}
 register_api_key_file = "{key}"
 signing_key_file = "{tmp / "verdict.key"}"
 public_key_file = "{tmp / "verdict.pub"}"

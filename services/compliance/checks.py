@@ -59,6 +59,8 @@ STATE_CACHE = Counter(
 SCHEMA = "compliance"
 # Actions whose allowed amount counts against limits (and the CDD threshold).
 _COUNTED = {Action.DEPOSIT: "DEPOSIT", Action.BET: "BET"}
+# Actions the CDD threshold applies to (their verdicts record it, in the player's currency).
+_CDD_ACTIONS = frozenset({Action.DEPOSIT, Action.WITHDRAWAL})
 # How often a batch is decided again when a retried check raced its original (each time,
 # the original has committed: a second attempt finds it, more only under repeated races).
 _RACED_ATTEMPTS = 3
@@ -373,7 +375,7 @@ class ActionChecks:
                     and not state.cdd_required
                     and request.player_id not in cdd_players
                     and rules.crosses_cdd_threshold(
-                        request.action, request.amount_minor, totals, config
+                        request.action, request.amount_minor, totals, policy.cdd_threshold_minor
                     )
                 )
                 if cdd:
@@ -387,6 +389,11 @@ class ActionChecks:
                     inputs={
                         **_inputs(request, cached, totals, cdd, gated_here),
                         **policy.inputs(),
+                        **(
+                            {"cdd_threshold_minor": policy.cdd_threshold_minor}
+                            if request.action in _CDD_ACTIONS
+                            else {}
+                        ),
                     },
                     config_version=config.version,
                     caller=request.caller,

@@ -88,20 +88,19 @@ class Compliance:
     def __init__(
         self,
         engine: AsyncEngine,
-        config: ComplianceConfig,
         register: NationalRegister,
         encode_excluded: EncodeExcluded,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         *,
-        policy: Policy | None = None,
+        policy: Policy,
     ) -> None:
         self._engine = engine
         self._register = register
         self._encode_excluded = encode_excluded
         self._now = clock
-        # Per-jurisdiction configuration and rule flags (default: `config` everywhere, every
-        # flagged rule at its registry default).
-        self.policy = policy or Policy(config, {})
+        # Per-jurisdiction configuration (with its CDD threshold in its currency) and rule
+        # flags.
+        self.policy = policy
         # Deposit, bet, withdrawal and game-launch checks: batched, with cached state.
         self.checks = ActionChecks(engine, self.policy, clock)
 

@@ -1,4 +1,5 @@
-"""Exact conversion of money to EUR minor units for AML thresholds, with configured rates.
+"""Exact conversion of money to EUR minor units for AML thresholds, with configured rates,
+and of EUR thresholds into a jurisdiction's currency for the money-path checks.
 
 A rate is the price of one major unit of the currency in EUR, as a decimal string ("1.17"
 for GBP): no float ever touches an amount. A currency without a configured rate, or not in
@@ -7,8 +8,10 @@ the exponent table, is an error: monitoring never guesses a rate."""
 from __future__ import annotations
 
 import decimal
+import math
 from collections.abc import Mapping
 from decimal import ROUND_HALF_EVEN, Decimal
+from fractions import Fraction
 
 # ISO 4217 minor-unit exponents of the currencies monitoring supports.
 MINOR_UNIT_EXPONENT: dict[str, int] = {
@@ -73,3 +76,13 @@ class EurConverter:
         shift = _EUR_EXPONENT - MINOR_UNIT_EXPONENT[currency]
         exact = _CONTEXT.multiply(Decimal(amount_minor), rate).scaleb(shift, _CONTEXT)
         return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_EVEN, context=_CONTEXT))
+
+    def from_eur_minor(self, eur_minor: int, currency: str) -> int:
+        """`eur_minor` EUR minor units in minor units of `currency`, rounded down (exactly,
+        in rationals): a threshold converted this way is never looser than in EUR, since
+        any amount worth the EUR threshold or more reaches it."""
+        rate = self._rates.get(currency)
+        if rate is None:
+            raise UnconvertibleCurrency(currency)
+        shift = MINOR_UNIT_EXPONENT[currency] - _EUR_EXPONENT
+        return math.floor(Fraction(eur_minor) * Fraction(10) ** shift / Fraction(rate))

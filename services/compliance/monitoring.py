@@ -126,7 +126,8 @@ class Monitoring:
             if not await store.mark_event_processed(conn, event.event_id):
                 return False
             # The player's row lock serialises this with checks and with the player's other
-            # events, so the rules see every earlier activity and gates change in order.
+            # events, so the rules see every activity recorded before and gates change in
+            # order.
             state = await store.player(conn, event.player_id, lock=True)
             await store.record_activity(
                 conn,
@@ -140,8 +141,10 @@ class Monitoring:
                 log.warning("wallet event for an unknown player", player_id=event.player_id)
                 return True
             await self._count_usage(conn, state, event)
-            recent = await store.recent_activity(
-                conn, event.player_id, event.at - self._config.lookback
+            # Both sides of the event: it may arrive after activity later than itself.
+            lookback = self._config.lookback
+            recent = await store.activity_between(
+                conn, event.player_id, event.at - lookback, event.at + lookback
             )
             player_id, country = state.player_id, state.country
             findings = aml.evaluate(

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from services.compliance.aml import cdd_threshold_reached
 from services.runtime.errors import DomainError, InvalidArgument
 
-RULE_VERSION = "compliance-rules/2026.11.2"
+RULE_VERSION = "compliance-rules/2026.11.3"
 
 
 class Action(enum.StrEnum):
@@ -71,8 +71,11 @@ class ComplianceConfig:
     slot_stake_cap_minor: int = 500
     young_adult_slot_stake_cap_minor: int = 200
     young_adult_max_age: int = 24
-    # Customer due diligence: single or linked (rolling 24 h) deposits at or above this.
-    cdd_threshold_minor: int = 200_000
+    # Customer due diligence: single or linked (rolling 24 h) deposits worth this many EUR
+    # minor units or more (MLR 2017 reg. 27, the EU directive's EUR 2,000 for casinos), in
+    # EUR whatever `currency` is: the checks compare in `currency`, the threshold converted
+    # at the configured fx_to_eur rate and rounded down (never looser than in EUR).
+    cdd_threshold_eur_minor: int = 200_000
     # Reality checks (RTS 13): the interval a player may choose, the default when they have
     # not, and how old a game session's start may be when its check data is asked for.
     reality_check_default_minutes: int = 60
@@ -420,14 +423,15 @@ def crosses_cdd_threshold(
     action: Action,
     amount_minor: int,
     usage: UsageTotals,
-    config: ComplianceConfig,
+    threshold_minor: int,
 ) -> bool:
     """A withdrawal reaching the customer-due-diligence threshold alone, or a deposit
     reaching it alone or taking the linked deposits (the last 24 h's since the last CDD
     clearance) from under it to at or over it: the rule monitoring applies to wallet
     activity (aml.cdd_threshold_reached), so the gate trips once per crossing and an
-    explicit clearance restarts the count."""
-    threshold = config.cdd_threshold_minor
+    explicit clearance restarts the count. `threshold_minor` is in the currency of the
+    amounts (the jurisdiction's: policy.PlayerPolicy.cdd_threshold_minor)."""
+    threshold = threshold_minor
     if action is Action.WITHDRAWAL:
         return cdd_threshold_reached(amount_minor, 0, threshold)
     if action is Action.DEPOSIT:

@@ -20,9 +20,9 @@ from casino.compliance.v1 import compliance_pb2_grpc, events_pb2
 from services.compliance import flags, rules
 from services.compliance.aml import AmlAlert, AmlConfig
 from services.compliance.cases import AmlCases
-from services.compliance.decisions import Compliance, Recorded
+from services.compliance.decisions import SCHEMA, Compliance, Recorded
 from services.compliance.flags import RuleFlags
-from services.compliance.fx import EurConverter
+from services.compliance.fx import EurConverter, UnconvertibleCurrency
 from services.compliance.monitoring import BINDING as MONITORED_EVENTS
 from services.compliance.monitoring import Monitoring
 from services.compliance.monitoring import handler as monitoring_handler
@@ -31,6 +31,7 @@ from services.compliance.register import SelfExclusionRegister
 from services.compliance.rules import ComplianceConfig
 from services.runtime import verdict_log
 from services.runtime.call import authenticated_caller, require_player
+from services.runtime.checkpoints import ChainCheckpointer
 from services.runtime.config import ConfigError, domain_config
 from services.runtime.consumer import EventConsumer
 from services.runtime.errors import InvalidArgument
@@ -52,6 +53,10 @@ class ComplianceSettings:
     signing_key_file: Path = Path(".dev/secrets/verdict-signing.key")
     public_key_file: Path = Path(".dev/secrets/verdict-signing.pub")
     checkpoint_dir: Path = Path(".dev/checkpoints")
+    # A signed checkpoint of the verdict log's head this often when the head moved (0: only
+    # when VerifyVerdictLog or the CLI runs). Without a recent one, a superuser bypassing the
+    # triggers could cut the log's tail and move the head back unnoticed.
+    checkpoint_interval_seconds: float = 60.0
     outbox_relay: bool = True
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # Published events are kept in the outbox this long, then pruned.
@@ -66,8 +71,10 @@ class ComplianceSettings:
     monitoring_queue: str = "compliance.monitoring"
     monitoring_prefetch: int = 32
     aml: AmlConfig = field(default_factory=AmlConfig)
-    # Price of one major unit of each currency in EUR, as decimal strings. A currency
-    # without a rate is never guessed: its events are dead-lettered.
+    # Price of one major unit of each currency in EUR, as decimal strings, for AML amounts
+    # and the CDD threshold (configured in EUR) in each jurisdiction's currency. Never
+    # guessed: every jurisdiction's currency needs one (the service refuses to start
+    # without), and a wallet event in a currency without one is dead-lettered.
     fx_to_eur: dict[str, str] = field(default_factory=lambda: {"EUR": "1"})
     # Per jurisdiction, by ISO 3166-1 alpha-2 country of residence; a player from a country
     # not listed here lives under `rules`. Each table starts from the UKGC defaults of
@@ -79,6 +86,28 @@ class ComplianceSettings:
     def __post_init__(self) -> None:
         if self.usage_retention_days < 35:
             raise ConfigError("compliance.usage_retention_days must be at least 35 (limits)")
+        if self.checkpoint_interval_seconds < 0:
+            raise ConfigError("compliance.checkpoint_interval_seconds must be 0 (off) or more")
+        fx = self.converter()
+        currencies = [("compliance.rules", self.rules.currency)] + [
+            (f"compliance.jurisdictions.{code}", config.currency)
+            for code, config in sorted(self.jurisdictions.items())
+        ]
+        for where, currency in currencies:
+            if currency not in fx.rates:
+                raise ConfigError(
+                    f"compliance.fx_to_eur has no rate for {currency}, the currency of"
+                    f" [{where}]: its CDD threshold (in EUR) cannot be converted and its"
+                    f" players' wallet events could not be monitored. Add the price of one"
+                    f' {currency} in EUR, e.g. fx_to_eur = {{ EUR = "1", {currency} = "..." }}'
+                )
+
+    def converter(self) -> EurConverter:
+        """The fx_to_eur rates as the converter monitoring and the CDD threshold use."""
+        try:
+            return EurConverter(self.fx_to_eur)
+        except ValueError as exc:
+            raise ConfigError(f"compliance.{exc}") from None
 
 
 _DECISION = {"ALLOW": pb.DECISION_ALLOW, "DENY": pb.DECISION_DENY, "RECORDED": pb.DECISION_RECORDED}
@@ -524,8 +553,12 @@ async def build(runtime: ServiceRuntime) -> None:
     rule_flags = RuleFlags(engine, poll_seconds=settings.flags_poll_seconds)
     # Not ready until the flags have been read once: checks fail closed until then.
     runtime.readiness.add_probe("rule_flags", rule_flags.ready)
-    policy = Policy(settings.rules, _jurisdictions(settings), rule_flags)
-    compliance = Compliance(engine, settings.rules, register, encode_excluded, policy=policy)
+    fx = settings.converter()
+    try:
+        policy = Policy(settings.rules, _jurisdictions(settings), rule_flags, fx=fx)
+    except UnconvertibleCurrency as exc:  # the settings refuse this already
+        raise ConfigError(f"compliance.fx_to_eur: {exc}") from None
+    compliance = Compliance(engine, register, encode_excluded, policy=policy)
     runtime.add_service(
         pb.DESCRIPTOR.services_by_name["ComplianceService"],
         ComplianceService(compliance, settings, cases=AmlCases(engine, settings.aml)),
@@ -533,6 +566,16 @@ async def build(runtime: ServiceRuntime) -> None:
     )
     runtime.add_background(compliance.checks)
     runtime.add_background(rule_flags)
+    if settings.checkpoint_interval_seconds > 0:
+        runtime.add_background(
+            ChainCheckpointer(
+                engine,
+                SCHEMA,
+                settings.signing_key_file,
+                settings.checkpoint_dir,
+                settings.checkpoint_interval_seconds,
+            )
+        )
     retention = dt.timedelta(days=settings.usage_retention_days)
     runtime.add_background(Pruner(engine, "compliance.prune_usage", retention))
     # Checks' requests (what answers a retry) are kept as long as the usage they counted.
@@ -547,7 +590,7 @@ async def build(runtime: ServiceRuntime) -> None:
         monitoring = Monitoring(
             engine,
             settings.aml,
-            EurConverter(settings.fx_to_eur),
+            fx,
             # Wins offset stakes in the currency the player's limits are kept in.
             usage_currency=lambda state: (
                 rules.jurisdiction_of(state.country, settings.rules, jurisdictions).config.currency

@@ -525,15 +525,18 @@ async def record_activity(
     )
 
 
-async def recent_activity(
-    conn: AsyncConnection, player_id: str, since: dt.datetime
+async def activity_between(
+    conn: AsyncConnection, player_id: str, since: dt.datetime, until: dt.datetime
 ) -> list[Activity]:
+    """The player's recorded activity in (since, until] of event time: what a rule reads
+    around an event, after it included (events arrive out of order)."""
     rows = await conn.execute(
         text(
             "SELECT event_id, kind, amount_eur_minor, at, instrument, withdrawal_id"
-            " FROM compliance.activity WHERE player_id = :p AND at > :since ORDER BY at"
+            " FROM compliance.activity WHERE player_id = :p AND at > :since AND at <= :until"
+            " ORDER BY at"
         ),
-        {"p": player_id, "since": since},
+        {"p": player_id, "since": since, "until": until},
     )
     return [
         Activity(str(r.event_id), r.kind, r.amount_eur_minor, r.at, r.instrument, r.withdrawal_id)

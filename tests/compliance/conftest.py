@@ -26,6 +26,10 @@ from tests.support.edge_player import AsEdgePlayer
 
 ROOT = Path(__file__).resolve().parents[2]
 IDENTITIES = ("identity", "games", "payments", "edge", "backoffice", "wallet")
+# The rates of test instances (the default jurisdiction's currency is GBP: without a GBP
+# rate the service refuses to start). GBP 1,709.40 is then the EUR 2,000 CDD threshold.
+FX_TO_EUR = '{ EUR = "1", GBP = "1.17" }'
+CDD_THRESHOLD_GBP_MINOR = 170_940
 
 EXCLUDED_ON_REGISTER = {
     "firstName": "Ada",
@@ -140,6 +144,7 @@ def compliance_extra(
     settings: str = "",
     rules: str = "",
     tables: str = "",
+    fx_to_eur: str = FX_TO_EUR,
 ) -> str:
     """The [compliance] config of a test instance: `settings` are more lines for
     [compliance], `rules` for [compliance.rules], `tables` further tables. Monitoring is off
@@ -156,6 +161,7 @@ checkpoint_dir = "{folder / "checkpoints"}"
 outbox_relay = false
 amqp_url = "{TEST_AMQP_URL}"
 monitoring = {"true" if monitoring else "false"}
+fx_to_eur = {fx_to_eur}
 {settings}
 [compliance.rules]
 limit_cooling_off_hours = 24

@@ -67,8 +67,8 @@ async def test_concurrent_stakes_fit_a_stake_limit_exactly(stubs) -> None:
 async def test_deposits_at_once_stop_at_the_cdd_gate_as_one_after_another_would(
     stubs,
 ) -> None:
-    # GBP 1,000 each against a GBP 2,000 threshold: the second crosses it and goes through,
-    # every later one meets the gate it set, however the checks were batched.
+    # GBP 1,000 each against the EUR 2,000 threshold (GBP 1,709.40): the second crosses it
+    # and goes through, every later one meets the gate it set, however they were batched.
     player = await verified_player(stubs)
     verdicts = await asyncio.gather(
         *(check(stubs, player, pb.ACTION_DEPOSIT, 100_000) for _ in range(12))

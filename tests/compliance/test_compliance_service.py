@@ -15,6 +15,7 @@ from google.type.date_pb2 import Date
 from casino.common.v1.money_pb2 import Money
 from casino.compliance.v1 import compliance_pb2 as pb
 from services.runtime.status import error_info
+from tests.compliance.conftest import CDD_THRESHOLD_GBP_MINOR
 from tests.wallet.conftest import admin_dsn
 
 ALLOW, DENY = pb.DECISION_ALLOW, pb.DECISION_DENY
@@ -302,11 +303,37 @@ async def test_after_cdd_is_cleared_only_deposits_since_the_clearance_trip_it_ag
     assert (await check(stubs, player_id, pb.ACTION_DEPOSIT, 100)).decision == ALLOW
     after = await check(stubs, player_id, pb.ACTION_BET, 100)
     assert after.decision == ALLOW, reasons(after)
-    # Deposits since the clearance reaching GBP 2,000 do: the last one goes through, then
-    # the gate is set.
-    assert (await check(stubs, player_id, pb.ACTION_DEPOSIT, 199_800)).decision == ALLOW
+    # Deposits since the clearance reaching the threshold (EUR 2,000 in GBP) do: the last
+    # one goes through, then the gate is set.
+    under = CDD_THRESHOLD_GBP_MINOR - 200
+    assert (await check(stubs, player_id, pb.ACTION_DEPOSIT, under)).decision == ALLOW
     assert (await check(stubs, player_id, pb.ACTION_BET, 100)).decision == ALLOW
     tripping = await check(stubs, player_id, pb.ACTION_DEPOSIT, 100)
+    assert tripping.decision == ALLOW
+    explained = await stubs["backoffice"].ExplainVerdict(
+        pb.ExplainVerdictRequest(verdict_id=tripping.verdict_id)
+    )
+    assert json.loads(explained.inputs_json)["cdd_gate_set"] is True
+    assert set(reasons(await check(stubs, player_id, pb.ACTION_BET, 100))) == {"CDD_REQUIRED"}
+
+
+async def test_the_cdd_gate_of_a_gbp_player_is_eur_2000_not_gbp_2000(
+    stubs: dict[str, Any],
+) -> None:
+    # GBP 1,709.40 is worth EUR 2,000 at the configured 1.17 (rounded down: never looser).
+    below = await verified_player(stubs)
+    under = await check(stubs, below, pb.ACTION_DEPOSIT, CDD_THRESHOLD_GBP_MINOR - 1)
+    explained = await stubs["backoffice"].ExplainVerdict(
+        pb.ExplainVerdictRequest(verdict_id=under.verdict_id)
+    )
+    inputs = json.loads(explained.inputs_json)
+    assert inputs["cdd_gate_set"] is False
+    assert inputs["cdd_threshold_minor"] == CDD_THRESHOLD_GBP_MINOR
+    assert (await check(stubs, below, pb.ACTION_BET, 100)).decision == ALLOW
+
+    player_id = await verified_player(stubs)
+    assert (await check(stubs, player_id, pb.ACTION_DEPOSIT, 100_000)).decision == ALLOW
+    tripping = await check(stubs, player_id, pb.ACTION_DEPOSIT, 70_940)
     assert tripping.decision == ALLOW
     explained = await stubs["backoffice"].ExplainVerdict(
         pb.ExplainVerdictRequest(verdict_id=tripping.verdict_id)

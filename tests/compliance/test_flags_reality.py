@@ -34,7 +34,7 @@ from tests.wallet.conftest import admin_dsn
 ALLOW, DENY = pb.DECISION_ALLOW, pb.DECISION_DENY
 AFFORDABILITY = "AFFORDABILITY"
 # Lower than the UKGC default so a test deposit crosses it without also reaching the CDD
-# threshold (GBP 2,000 in 24 h), which would blur what is being checked.
+# threshold (EUR 2,000 in 24 h, GBP 1,709.40), which would blur what is being checked.
 THRESHOLD = 50_000
 
 

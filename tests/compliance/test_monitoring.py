@@ -39,7 +39,7 @@ def monitoring_extra(register: Simulator, folder: Path, queue: str, *, on: bool 
         register,
         folder,
         monitoring=on,
-        settings=f'monitoring_queue = "{queue}"\nfx_to_eur = {{ EUR = "1", GBP = "1.17" }}',
+        settings=f'monitoring_queue = "{queue}"',
     )
 
 
@@ -243,6 +243,36 @@ class TestWithTheConsumerRunning:
         assert len(first_finding["event_ids"]) == 2
         assert again["event_ids"] == [third, fourth]
         assert again["total_eur_minor"] == 210_600 and again["cdd_cleared_at"]
+
+    async def test_linked_deposits_applied_out_of_order_still_require_cdd_once(
+        self, stubs: dict[str, Any], monitored: ServiceProcess, wallet_events: Wallet
+    ) -> None:
+        # EUR 800 three times within two hours, applied A, C, B (by event time): B's message
+        # was requeued after a transient failure and ran after C.
+        player = await verified_player(stubs)
+        now = dt.datetime.now(dt.UTC)
+        processed = metric(monitored, "processed")
+        a = await wallet_events.publish(player, "DEPOSIT", 80_000, at=now - dt.timedelta(hours=2))
+        c = await wallet_events.publish(player, "DEPOSIT", 80_000, at=now)
+        await eventually(lambda: _true(metric(monitored, "processed") >= processed + 2))
+        assert await alert_of(stubs, player, "AML_CDD_THRESHOLD") is None
+        b = await wallet_events.publish(player, "DEPOSIT", 80_000, at=now - dt.timedelta(hours=1))
+
+        async def gated() -> bool:
+            return "CDD_REQUIRED" in reasons(await check(stubs, player, pb.ACTION_GAME_LAUNCH))
+
+        await eventually(gated)
+        alert = await alert_of(stubs, player, "AML_CDD_THRESHOLD")
+        assert alert is not None
+        (finding,) = evidence(alert)
+        assert finding["event_ids"] == [a, b, c] and finding["total_eur_minor"] == 240_000
+        assert (finding["trigger_event_id"], finding["crossing_event_id"]) == (b, c)
+        # Another late deposit inside the same window is no new pattern: nothing is added.
+        processed = metric(monitored, "processed")
+        await wallet_events.publish(player, "DEPOSIT", 10_000, at=now - dt.timedelta(minutes=90))
+        await eventually(lambda: _true(metric(monitored, "processed") > processed))
+        again = await alert_of(stubs, player, "AML_CDD_THRESHOLD")
+        assert again is not None and len(evidence(again)) == 1
 
     async def test_stakes_reaching_the_threshold_also_require_cdd(
         self, stubs, wallet_events

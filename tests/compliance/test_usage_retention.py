@@ -67,8 +67,8 @@ def test_the_compliance_role_cannot_delete_usage_itself(compliance: ServiceProce
 
 
 def test_a_retention_shorter_than_the_limit_periods_is_refused_at_start() -> None:
-    with pytest.raises(ConfigError):
-        ComplianceSettings(usage_retention_days=30)
+    with pytest.raises(ConfigError, match="usage_retention_days"):
+        ComplianceSettings(usage_retention_days=30, fx_to_eur={"GBP": "1.17"})
 
 
 async def test_check_requests_past_retention_are_pruned_and_never_younger_than_35_days(

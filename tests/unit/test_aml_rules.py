@@ -206,6 +206,133 @@ def test_a_release_arriving_after_its_stake_is_still_seen() -> None:
     assert aml.WITHDRAWAL_REVERSAL in findings(release, [stake])
 
 
+# Events arriving out of order: a requeued message runs after later ones, replicas share a
+# queue. Every arrival order of the same activity gives the same patterns, each reported once.
+
+
+def arrive(
+    events: list[Activity],
+    *,
+    opened: dt.datetime | None = None,
+    cleared: dt.datetime | None = None,
+    config: AmlConfig = CONFIG,
+) -> list[aml.Finding]:
+    """Evaluate `events` in this arrival order, each against those that arrived before it,
+    as monitoring does; every finding raised on the way."""
+    arrived: list[Activity] = []
+    raised: list[aml.Finding] = []
+    for event in events:
+        raised += aml.evaluate(
+            event, arrived, account_opened=opened, config=config, cdd_cleared_at=cleared
+        )
+        arrived.append(event)
+    return raised
+
+
+def of_rule(rule: str, raised: list[aml.Finding]) -> list[aml.Finding]:
+    return [f for f in raised if f.rule == rule]
+
+
+def every_order(events: list[Activity]) -> list[list[Activity]]:
+    return [list(order) for order in itertools.permutations(events)]
+
+
+def test_linked_deposits_arriving_out_of_order_require_cdd_once() -> None:
+    # EUR 800 three times within 2 hours: EUR 2,400 linked, whichever arrives last.
+    a, b, c = act("DEPOSIT", 80_000, 2 * H), act("DEPOSIT", 80_000, H), act("DEPOSIT", 80_000)
+    for order in every_order([a, b, c]):
+        (finding,) = of_rule(aml.CDD_THRESHOLD, arrive(order))
+        assert finding.action is AmlAction.REQUIRE_CDD
+        assert finding.evidence["event_ids"] == [a.event_id, b.event_id, c.event_id], order
+        assert finding.evidence["total_eur_minor"] == 240_000
+        assert finding.evidence["trigger_event_id"] == order[-1].event_id
+    # A, C, B: the crossing is C's (in event time), found when B arrives.
+    (late,) = of_rule(aml.CDD_THRESHOLD, arrive([a, c, b]))
+    assert late.evidence["crossing_event_id"] == c.event_id
+
+
+def test_a_late_deposit_that_only_moves_a_reported_crossing_raises_nothing_new() -> None:
+    first, second = act("DEPOSIT", 150_000, 20 * H), act("DEPOSIT", 60_000, 10 * H)
+    late = act("DEPOSIT", 60_000, 22 * H)  # before both: the crossing is now `first`'s
+    assert len(of_rule(aml.CDD_THRESHOLD, arrive([first, second]))) == 1
+    assert len(of_rule(aml.CDD_THRESHOLD, arrive([first, second, late]))) == 1
+    for order in every_order([first, second, late]):
+        assert len(of_rule(aml.CDD_THRESHOLD, arrive(order))) == 1, order
+
+
+def test_a_late_deposit_from_before_the_cdd_clearance_never_trips_it() -> None:
+    cleared = NOW - 3 * H
+    old = act("DEPOSIT", 150_000, 4 * H)
+    since = [act("DEPOSIT", 60_000, 2 * H), act("DEPOSIT", 60_000, H)]
+    for order in every_order([old, *since]):
+        assert of_rule(aml.CDD_THRESHOLD, arrive(order, cleared=cleared)) == [], order
+    # Since the clearance alone reaching it does, in any order.
+    more = act("DEPOSIT", 80_000)
+    for order in every_order([old, *since, more]):
+        (finding,) = of_rule(aml.CDD_THRESHOLD, arrive(order, cleared=cleared))
+        assert old.event_id not in finding.evidence["event_ids"]
+
+
+def test_stakes_arriving_out_of_order_reach_the_cdd_threshold() -> None:
+    stakes = [act("BET", 70_000, 3 * H), act("BET", 70_000, 2 * H), act("BET", 70_000, H)]
+    for order in every_order(stakes):
+        (finding,) = of_rule(aml.CDD_THRESHOLD, arrive(order))
+        assert finding.evidence["flow"] == "stakes"
+
+
+def test_structuring_is_found_whatever_order_the_deposits_arrive_in() -> None:
+    deposits = [
+        act("DEPOSIT", 190_000, 5 * D),
+        act("DEPOSIT", 185_000, 3 * D),
+        act("DEPOSIT", 199_999),
+    ]
+    for order in every_order(deposits):
+        (finding,) = of_rule(aml.STRUCTURING, arrive(order))
+        assert finding.evidence["event_ids"] == [d.event_id for d in deposits], order
+        assert finding.evidence["count"] == 3
+    # Applied 0, 2, 1: the window holding the late one reaches past it.
+    (late,) = of_rule(aml.STRUCTURING, arrive([deposits[0], deposits[2], deposits[1]]))
+    assert late.evidence["trigger_event_id"] == deposits[1].event_id
+
+
+def test_a_deposit_arriving_after_the_withdrawal_request_still_shows_little_play() -> None:
+    deposit = act("DEPOSIT", 60_000, 2 * D)
+    stake = act("BET", 10_000, D)
+    request = act("WITHDRAWAL_RESERVE", 50_000, withdrawal_id="w1")
+    for order in every_order([deposit, stake, request]):
+        (finding,) = of_rule(aml.LOW_TURNOVER, arrive(order))
+        assert finding.evidence["withdrawal_id"] == "w1", order
+        assert finding.evidence["deposit_event_ids"] == [deposit.event_id]
+
+
+def test_stakes_arriving_out_of_order_on_a_new_account_hold_play_once() -> None:
+    stakes = [act("BET", 250_000, 2 * H), act("BET", 250_000, H)]
+    for order in every_order(stakes):
+        (finding,) = of_rule(aml.FAST_LARGE_SPEND, arrive(order, opened=NOW - D))
+        assert finding.evidence["stakes_eur_minor"] == 500_000
+        assert finding.action is AmlAction.HOLD_PLAY
+
+
+def test_instruments_arriving_out_of_order_are_flagged_once() -> None:
+    uses = [
+        act("DEPOSIT", 1_000, 20 * D, instrument="card:a"),
+        act("WITHDRAWAL_RESERVE", 1_000, 10 * D, instrument="iban:b"),
+        act("DEPOSIT", 1_000, D, instrument="wallet:c"),
+        act("DEPOSIT", 1_000, H, instrument="card:a"),  # known: nothing new
+    ]
+    for order in every_order(uses):
+        (finding,) = of_rule(aml.MULTIPLE_INSTRUMENTS, arrive(order))
+        assert finding.evidence["instruments"] == ["card:a", "iban:b", "wallet:c"], order
+
+
+def test_a_reversal_is_reported_once_per_release_in_any_order() -> None:
+    release = act("WITHDRAWAL_RELEASE", 40_000, 3 * H, withdrawal_id="w9")
+    stakes = [act("BET", 1_000, 2 * H), act("BET", 1_000, H)]
+    for order in every_order([release, *stakes]):
+        (finding,) = of_rule(aml.WITHDRAWAL_REVERSAL, arrive(order))
+        assert finding.evidence["release_event_id"] == release.event_id, order
+
+
 # Flags and configuration
 
 
@@ -234,6 +361,22 @@ def test_conversion_is_exact_and_rounds_half_to_even() -> None:
     assert fx.to_eur_minor(5, "BHD") == 1  # 1.215 cents
     half = EurConverter({"USD": "0.5"})
     assert half.to_eur_minor(1, "USD") == 0 and half.to_eur_minor(3, "USD") == 2
+
+
+def test_a_threshold_converted_from_eur_is_rounded_down_so_never_looser() -> None:
+    fx = EurConverter({"GBP": "1.17", "JPY": "0.0061", "BHD": "2.43", "USD": "0.92"})
+    assert fx.from_eur_minor(200_000, "EUR") == 200_000
+    assert fx.from_eur_minor(200_000, "GBP") == 170_940  # GBP 1,709.401...
+    assert fx.from_eur_minor(200_000, "JPY") == 327_868  # no minor unit: JPY 327,868.85...
+    assert fx.from_eur_minor(200_000, "BHD") == 823_045  # three: BHD 823.045267...
+    assert fx.from_eur_minor(230_000, "USD") == 250_000  # exact: no rounding
+    for currency in ("GBP", "JPY", "BHD", "USD"):
+        threshold = fx.from_eur_minor(200_000, currency)
+        # Not above EUR 2,000, and one minor unit more is worth at least EUR 2,000.
+        assert fx.to_eur_minor(threshold, currency) <= 200_000
+        assert fx.to_eur_minor(threshold + 1, currency) >= 200_000
+    with pytest.raises(UnconvertibleCurrency):
+        fx.from_eur_minor(200_000, "CHF")
 
 
 def test_a_currency_without_a_rate_is_refused_not_guessed() -> None:

@@ -7,6 +7,8 @@ import datetime as dt
 import pytest
 
 from services.compliance import aml, rules
+from services.compliance.fx import EurConverter, UnconvertibleCurrency
+from services.compliance.policy import Policy
 from services.compliance.rules import (
     Action,
     ComplianceConfig,
@@ -21,6 +23,8 @@ from services.runtime.errors import DomainError
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 CONFIG = ComplianceConfig()
 COOLING_OFF = dt.timedelta(hours=24)
+# The CDD threshold in the amounts' currency, as the checks are given it (EUR 2,000 here).
+THRESHOLD = 200_000
 
 
 def player(**overrides: object) -> PlayerState:
@@ -201,14 +205,14 @@ def test_cdd_threshold_on_single_or_linked_deposits_in_24h() -> None:
         return rules.UsageTotals.of(list(entries), NOW)
 
     usage = totals(Usage("DEPOSIT", 150_000, NOW - dt.timedelta(hours=5)))
-    assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 49_999, usage, CONFIG)
-    assert rules.crosses_cdd_threshold(Action.DEPOSIT, 50_000, usage, CONFIG)
+    assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 49_999, usage, THRESHOLD)
+    assert rules.crosses_cdd_threshold(Action.DEPOSIT, 50_000, usage, THRESHOLD)
     old = totals(Usage("DEPOSIT", 150_000, NOW - dt.timedelta(hours=25)))
-    assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 50_000, old, CONFIG)
-    assert rules.crosses_cdd_threshold(Action.DEPOSIT, 200_000, totals(), CONFIG)
-    assert rules.crosses_cdd_threshold(Action.WITHDRAWAL, 200_000, totals(), CONFIG)
-    assert not rules.crosses_cdd_threshold(Action.WITHDRAWAL, 199_999, usage, CONFIG)
-    assert not rules.crosses_cdd_threshold(Action.BET, 200_000, usage, CONFIG)
+    assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 50_000, old, THRESHOLD)
+    assert rules.crosses_cdd_threshold(Action.DEPOSIT, 200_000, totals(), THRESHOLD)
+    assert rules.crosses_cdd_threshold(Action.WITHDRAWAL, 200_000, totals(), THRESHOLD)
+    assert not rules.crosses_cdd_threshold(Action.WITHDRAWAL, 199_999, usage, THRESHOLD)
+    assert not rules.crosses_cdd_threshold(Action.BET, 200_000, usage, THRESHOLD)
 
 
 def test_after_a_cdd_clearance_only_deposits_since_count_towards_the_threshold() -> None:
@@ -221,13 +225,13 @@ def test_after_a_cdd_clearance_only_deposits_since_count_towards_the_threshold()
     ]
     usage = rules.UsageTotals.of(before, NOW, cdd_cleared_at=cleared)
     assert usage.total("DEPOSIT", Period.DAY) == 210_000  # limits still see the whole day
-    assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 100, usage, CONFIG)
-    assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 199_999, usage, CONFIG)
+    assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 100, usage, THRESHOLD)
+    assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 199_999, usage, THRESHOLD)
     after = rules.UsageTotals.of(
         [*before, Usage("DEPOSIT", 100, NOW - dt.timedelta(minutes=30))], NOW, cleared
     )
-    assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 199_899, after, CONFIG)
-    assert rules.crosses_cdd_threshold(Action.DEPOSIT, 199_900, after, CONFIG)
+    assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 199_899, after, THRESHOLD)
+    assert rules.crosses_cdd_threshold(Action.DEPOSIT, 199_900, after, THRESHOLD)
     # A later deposit in the same batch is linked too (plus), a clearance older than the
     # day changes nothing.
     assert after.plus(Usage("DEPOSIT", 199_900, NOW), NOW).cdd_linked_minor == 200_000
@@ -238,7 +242,7 @@ def test_after_a_cdd_clearance_only_deposits_since_count_towards_the_threshold()
 def test_the_cdd_threshold_trips_on_crossing_as_monitoring_does() -> None:
     """One rule for checks (player currency) and monitoring (EUR): a deposit trips it alone,
     or by taking the linked total from under the threshold to over it, not by being over."""
-    eur = aml.AmlConfig(cdd_threshold_eur_minor=CONFIG.cdd_threshold_minor)
+    eur = aml.AmlConfig(cdd_threshold_eur_minor=THRESHOLD)
     cleared = NOW - dt.timedelta(hours=2)
     cases = [
         # (earlier deposits as (amount, hours ago), the new deposit, cleared at)
@@ -254,7 +258,7 @@ def test_the_cdd_threshold_trips_on_crossing_as_monitoring_does() -> None:
     for earlier, amount, cleared_at in cases:
         entries = [Usage("DEPOSIT", m, NOW - dt.timedelta(hours=h)) for m, h in earlier]
         totals = rules.UsageTotals.of(entries, NOW, cdd_cleared_at=cleared_at)
-        checks_trip = rules.crosses_cdd_threshold(Action.DEPOSIT, amount, totals, CONFIG)
+        checks_trip = rules.crosses_cdd_threshold(Action.DEPOSIT, amount, totals, THRESHOLD)
         history = [
             aml.Activity(f"e{i}", aml.DEPOSIT, m, NOW - dt.timedelta(hours=h))
             for i, (m, h) in enumerate(earlier)
@@ -274,7 +278,7 @@ def test_the_cdd_threshold_trips_on_crossing_as_monitoring_does() -> None:
                 NOW,
                 cdd_cleared_at=cleared_at,
             ),
-            CONFIG,
+            THRESHOLD,
         )
         for earlier, amount, cleared_at in cases
     ]
@@ -294,6 +298,32 @@ def test_monitoring_ignores_activity_from_before_the_last_clearance() -> None:
         after, [late], account_opened=None, config=aml.AmlConfig(), cdd_cleared_at=cleared
     )
     assert not [f for f in found if f.rule == aml.CDD_THRESHOLD]
+
+
+def test_the_cdd_threshold_is_eur_2000_in_the_jurisdictions_currency_rounded_down() -> None:
+    """Configured in EUR; a GB player's checks compare GBP against EUR 2,000 converted at
+    the configured rate with the converter monitoring uses, never above it: GBP 2,000
+    (EUR 2,340 at 1.17) no longer passes, GBP 1,709.40 (EUR 1,999.998) trips it."""
+    fx = EurConverter({"GBP": "1.17"})
+    mt = ComplianceConfig(currency="EUR")
+    policy = Policy(CONFIG, {"MT": mt}, fx=fx)
+    gb = policy.for_player(player())
+    assert CONFIG.cdd_threshold_eur_minor == 200_000
+    assert gb.cdd_threshold_minor == 170_940
+    assert policy.for_player(player(country="MT")).cdd_threshold_minor == 200_000
+    assert policy.for_player(None).cdd_threshold_minor == 170_940
+    empty = rules.UsageTotals()
+    for amount in (200_000, 170_940):
+        assert rules.crosses_cdd_threshold(Action.DEPOSIT, amount, empty, gb.cdd_threshold_minor), (
+            amount
+        )
+    assert not rules.crosses_cdd_threshold(Action.DEPOSIT, 170_939, empty, gb.cdd_threshold_minor)
+    assert fx.to_eur_minor(170_939, "GBP") < 200_000
+    # Linked GBP deposits worth EUR 2,000 together trip it as well.
+    linked = rules.UsageTotals.of([Usage("DEPOSIT", 100_000, NOW)], NOW)
+    assert rules.crosses_cdd_threshold(Action.DEPOSIT, 70_940, linked, gb.cdd_threshold_minor)
+    with pytest.raises(UnconvertibleCurrency):
+        Policy(CONFIG, {}, fx=EurConverter({"EUR": "1"}))
 
 
 # Registration and exclusions
