@@ -143,15 +143,15 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
 
     @staticmethod
     def _request(kind: Kind, request: Any, currency: str, amount: int = 0, **refs: str) -> Request:
-        """The ledger request of any mutating RPC: its player, its key, its money. What it
-        refers to is checked by the caller where required; any given must be storable."""
+        """The ledger request of any mutating RPC: its player, its key, its money, and what it
+        refers to (each checked by the caller)."""
         return Request(
             kind,
             require_id("player_id", request.player_id),
             require_id("request_id", request.request_id),
             currency,
             amount,
-            **{name: optional_id(name, value) for name, value in refs.items()},
+            **refs,
         )
 
     async def _post(self, request: Request) -> wallet_pb2.Posting:
@@ -191,7 +191,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                     request,
                     currency,
                     amount,
-                    payment_id=request.payment_id,
+                    payment_id=optional_id("payment_id", request.payment_id),
                     payment_instrument=optional_instrument(request.payment_instrument),
                 )
             )
@@ -273,8 +273,8 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                     amount,
                     round_id=require_id("round_id", request.round_id),
                     bet_request_id=require_id("bet_request_id", request.bet_request_id),
-                    game_id=request.game_id,
-                    provider=request.provider,
+                    game_id=optional_id("game_id", request.game_id),
+                    provider=optional_id("provider", request.provider),
                 )
             )
         )
@@ -289,8 +289,8 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                     request,
                     self._currency(request.currency_code),
                     bet_request_id=require_id("bet_request_id", request.bet_request_id),
-                    round_id=request.round_id,
-                    provider=request.provider,
+                    round_id=optional_id("round_id", request.round_id),
+                    provider=optional_id("provider", request.provider),
                 )
             )
         )

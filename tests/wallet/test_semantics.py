@@ -304,13 +304,14 @@ async def test_adjustment_needs_backoffice_a_reason_and_an_operator(clients, pla
         request_id=new_id("adj"),
         player_id=p,
         amount=eur(-200),
-        reason="duplicate deposit reversed",
+        # A reason may say why at length (up to 500 characters; ids are at most 128).
+        reason="duplicate deposit reversed: " + "ticket 4711 " * 30,
         operator_id="op-17",
     )
     denied = await refused(clients.games.AdjustBalance(request))
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
     done = await clients.backoffice.AdjustBalance(request)
-    assert done.posting.transaction.reason == "duplicate deposit reversed"
+    assert done.posting.transaction.reason == request.reason
     assert done.posting.transaction.operator_id == "op-17"
     assert done.posting.balance.posted_minor == 300
 
