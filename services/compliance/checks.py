@@ -138,17 +138,44 @@ def _needs_usage(request: CheckRequest, limits: list[rules.LimitState]) -> bool:
 
 
 def _same_request(record: store.CheckRecord, request: CheckRequest) -> bool:
-    return (record.action, record.amount_minor, record.currency) == (
+    """The same check: what it asks, and where, for what product and by whom (a record from
+    before those were kept is compared on what it has)."""
+    asked = (record.action, record.amount_minor, record.currency) == (
         request.action.value,
         request.amount_minor,
         request.currency,
     )
+    context = [
+        (record.request_country, request.request_country),
+        (record.slots, request.slots),
+        (record.caller, request.caller),
+    ]
+    return asked and all(kept is None or kept == given for kept, given in context)
 
 
 def _record_of(request: CheckRequest, verdict: verdict_log.Verdict) -> store.CheckRecord:
     return store.CheckRecord(
-        request.action.value, request.amount_minor, request.currency, verdict.verdict_id
+        request.action.value,
+        request.amount_minor,
+        request.currency,
+        verdict.verdict_id,
+        request.request_country,
+        request.slots,
+        request.caller,
     )
+
+
+class IdempotencyKeyExpired(DomainError):
+    """A request_id whose check was decided longer ago than a retry can be: a verdict is
+    about its moment, so an old one is not handed out again and a new check needs a new
+    request_id."""
+
+    def __init__(self, key: str, seconds: float) -> None:
+        super().__init__(
+            "IDEMPOTENCY_KEY_EXPIRED",
+            "this request_id was used for a check too long ago to be a retry; use a new one",
+            {"idempotency_key": key, "replay_seconds": str(int(seconds))},
+        )
 
 
 def _decision_of(verdict: verdict_log.Verdict) -> Decision:
@@ -174,8 +201,11 @@ class ActionChecks:
         max_batch: int = 128,
         lanes: int = 1,
         cache_capacity: int = 100_000,
+        replay_seconds: float = 600.0,
     ) -> None:
         self._engine = engine
+        # How long a decided check is answered again to a retry of its request_id.
+        self._replay = dt.timedelta(seconds=replay_seconds)
         # Batches in flight at once: while one waits for its commit, the next is read and
         # decided (it queues on the verdict head, or on a player's row, only if it must).
         self._lanes = lanes
@@ -318,6 +348,10 @@ class ActionChecks:
                     original = records.get(key) or checked[decided[key]][2]
                     if not _same_request(original, request):
                         refused[i] = IdempotencyMismatch(request.request_id)
+                    elif original.at is not None and now - original.at > self._replay:
+                        refused[i] = IdempotencyKeyExpired(
+                            request.request_id, self._replay.total_seconds()
+                        )
                     elif key in records:
                         replays[i] = original
                     else:

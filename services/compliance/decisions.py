@@ -93,6 +93,7 @@ class Compliance:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         *,
         policy: Policy,
+        check_replay_seconds: float = 600.0,
     ) -> None:
         self._engine = engine
         self._register = register
@@ -102,7 +103,7 @@ class Compliance:
         # flags.
         self.policy = policy
         # Deposit, bet, withdrawal and game-launch checks: batched, with cached state.
-        self.checks = ActionChecks(engine, self.policy, clock)
+        self.checks = ActionChecks(engine, self.policy, clock, replay_seconds=check_replay_seconds)
 
     async def _record(
         self,

@@ -35,6 +35,7 @@ from services.runtime.checkpoints import ChainCheckpointer
 from services.runtime.config import ConfigError, domain_config
 from services.runtime.consumer import EventConsumer
 from services.runtime.errors import InvalidArgument
+from services.runtime.fields import text_field
 from services.runtime.messages import timestamp
 from services.runtime.outbox import outbox_workers
 from services.runtime.pagination import decode_page_token, encode_page_token, page_size
@@ -57,6 +58,9 @@ class ComplianceSettings:
     # when VerifyVerdictLog or the CLI runs). Without a recent one, a superuser bypassing the
     # triggers could cut the log's tail and move the head back unnoticed.
     checkpoint_interval_seconds: float = 60.0
+    # A check is answered again to a retry of its request_id for this long; later the
+    # request_id is spent (IDEMPOTENCY_KEY_EXPIRED): a verdict is about its moment.
+    check_replay_seconds: float = 600.0
     outbox_relay: bool = True
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # Published events are kept in the outbox this long, then pruned.
@@ -86,6 +90,8 @@ class ComplianceSettings:
     def __post_init__(self) -> None:
         if self.usage_retention_days < 35:
             raise ConfigError("compliance.usage_retention_days must be at least 35 (limits)")
+        if self.check_replay_seconds <= 0:
+            raise ConfigError("compliance.check_replay_seconds must be positive")
         if self.checkpoint_interval_seconds < 0:
             raise ConfigError("compliance.checkpoint_interval_seconds must be 0 (off) or more")
         fx = self.converter()
@@ -150,11 +156,7 @@ def _verdict(recorded: Recorded) -> pb.Verdict:
 
 
 def _required(field_name: str, value: str) -> str:
-    if not value.strip():
-        raise InvalidArgument(field_name, f"{field_name} is required")
-    if len(value) > 200:
-        raise InvalidArgument(field_name, f"{field_name} is too long")
-    return value.strip()
+    return text_field(field_name, value).strip()
 
 
 def _own_player(value: str) -> str:
@@ -558,7 +560,13 @@ async def build(runtime: ServiceRuntime) -> None:
         policy = Policy(settings.rules, _jurisdictions(settings), rule_flags, fx=fx)
     except UnconvertibleCurrency as exc:  # the settings refuse this already
         raise ConfigError(f"compliance.fx_to_eur: {exc}") from None
-    compliance = Compliance(engine, register, encode_excluded, policy=policy)
+    compliance = Compliance(
+        engine,
+        register,
+        encode_excluded,
+        policy=policy,
+        check_replay_seconds=settings.check_replay_seconds,
+    )
     runtime.add_service(
         pb.DESCRIPTOR.services_by_name["ComplianceService"],
         ComplianceService(compliance, settings, cases=AmlCases(engine, settings.aml)),

@@ -340,10 +340,12 @@ _LOCK_VERSIONS = text(
     "WITH locked AS MATERIALIZED (SELECT player_id, version FROM compliance.players"
     " WHERE player_id = ANY(:ids) ORDER BY player_id FOR UPDATE)"
     " SELECT player_id, version, NULL AS request_id, NULL AS action,"
-    " CAST(NULL AS bigint) AS amount_minor, NULL AS currency, CAST(NULL AS uuid) AS verdict_id"
-    " FROM locked"
+    " CAST(NULL AS bigint) AS amount_minor, NULL AS currency, CAST(NULL AS uuid) AS verdict_id,"
+    " NULL AS request_country, CAST(NULL AS boolean) AS slots, NULL AS caller,"
+    " CAST(NULL AS timestamptz) AS at FROM locked"
     " UNION ALL SELECT c.player_id, NULL, c.request_id, c.action, c.amount_minor, c.currency,"
-    " c.verdict_id FROM compliance.check_requests c JOIN unnest(CAST(:key_players AS text[]),"
+    " c.verdict_id, c.request_country, c.slots, c.caller, c.at"
+    " FROM compliance.check_requests c JOIN unnest(CAST(:key_players AS text[]),"
     " CAST(:key_requests AS text[])) AS k(player_id, request_id)"
     " ON c.player_id = k.player_id AND c.request_id = k.request_id"
 )
@@ -353,10 +355,11 @@ _LOCK_VERSIONS = text(
 # decided again and answered from that check's record.
 _RECORD_CHECKS = text(
     "WITH requests AS (INSERT INTO compliance.check_requests (player_id, request_id, action,"
-    " amount_minor, currency, verdict_id, at)"
-    " SELECT p, r, a, m, c, v, :at FROM unnest(CAST(:cp AS text[]), CAST(:cr AS text[]),"
-    " CAST(:ca AS text[]), CAST(:cm AS bigint[]), CAST(:cc AS text[]), CAST(:cv AS uuid[]))"
-    " AS k(p, r, a, m, c, v))"
+    " amount_minor, currency, verdict_id, request_country, slots, caller, at)"
+    " SELECT p, r, a, m, c, v, rc, sl, cl, :at FROM unnest(CAST(:cp AS text[]),"
+    " CAST(:cr AS text[]), CAST(:ca AS text[]), CAST(:cm AS bigint[]), CAST(:cc AS text[]),"
+    " CAST(:cv AS uuid[]), CAST(:crc AS text[]), CAST(:csl AS boolean[]),"
+    " CAST(:ccl AS text[])) AS k(p, r, a, m, c, v, rc, sl, cl))"
     " INSERT INTO compliance.usage (player_id, request_id, action, amount_minor, at)"
     " SELECT p, r, a, m, :at FROM unnest(CAST(:p AS text[]), CAST(:r AS text[]),"
     " CAST(:a AS text[]), CAST(:m AS bigint[])) AS u(p, r, a, m)"
@@ -373,6 +376,12 @@ class CheckRecord:
     amount_minor: int
     currency: str
     verdict_id: uuid.UUID
+    # Where, for what and by whom it was asked (None in records from before they were kept).
+    request_country: str | None = None
+    slots: bool | None = None
+    caller: str | None = None
+    # When it was decided (None for a record about to be written).
+    at: dt.datetime | None = None
 
 
 async def lock_versions(
@@ -395,7 +404,14 @@ async def lock_versions(
             versions[r.player_id] = r.version
         else:
             records[(r.player_id, r.request_id)] = CheckRecord(
-                r.action, r.amount_minor, r.currency, r.verdict_id
+                r.action,
+                r.amount_minor,
+                r.currency,
+                r.verdict_id,
+                r.request_country,
+                r.slots,
+                r.caller,
+                r.at,
             )
     return versions, records
 
@@ -441,6 +457,9 @@ async def record_checks(
             "cm": [e[2].amount_minor for e in requests],
             "cc": [e[2].currency for e in requests],
             "cv": [e[2].verdict_id for e in requests],
+            "crc": [e[2].request_country for e in requests],
+            "csl": [e[2].slots for e in requests],
+            "ccl": [e[2].caller for e in requests],
             "p": [e[0] for e in usages],
             "r": [e[1] for e in usages],
             "a": [e[2] for e in usages],

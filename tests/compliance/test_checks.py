@@ -20,7 +20,7 @@ from casino.compliance.v1 import compliance_pb2_grpc
 from services.runtime.client import secure_channel
 from services.runtime.process import ServiceProcess
 from services.runtime.status import error_info
-from tests.compliance.conftest import Simulator, compliance_extra
+from tests.compliance.conftest import Simulator, compliance_extra, open_stubs
 from tests.compliance.test_compliance_service import (
     ALLOW,
     DENY,
@@ -214,8 +214,16 @@ async def test_a_retried_check_gets_its_original_verdict_and_counts_once(
 
 @pytest.mark.parametrize(
     "changed",
-    [{"amount": gbp(999)}, {"action": pb.ACTION_DEPOSIT}, {"amount": Money(amount_minor=1_000)}],
-    ids=["amount", "action", "currency"],
+    [
+        {"amount": gbp(999)},
+        {"action": pb.ACTION_DEPOSIT},
+        {"amount": Money(amount_minor=1_000)},
+        # The same stake asked from elsewhere or for a slot spin is another check: its
+        # verdict (the jurisdiction, the slot stake cap) is not the table bet's from GB.
+        {"request_country_code": "US"},
+        {"product": pb.PRODUCT_SLOTS},
+    ],
+    ids=["amount", "action", "currency", "country", "product"],
 )
 async def test_a_request_id_reused_for_another_check_is_refused(
     stubs: dict[str, Any], changed: dict[str, Any]
@@ -232,6 +240,44 @@ async def test_a_request_id_reused_for_another_check_is_refused(
     # The same request_id is another player's own.
     other = await verified_player(stubs)
     assert (await stubs["games"].CheckAction(_bet(other, request_id))).verdict.decision == ALLOW
+
+
+async def test_a_request_id_decided_longer_ago_than_a_retry_is_spent(
+    launch: Callable[..., ServiceProcess], pki: Pki, register: Simulator, tmp_path: Path
+) -> None:
+    # A verdict is about its moment: handed out again to a retry, never days later (a
+    # launch allowed before a self-exclusion must not be replayed after it).
+    short = launch(
+        "compliance",
+        extra=compliance_extra(register, tmp_path, settings="check_replay_seconds = 1"),
+    )
+    channels, stubs = open_stubs(short, pki)
+    try:
+        player = await verified_player(stubs)
+        request_id = uuid.uuid4().hex
+        first = (await stubs["games"].CheckAction(_bet(player, request_id))).verdict
+        assert (await stubs["games"].CheckAction(_bet(player, request_id))).verdict == first
+        await asyncio.sleep(1.2)
+        with pytest.raises(grpc.aio.AioRpcError) as spent:
+            await stubs["games"].CheckAction(_bet(player, request_id))
+        assert spent.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        info = error_info(spent.value)
+        assert info is not None and info.reason == "IDEMPOTENCY_KEY_EXPIRED"
+        assert _recorded(player, request_id) == (1, 1)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def test_a_request_id_the_database_cannot_hold_is_invalid_argument(
+    stubs: dict[str, Any],
+) -> None:
+    player = await verified_player(stubs)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stubs["games"].CheckAction(_bet(player, "abc\x00def"))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(refused.value)
+    assert info is not None and info.metadata["field"] == "request_id"
 
 
 async def test_identical_checks_at_once_are_one_decision(stubs: dict[str, Any]) -> None:

@@ -42,6 +42,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Same idempotency key, different request: nothing was applied. Metadata: idempotency_key."""
     IDEMPOTENCY_KEY_REQUIRED: _ErrorReason.ValueType  # 7
     """A required idempotency key (request_id) was missing."""
+    IDEMPOTENCY_KEY_EXPIRED: _ErrorReason.ValueType  # 8
+    """The idempotency key was used longer ago than a retry can be (compliance checks: a verdict
+    is about its moment); nothing was decided. Use a new request_id. Metadata:
+    idempotency_key, replay_seconds.
+    """
     OVERLOADED: _ErrorReason.ValueType  # 9
     """The service's own capacity (e.g. its database connection pool) is exhausted; nothing
     was applied; retry after a backoff with the same request_id. Metadata: resource.
@@ -230,6 +235,11 @@ IDEMPOTENCY_MISMATCH: ErrorReason.ValueType  # 6
 """Same idempotency key, different request: nothing was applied. Metadata: idempotency_key."""
 IDEMPOTENCY_KEY_REQUIRED: ErrorReason.ValueType  # 7
 """A required idempotency key (request_id) was missing."""
+IDEMPOTENCY_KEY_EXPIRED: ErrorReason.ValueType  # 8
+"""The idempotency key was used longer ago than a retry can be (compliance checks: a verdict
+is about its moment); nothing was decided. Use a new request_id. Metadata:
+idempotency_key, replay_seconds.
+"""
 OVERLOADED: ErrorReason.ValueType  # 9
 """The service's own capacity (e.g. its database connection pool) is exhausted; nothing
 was applied; retry after a backoff with the same request_id. Metadata: resource.
