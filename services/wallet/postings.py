@@ -204,7 +204,6 @@ class Postings:
     ) -> tuple[list[Outcome], dict[tuple[str, str], AccountState]]:
         """Post the batch in one transaction; the outcomes, and each moved account's
         balances for the display cache, once committed."""
-        batch_time = dt.datetime.now(dt.UTC)
         outcomes: list[Outcome | None] = [None] * len(requests)
         fresh: list[StoredTransaction] = []
         entries: list[Entry] = []
@@ -216,6 +215,9 @@ class Postings:
             accounts = await store.lock_accounts(
                 conn, sorted({(r.player_id, r.currency) for r in requests})
             )
+            # Taken under the accounts' locks: a batch that waited for another replica's on
+            # the same account is stamped after the one it followed.
+            batch_time = dt.datetime.now(dt.UTC)
             known = await store.read_known(conn, requests)
             for i, (r, facts) in enumerate(zip(requests, known.facts, strict=True)):
                 # Each request a microsecond after the one decided before it: the history,
