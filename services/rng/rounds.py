@@ -333,7 +333,6 @@ class Rounds:
         client_seed: str,
         caller: str,
     ) -> Round:
-        self._require_healthy()
         s = self._schema
         async with self._engine.begin() as conn:
             existing = (
@@ -352,6 +351,9 @@ class Rounds:
                 ):
                     raise IdempotencyMismatch(request_id)
                 return r
+            # Only a new round needs a healthy generator: finding one opened before does
+            # not, so a caller recovering its round learns its id whatever the RNG's state.
+            self._require_healthy()
             round_id = uuid.uuid4()
             sealed: bytes | None = None
             fair_info: FairInfo | None = None
@@ -429,8 +431,8 @@ class Rounds:
         close: bool = False,
     ) -> tuple[Round, DrawRecord]:
         """Draw `draw_index` (a retry of a draw already made returns it); with `close`, the
-        round closes in the same transaction, as `close` would."""
-        self._require_healthy()
+        round closes in the same transaction, as `close` would. A draw already made is
+        returned whatever the RNG's health; a new one needs it healthy."""
         async with self._engine.begin() as conn:
             r = await self._load(conn, round_id, lock=True)
             if draw_index < r.draw_count:
@@ -446,6 +448,7 @@ class Rounds:
                 raise DrawOutOfOrder(round_id, r.draw_count)
             if r.state != "OPEN":
                 raise RoundClosed(round_id)
+            self._require_healthy()
             try:
                 source = await self._stream_source(conn, r)
                 stream = source.open(r.stream_position)

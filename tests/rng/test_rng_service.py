@@ -21,6 +21,7 @@ from services.rng.sampling import SAMPLING_VERSION
 from services.rng.sampling_v2 import SAMPLING_V2_VERSION
 from services.rng.sealing import ROUND_SEED, Sealer, SealError, ensure_seal_key
 from services.runtime.health import NOT_SERVING
+from services.runtime.process import ServiceProcess
 from services.runtime.status import error_info
 from tests.conftest import ROOT, Launcher, Pki
 from tests.rng.conftest import RngLauncher, StubsFor, rng_extra
@@ -410,3 +411,28 @@ async def test_failed_self_test_reports_not_serving_and_refuses_draws(
         await open_round(stubs_for(broken)["games"])
     assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
     assert reason(exc.value) == "RNG_UNHEALTHY"
+
+
+async def test_an_unhealthy_rng_still_answers_what_it_decided_before(
+    rng: ServiceProcess, launch_rng: RngLauncher, stubs_for: StubsFor
+) -> None:
+    # A caller recovering a round (games after a crash) must learn the round's id and the
+    # draw already made even while the generator refuses new ones: else the stakes of
+    # those rounds stay held until the RNG is healthy again.
+    healthy = stubs_for(rng)["games"]
+    request = pb.OpenRoundRequest(request_id=str(uuid.uuid4()), game_id="dice", game_inputs=b"t")
+    opened = (await healthy.OpenRound(request)).round
+    drawn = await healthy.Draw(pb.DrawRequest(round_id=opened.round_id, specs=DICE))
+    broken = launch_rng('self_test_fail = "forced failure"')
+    await broken.wait_health(NOT_SERVING)
+    unhealthy = stubs_for(broken)["games"]
+    assert (await unhealthy.OpenRound(request)).round.round_id == opened.round_id
+    again = await unhealthy.Draw(pb.DrawRequest(round_id=opened.round_id, specs=DICE))
+    assert values(again) == values(drawn)
+    for refused in (
+        unhealthy.Draw(pb.DrawRequest(round_id=opened.round_id, specs=DICE, draw_index=1)),
+        open_round(unhealthy),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await refused
+        assert reason(exc.value) == "RNG_UNHEALTHY"
