@@ -69,6 +69,9 @@ class Discrepancy:
 class Report:
     accounts_checked: int = 0
     entries_checked: int = 0
+    # Signed checkpoints verified, and the account heads they recorded (checkpoints.py).
+    checkpoints_checked: int = 0
+    checkpoint_heads_checked: int = 0
     discrepancies: list[Discrepancy] = field(default_factory=list)
     # currency -> sum of every leg; currency -> house account -> balance
     currency_sums: dict[str, int] = field(default_factory=lambda: defaultdict(int))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -13,15 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from casino.common.v1 import money_pb2
 from casino.wallet.v1 import events_pb2, wallet_pb2, wallet_pb2_grpc
+from services.runtime import verdict_log
 from services.runtime.call import authenticated_caller, require_player
-from services.runtime.config import domain_config
+from services.runtime.config import ConfigError, domain_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.fields import text_field
 from services.runtime.messages import timestamp
 from services.runtime.outbox import outbox_workers
 from services.runtime.pagination import decode_page_token, encode_page_token, page_size
 from services.runtime.server import ServiceRuntime
-from services.wallet import reconcile, store
+from services.wallet import checkpoints, reconcile, store
 from services.wallet.cache import BalanceCache
 from services.wallet.ledger import (
     AccountState,
@@ -55,6 +57,27 @@ class WalletConfig:
     outbox_retention_hours: float = 24.0
     # Events published per batch (one set of broker confirms, one UPDATE marking them).
     outbox_batch_size: int = 200
+    # Signed checkpoints of the accounts' hash chains (checkpoints.py): every interval, the
+    # heads that moved, signed with this Ed25519 key into a directory the database's
+    # administrators cannot write (another host, a write-once bucket). 0: no checkpoints
+    # written, none verified. A full-ledger Reconcile verifies them when on.
+    checkpoint_interval_seconds: float = 60.0
+    checkpoint_dir: Path = Path(".dev/checkpoints/wallet")
+    signing_key_file: Path = Path(".dev/secrets/wallet-signing.key")
+    public_key_file: Path = Path(".dev/secrets/wallet-signing.pub")
+    # How far before the last checkpoint's newest entry the next one looks again: entries
+    # commit a little after the time they carry, and replicas' clocks differ.
+    checkpoint_overlap_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_interval_seconds < 0:
+            raise ConfigError("wallet.checkpoint_interval_seconds must be 0 (off) or more")
+        if self.checkpoint_overlap_seconds < 0:
+            raise ConfigError("wallet.checkpoint_overlap_seconds must be 0 or more")
+
+    @property
+    def checkpoints(self) -> bool:
+        return self.checkpoint_interval_seconds > 0
 
 
 RECONCILE_DISCREPANCIES = Gauge(
@@ -129,10 +152,17 @@ def encode_event(result: PostingResult, event_id: uuid.UUID) -> bytes:
 
 
 class WalletService(wallet_pb2_grpc.WalletServiceServicer):
-    def __init__(self, engine: AsyncEngine, postings: Postings, currencies: frozenset[str]):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        postings: Postings,
+        currencies: frozenset[str],
+        config: WalletConfig,
+    ):
         self._engine = engine
         self._postings = postings
         self._currencies = currencies
+        self._config = config
 
     def _currency(self, code: str, field_name: str = "currency_code") -> str:
         return require_currency(code, self._currencies, field_name)
@@ -381,11 +411,20 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                 )
         if not player:
             reconcile.check_currency_sums(report)
+            if self._config.checkpoints:
+                await checkpoints.verify(
+                    self._engine,
+                    self._config.checkpoint_dir,
+                    self._config.public_key_file,
+                    report,
+                )
             # The figure the alert watches: any non-zero value is a P1 incident.
             RECONCILE_DISCREPANCIES.set(len(report.discrepancies))
         return wallet_pb2.ReconcileResponse(
             accounts_checked=report.accounts_checked,
             entries_checked=report.entries_checked,
+            checkpoints_checked=report.checkpoints_checked,
+            checkpoint_heads_checked=report.checkpoint_heads_checked,
             discrepancies=[
                 wallet_pb2.Discrepancy(
                     account=d.account,
@@ -419,9 +458,21 @@ async def build(runtime: ServiceRuntime) -> None:
     runtime.add_background(postings)
     runtime.add_service(
         wallet_pb2.DESCRIPTOR.services_by_name["WalletService"],
-        WalletService(engine, postings, frozenset(config.currencies)),
+        WalletService(engine, postings, frozenset(config.currencies), config),
         wallet_pb2_grpc.add_WalletServiceServicer_to_server,
     )
+    if config.checkpoints:
+        # Development keys are made here; production mounts them from the secret store.
+        verdict_log.ensure_signing_key(config.signing_key_file, config.public_key_file)
+        runtime.add_background(
+            checkpoints.LedgerCheckpointer(
+                engine,
+                config.signing_key_file,
+                config.checkpoint_dir,
+                config.checkpoint_interval_seconds,
+                config.checkpoint_overlap_seconds,
+            )
+        )
     if config.outbox_relay:
         for worker in outbox_workers(
             engine,

@@ -646,3 +646,75 @@ async def journal_without_entries(
         params,
     )
     return [JournalRow(*row) for row in rows]
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints (see checkpoints.py)
+
+# Any constant: one checkpoint writer at a time across replicas sharing a directory.
+_CHECKPOINT_LOCK = 0x77616C6C6574  # "wallet"
+
+
+@dataclass(frozen=True)
+class Head:
+    """An account's last player-leg entry, as a checkpoint records it."""
+
+    player_id: str
+    currency: str
+    sequence: int
+    hash: bytes
+    create_time: dt.datetime
+
+
+async def lock_checkpoint_writer(conn: AsyncConnection) -> bool:
+    """Take the checkpoint writer's lock for this transaction; False if another holds it."""
+    return bool(
+        (
+            await conn.execute(
+                text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _CHECKPOINT_LOCK}
+            )
+        ).scalar_one()
+    )
+
+
+async def heads_since(conn: AsyncConnection, since: dt.datetime | None) -> AsyncIterator[Head]:
+    """The head of every account with a player-leg entry created after `since` (all
+    accounts when None), by account, from a server-side cursor. Uses the partial index on
+    entries(create_time) WHERE leg = 0, so the cost follows the entries in the window."""
+    where, params = "", {}
+    if since is not None:
+        where, params = " AND create_time > :since", {"since": since}
+    result = await conn.stream(
+        text(
+            "SELECT DISTINCT ON (player_id, currency) player_id, currency, sequence, hash,"
+            f" create_time FROM wallet.entries WHERE leg = 0{where}"
+            " ORDER BY player_id, currency, sequence DESC"
+        ),
+        params,
+        execution_options={"yield_per": 1000},
+    )
+    async for r in result:
+        yield Head(r.player_id, r.currency, r.sequence, bytes(r.hash), r.create_time)
+
+
+async def entry_hashes(
+    conn: AsyncConnection, keys: Sequence[tuple[str, str, int]]
+) -> list[bytes | None]:
+    """The hash of the player-leg entry at each (player, currency, sequence), in order;
+    None where there is no such entry. One round trip for the whole batch."""
+    rows = await conn.execute(
+        text(
+            "SELECT k.ord, e.hash FROM unnest(CAST(:players AS text[]),"
+            " CAST(:currencies AS char(3)[]), CAST(:sequences AS bigint[]))"
+            " WITH ORDINALITY AS k(player_id, currency, sequence, ord)"
+            " LEFT JOIN wallet.entries e ON e.player_id = k.player_id"
+            " AND e.currency = k.currency AND e.sequence = k.sequence AND e.leg = 0"
+            " ORDER BY k.ord"
+        ),
+        {
+            "players": [k[0] for k in keys],
+            "currencies": [k[1] for k in keys],
+            "sequences": [k[2] for k in keys],
+        },
+    )
+    return [None if h is None else bytes(h) for _, h in rows]

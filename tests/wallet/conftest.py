@@ -27,10 +27,26 @@ amqp_url = "{amqp_url}"
 
 
 def wallet_extra(
-    *, relay: bool = False, failpoints: dict[str, str] | None = None, wallet: str = ""
+    *,
+    relay: bool = False,
+    failpoints: dict[str, str] | None = None,
+    wallet: str = "",
+    checkpoints: Path | None = None,
+    checkpoint_interval: float = 0.2,
 ) -> str:
-    """The test wallet's config; `wallet`: more lines for its [wallet] table."""
+    """The test wallet's config; `wallet`: more lines for its [wallet] table; `checkpoints`:
+    a folder for signed ledger checkpoints and their keys (without one: no checkpoints, so
+    wallets of concurrent test sessions never share a directory)."""
     extra = WALLET_SECTION.format(relay="true" if relay else "false", amqp_url=TEST_AMQP_URL)
+    if checkpoints is None:
+        extra += "checkpoint_interval_seconds = 0\n"
+    else:
+        extra += (
+            f"checkpoint_interval_seconds = {checkpoint_interval}\n"
+            f'checkpoint_dir = "{checkpoints / "checkpoints"}"\n'
+            f'signing_key_file = "{checkpoints / "wallet-signing.key"}"\n'
+            f'public_key_file = "{checkpoints / "wallet-signing.pub"}"\n'
+        )
     extra += wallet
     if failpoints:
         extra += "[failpoints]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in failpoints.items())

@@ -821,7 +821,9 @@ class ReconcileRequest(_message.Message):
     PLAYER_ID_FIELD_NUMBER: _builtins.int
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     player_id: _builtins.str
-    """One account (both set) or every account (both empty)."""
+    """One account (both set) or every account (both empty). Signed checkpoints are verified
+    on a full-ledger Reconcile only.
+    """
     currency_code: _builtins.str
     def __init__(
         self,
@@ -852,7 +854,11 @@ class Discrepancy(_message.Message):
     """BALANCE_MISMATCH, RESERVED_MISMATCH, RUNNING_BALANCE_MISMATCH, CHAIN_BROKEN,
     SEQUENCE_GAP, CURRENCY_NOT_BALANCED, NEGATIVE_BALANCE, ACCOUNT_MISSING,
     JOURNAL_MISMATCH (an entry whose recorded outcome differs from it or is missing),
-    JOURNAL_WITHOUT_ENTRY (an applied outcome that moved money with no entry).
+    JOURNAL_WITHOUT_ENTRY (an applied outcome that moved money with no entry),
+    CHECKPOINT_MISMATCH (an account head recorded in a signed checkpoint is no longer the
+    entry at that sequence: rewritten, or cut off), BAD_CHECKPOINT (a checkpoint file that
+    is missing, badly signed, altered, or does not follow the one before it; its account is
+    checkpoints/checkpoint-{n}.json).
     """
     sequence: _builtins.int
     expected: _builtins.str
@@ -931,8 +937,15 @@ class ReconcileResponse(_message.Message):
     ENTRIES_CHECKED_FIELD_NUMBER: _builtins.int
     DISCREPANCIES_FIELD_NUMBER: _builtins.int
     TOTALS_FIELD_NUMBER: _builtins.int
+    CHECKPOINTS_CHECKED_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_HEADS_CHECKED_FIELD_NUMBER: _builtins.int
     accounts_checked: _builtins.int
     entries_checked: _builtins.int
+    checkpoints_checked: _builtins.int
+    """Signed ledger checkpoints verified, and the account heads they recorded. Checked on a
+    full-ledger Reconcile when the wallet writes checkpoints; 0 otherwise.
+    """
+    checkpoint_heads_checked: _builtins.int
     @_builtins.property
     def discrepancies(self) -> _containers.RepeatedCompositeFieldContainer[Global___Discrepancy]: ...
     @_builtins.property
@@ -944,10 +957,12 @@ class ReconcileResponse(_message.Message):
         entries_checked: _builtins.int = ...,
         discrepancies: _abc.Iterable[Global___Discrepancy] | None = ...,
         totals: _abc.Iterable[Global___CurrencyTotal] | None = ...,
+        checkpoints_checked: _builtins.int = ...,
+        checkpoint_heads_checked: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts_checked", b"accounts_checked", "discrepancies", b"discrepancies", "entries_checked", b"entries_checked", "totals", b"totals"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts_checked", b"accounts_checked", "checkpoint_heads_checked", b"checkpoint_heads_checked", "checkpoints_checked", b"checkpoints_checked", "discrepancies", b"discrepancies", "entries_checked", b"entries_checked", "totals", b"totals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
