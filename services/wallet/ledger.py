@@ -104,6 +104,8 @@ class Prior:
     amount: int
     reserved_delta: int
     round_id: str = ""
+    game_id: str = ""
+    provider: str = ""
 
     @property
     def applied(self) -> bool:
@@ -190,6 +192,14 @@ def insufficient_funds(account: AccountState, currency: str, wanted: int) -> Ref
     )
 
 
+def _same_origin(request: Request, bet: Prior) -> bool:
+    """A win or rollback that names its game or provider names its bet's: one provider's
+    round ids and bet ids may be another's too, and must never settle them."""
+    return (not request.game_id or not bet.game_id or request.game_id == bet.game_id) and (
+        not request.provider or not bet.provider or request.provider == bet.provider
+    )
+
+
 def decide(request: Request, account: AccountState, facts: Facts) -> Decision:
     kind = request.kind
     if kind is Kind.DEPOSIT:
@@ -218,10 +228,14 @@ def decide(request: Request, account: AccountState, facts: Facts) -> Decision:
                 "the win refers to a rolled-back bet",
                 {"bet_request_id": request.bet_request_id},
             )
-        if bet.currency != request.currency or bet.round_id != request.round_id:
+        if (
+            bet.currency != request.currency
+            or bet.round_id != request.round_id
+            or not _same_origin(request, bet)
+        ):
             return Refusal(
                 "BET_NOT_FOUND",
-                "the win's round or currency differs from its bet's",
+                "the win's round, currency, game or provider differs from its bet's",
                 {"bet_request_id": request.bet_request_id, "round_id": bet.round_id},
             )
         return Effect(request.amount)
@@ -232,10 +246,10 @@ def decide(request: Request, account: AccountState, facts: Facts) -> Decision:
         if bet is None or not bet.applied or bet.kind is not Kind.BET:
             # Never seen (or refused): the tombstone stops the bet if it arrives later.
             return Effect(0, nothing_to_undo=True)
-        if bet.currency != request.currency:
+        if bet.currency != request.currency or not _same_origin(request, bet):
             return Refusal(
                 "BET_NOT_FOUND",
-                "the bet is in another currency",
+                "the bet is in another currency, game or provider",
                 {"bet_request_id": request.bet_request_id},
             )
         if facts.round_settled:

@@ -179,6 +179,8 @@ def _prior(row: StoredTransaction) -> Prior:
         amount=row.amount,
         reserved_delta=row.reserved_delta,
         round_id=row.round_id or "",
+        game_id=row.game_id or "",
+        provider=row.provider or "",
     )
 
 

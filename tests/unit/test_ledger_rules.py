@@ -84,6 +84,26 @@ def test_win_credits() -> None:
     assert decide(req(Kind.WIN, 50, round_id="r1"), RICH, Facts(bet=bet())) == Effect(50)
 
 
+def test_a_win_or_rollback_never_touches_another_providers_or_games_bet() -> None:
+    # Provider round and transaction ids are theirs: another provider's may be the same.
+    theirs = Prior("b1", Kind.BET, "applied", "EUR", -100, 0, "r1", "slot-x", "studio-a")
+    for refs in ({"provider": "studio-b"}, {"game_id": "slot-y"}):
+        for request in (
+            req(Kind.WIN, 50, round_id="r1", bet_request_id="b1", **refs),
+            req(Kind.BET_ROLLBACK, bet_request_id="b1", **refs),
+        ):
+            decision = decide(request, RICH, Facts(bet=theirs))
+            assert isinstance(decision, Refusal) and decision.reason == "BET_NOT_FOUND"
+    # Named alike, or not named (an in-house game's rollback may carry only the bet's id).
+    same = {"provider": "studio-a", "game_id": "slot-x"}
+    assert decide(
+        req(Kind.WIN, 50, round_id="r1", bet_request_id="b1", **same), RICH, Facts(bet=theirs)
+    ) == Effect(50)
+    assert decide(req(Kind.BET_ROLLBACK, bet_request_id="b1"), RICH, Facts(bet=theirs)) == Effect(
+        100
+    )
+
+
 def test_withdrawal_moves_reserved_then_posted() -> None:
     reserve = decide(req(Kind.WITHDRAWAL_RESERVE, 300, withdrawal_id="w"), RICH, Facts())
     assert reserve == Effect(0, reserved_delta=300)
