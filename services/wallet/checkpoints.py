@@ -25,7 +25,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -79,13 +79,26 @@ def body_digest(previous: str, high_water: str, heads: Sequence[dict[str, Any]])
     ).digest()
 
 
-def parse_checkpoint(raw: bytes, public_key: Any) -> LedgerCheckpoint:
-    """A checkpoint file's content if it is a wallet checkpoint signed by ``public_key`` whose
-    body is the one signed; raises InvalidCheckpoint otherwise."""
+def keyring(public_key_files: Sequence[Path]) -> dict[str, Any]:
+    """The public keys checkpoints may be signed with, by key id: the wallet's current one and
+    those retired by key rotations (files signed before a rotation stay verifiable)."""
+    keys = [verdict_log.load_public_key(Path(path)) for path in public_key_files]
+    return {verdict_log.key_id(key): key for key in keys}
+
+
+def parse_checkpoint(raw: bytes, keys: Mapping[str, Any]) -> LedgerCheckpoint:
+    """A checkpoint file's content if it is a wallet checkpoint signed by one of ``keys`` (by
+    key id) whose body is the one signed; raises InvalidCheckpoint otherwise."""
     try:
         content = json.loads(raw)
     except ValueError:
         raise verdict_log.InvalidCheckpoint("not JSON") from None
+    signer = content.get("key_id") if isinstance(content, dict) else None
+    public_key = keys.get(signer) if isinstance(signer, str) else None
+    if public_key is None:
+        raise verdict_log.InvalidCheckpoint(
+            f"signed by key {signer!r}, neither the wallet's nor a retired key it holds"
+        )
     checked = verdict_log.check_checkpoint(content, public_key, LOG)
     previous, high_water, heads = (
         content.get("previous"),
@@ -137,9 +150,15 @@ class LedgerCheckpointer:
         directory: Path,
         interval_seconds: float,
         overlap_seconds: float,
+        retired_public_key_files: Sequence[Path] = (),
     ) -> None:
         self._engine = engine
         self._signer = verdict_log.CheckpointSigner(signing_key_file)
+        # What the latest file may be signed with: this key, or one retired by a rotation.
+        self._keys = {
+            self._signer.key_id: self._signer.public_key,
+            **keyring(retired_public_key_files),
+        }
         self._directory = Path(directory)
         self._interval = interval_seconds
         self._overlap = dt.timedelta(seconds=overlap_seconds)
@@ -153,17 +172,10 @@ class LedgerCheckpointer:
         if path is None:
             return Tip(0, GENESIS_DIGEST, None)
         raw = path.read_bytes()
-        content = json.loads(raw)
-        if isinstance(content, dict) and content.get("key_id") == self._signer.key_id:
-            # A chain continues only from a checkpoint that verifies: a tampered directory
-            # stops the writer, loudly, rather than being chained onto.
-            high_water = parse_checkpoint(raw, self._signer.public_key).high_water
-        else:  # signed before a key rotation: continue from it as filed
-            high_water = (
-                dt.datetime.fromisoformat(content["high_water"])
-                if content.get("high_water")
-                else None
-            )
+        # A chain continues only from a checkpoint that verifies (under the current key or a
+        # retired one): a tampered directory, or a rotation whose old public key was not
+        # configured, stops the writer, loudly, rather than being chained onto.
+        high_water = parse_checkpoint(raw, self._keys).high_water
         return Tip(_sequence_of(path), hashlib.sha256(raw).digest(), high_water)
 
     def _write(self, tip: Tip, heads: Sequence[store.Head], high_water: dt.datetime | None) -> Tip:
@@ -235,7 +247,7 @@ class LedgerCheckpointer:
 
 
 async def verify(
-    engine: AsyncEngine, directory: Path, public_key_file: Path, report: Report
+    engine: AsyncEngine, directory: Path, public_key_files: Sequence[Path], report: Report
 ) -> None:
     """Check every checkpoint in ``directory`` (signature, body, chain of files) and that each
     recorded head is still the entry at that (player, currency, sequence), adding
@@ -246,7 +258,7 @@ async def verify(
     # the file was written, so the snapshot taken below sees it.
     latest = await asyncio.to_thread(verdict_log.latest_checkpoint, directory)
     last = 0 if latest is None else _sequence_of(latest)
-    public_key = verdict_log.load_public_key(public_key_file)
+    keys = keyring(public_key_files)
 
     def bad(seq: int, expected: str, actual: str) -> None:
         report.discrepancies.append(
@@ -265,7 +277,7 @@ async def verify(
                 continue
             digest = hashlib.sha256(raw).digest()
             try:
-                checkpoint = parse_checkpoint(raw, public_key)
+                checkpoint = parse_checkpoint(raw, keys)
             except verdict_log.InvalidCheckpoint as exc:
                 bad(seq, "a checkpoint signed by the wallet's key", str(exc))
                 expected_previous = digest

@@ -65,6 +65,8 @@ class WalletConfig:
     checkpoint_dir: Path = Path(".dev/checkpoints/wallet")
     signing_key_file: Path = Path(".dev/secrets/wallet-signing.key")
     public_key_file: Path = Path(".dev/secrets/wallet-signing.pub")
+    # Public keys of signing keys rotated out: the checkpoints they signed still verify.
+    retired_public_key_files: list[Path] = field(default_factory=list)
     # How far before the last checkpoint's newest entry the next one looks again: entries
     # commit a little after the time they carry, and replicas' clocks differ.
     checkpoint_overlap_seconds: float = 30.0
@@ -415,7 +417,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                 await checkpoints.verify(
                     self._engine,
                     self._config.checkpoint_dir,
-                    self._config.public_key_file,
+                    [self._config.public_key_file, *self._config.retired_public_key_files],
                     report,
                 )
             # The figure the alert watches: any non-zero value is a P1 incident.
@@ -471,6 +473,7 @@ async def build(runtime: ServiceRuntime) -> None:
                 config.checkpoint_dir,
                 config.checkpoint_interval_seconds,
                 config.checkpoint_overlap_seconds,
+                config.retired_public_key_files,
             )
         )
     if config.outbox_relay:

@@ -156,8 +156,8 @@ async def test_checkpoints_are_written_without_a_call_and_only_when_a_head_moved
     folder = directory(tmp_path)
     player = await funded(stubs, 2)
     first = await checkpoint_of(folder, player, 2)
-    public_key = verdict_log.load_public_key(tmp_path / "wallet-signing.pub")
-    parsed = checkpoints.parse_checkpoint(first.read_bytes(), public_key)
+    keys = checkpoints.keyring([tmp_path / "wallet-signing.pub"])
+    parsed = checkpoints.parse_checkpoint(first.read_bytes(), keys)
     assert parsed.heads  # signed, and its body is the one signed
 
     before = files(folder)
@@ -168,7 +168,7 @@ async def test_checkpoints_are_written_without_a_call_and_only_when_a_head_moved
         wallet_pb2.DepositRequest(request_id=new_id("dep"), player_id=player, amount=eur(5))
     )
     second = await checkpoint_of(folder, player, 3)
-    newer = checkpoints.parse_checkpoint(second.read_bytes(), public_key)
+    newer = checkpoints.parse_checkpoint(second.read_bytes(), keys)
     # Only the head that moved, chained to the file before it.
     assert [h[:3] for h in newer.heads] == [(player, "EUR", 3)]
     previous = verdict_log.checkpoint_path(folder, newer.seq - 1).read_bytes()
@@ -272,3 +272,57 @@ async def test_tampered_checkpoint_file_is_reported_and_never_extended(
         (checkpoints.BAD_CHECKPOINT, int(latest.stem.split("-")[1]))
     ]
     assert path.exists()
+
+
+async def test_checkpoints_signed_before_a_key_rotation_still_verify(
+    stubs: WalletClients,
+    checkpointing: ServiceProcess,
+    tmp_path: Path,
+    pki: Pki,
+    own_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folder = directory(tmp_path)
+    player = await funded(stubs, 1)
+    signed_by_old = await checkpoint_of(folder, player, 1)
+    checkpointing.terminate()
+    # The signing key is rotated: the old pair is kept aside, a new one is made at start.
+    for suffix in (".key", ".pub"):
+        (tmp_path / f"wallet-signing{suffix}").rename(tmp_path / f"wallet-signing-old{suffix}")
+    retired = f'retired_public_key_files = ["{tmp_path / "wallet-signing-old.pub"}"]\n'
+
+    def start(extra: str) -> ServiceProcess:
+        monkeypatch.setattr(tests.conftest, "TEST_DATABASE", own_database)
+        launched = Launcher(tmp_path / f"run-{len(extra)}", pki, [])(
+            "wallet", extra=wallet_extra(checkpoints=tmp_path, wallet=extra)
+        )
+        monkeypatch.undo()
+        return launched
+
+    (tmp_path / f"run-{len(retired)}").mkdir()
+    rotated = start(retired)
+    clients = WalletClients(rotated.ports["port"], pki)
+    try:
+        await clients.payments.Deposit(
+            wallet_pb2.DepositRequest(request_id=new_id("dep"), player_id=player, amount=eur(5))
+        )
+        # The writer goes on from the old key's file, under the new key.
+        signed_by_new = await checkpoint_of(folder, player, 2)
+        assert content(signed_by_new)["key_id"] != content(signed_by_old)["key_id"]
+        report = await clients.backoffice.Reconcile(wallet_pb2.ReconcileRequest())
+        assert report.checkpoints_checked == len(files(folder))
+        assert not [d for d in report.discrepancies if "CHECKPOINT" in d.kind]
+    finally:
+        await clients.close()
+        rotated.terminate()
+    # Without the retired key, what it signed cannot be trusted.
+    (tmp_path / "run-0").mkdir()
+    forgetful = start("")
+    clients = WalletClients(forgetful.ports["port"], pki)
+    try:
+        report = await clients.backoffice.Reconcile(wallet_pb2.ReconcileRequest())
+        bad = {d.account for d in report.discrepancies if d.kind == checkpoints.BAD_CHECKPOINT}
+        assert f"checkpoints/{signed_by_old.name}" in bad
+    finally:
+        await clients.close()
+        forgetful.terminate()
