@@ -44,6 +44,9 @@ def create_engine(config: DatabaseConfig, application_name: str) -> AsyncEngine:
         # and the caller's retry, under the same idempotency key, gets a fresh connection.
         pool_pre_ping=False,
         pool_timeout=config.pool_timeout_seconds,
+        # A database error's text never carries the statement's values (emails, birth
+        # dates, password hashes): it is logged, by the runtime and by workers.
+        hide_parameters=True,
         connect_args={
             "connect_timeout": max(1, round(config.connect_timeout_seconds)),
             "application_name": application_name,

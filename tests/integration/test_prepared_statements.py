@@ -13,6 +13,7 @@ from typing import Literal
 
 import psycopg
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.runtime import db
@@ -78,3 +79,24 @@ async def test_one_statement_reads_stay_prepared_without_a_transaction(
 async def test_reads_left_to_roll_back_lose_them(test_database: str) -> None:
     # Why the rule exists: the same reads, each rolled back when the connection is returned.
     assert await _prepared_after_reads(test_database, "left to roll back") == 0
+
+
+async def test_a_database_error_never_carries_the_statements_values(test_database: str) -> None:
+    # What the runtime logs of a failed statement: the SQL, never the values bound to it.
+    engine = db.create_engine(
+        DatabaseConfig(
+            url=database_url("wallet"), password_file=SECRETS / "postgres" / "casino_wallet"
+        ),
+        "test",
+    )
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("SELECT CAST(:secret AS text), 1 / 0"), {"secret": "hunter2-pii"}
+            )
+    except DBAPIError as exc:
+        assert "hunter2-pii" not in str(exc)
+    else:
+        raise AssertionError("the division should have failed")
+    finally:
+        await engine.dispose()
