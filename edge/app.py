@@ -10,12 +10,12 @@ Per request: a request id (a valid X-Request-Id is kept, otherwise one is minted
 the response, the access log and the upstream call metadata), a span (trace starts here),
 the route from the contracts, the access token (unless the class is AUTH or CATALOG; on the
 admin listener an operator's token, never a player's), the rate limit of the class (per
-player or operator; refusals spend one too: the client address's when there is no player),
-the body read within the class's deadline budget (408 when it does not come), the JSON
-decoded into the RPC's request (400 before any call when it does not fit), the call with
-what is left of the budget as its timeout and the player in `x-casino-player-id` (or the
-operator in `x-casino-operator-id` with their roles), the reply as proto3 JSON, one
-access-log line.
+player or operator, reading their token's revocation second in the same Redis call; refusals
+spend one too: the client address's when there is no player), the body read within the
+class's deadline budget (408 when it does not come), the JSON decoded into the RPC's request
+(400 before any call when it does not fit), the call with what is left of the budget as its
+timeout and the player in `x-casino-player-id` (or the operator in `x-casino-operator-id`
+with their roles), the reply as proto3 JSON, one access-log line.
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ from edge.operators import (
     OperatorTokenVerifier,
     missing_role,
 )
+from edge.operators import check_not_revoked as check_operator_not_revoked
+from edge.operators import revocation_key as operator_revocation_key
 from edge.ratelimit import UNROUTED, Decision, RateLimitConfig, RateLimiter
 from edge.transcoding import (
     Binding,
@@ -385,9 +387,13 @@ class ListenerApp:
                     operator = self.operators.decode(headers.get("authorization"))
                 except Unauthenticated as exc:
                     await self._refuse(endpoint_class, anonymous_key, from_domain_error(exc), route)
-                decision = await self.limiter.check(
-                    endpoint_class, f"operator:{operator.operator_id}"
+                # The operator's revocation second is read by the same Redis call.
+                decision, revoked_before = await self.limiter.check_and_read(
+                    endpoint_class,
+                    f"operator:{operator.operator_id}",
+                    operator_revocation_key(operator.operator_id),
                 )
+                check_operator_not_revoked(operator, revoked_before)
             else:
                 # The signature is checked here, in process; the player's revocation instant
                 # is read by the rate limiter's Redis call: one round trip for both.

@@ -8,12 +8,17 @@ as the players' are), so a key that signs players' tokens can never sign an oper
 the other way round. The admin listener accepts these tokens only; a player's token there is
 refused with OPERATOR_TOKEN_REQUIRED.
 
-There is no revocation list: an operator token lives at most `max_lifetime_seconds` (a token
-whose exp - iat is longer is refused, whatever the SSO minted), and an operator removed at
-the SSO gets no new one.
+An operator token lives at most `max_lifetime_seconds` (a token whose exp - iat is longer is
+refused, whatever the SSO minted). An operator can be cut off before that: the back office
+sets their revoked-before second in Redis (`revocation_key`; in development
+`scripts/operator_token.py revoke OPERATOR`), and a token issued before it is refused. The
+edge reads it in the operator's ADMIN rate-limit call (one Redis round trip per request);
+when Redis cannot answer, admin requests are refused (DEPENDENCY_UNAVAILABLE), as players'
+money requests are.
 
 Use: `operator = verifier.decode(request.headers.get("authorization"))` raises
-Unauthenticated (-> 401 with its reason).
+Unauthenticated (-> 401 with its reason); `check_not_revoked(operator, lookup)` on the
+looked-up `revocation_key(operator.operator_id)`.
 """
 
 from __future__ import annotations
@@ -27,13 +32,18 @@ from pathlib import Path
 import jwt
 
 from edge.auth import KeyRing, Unauthenticated, bearer_token, key_id, verified_claims
+from edge.ratelimit import Lookup
 from services.runtime.config import ConfigError
+from services.runtime.errors import DependencyUnavailable
 
 ISSUER = "casino-operator-sso"
 AUDIENCE = "casino-admin"
 # Operator ids and role names travel in gRPC metadata (roles comma-separated) and in logs.
 _NAME = re.compile(r"^[A-Za-z0-9._:@-]{1,64}$")
 _MAX_ROLES = 32
+# The unix second before which an operator's tokens are void: written by the back office
+# (the revocation must outlive every token issued before it), read by the edge per request.
+REVOKED_BEFORE_KEY = "edge:operator-revoked-before:{operator_id}"
 
 
 @dataclass(frozen=True)
@@ -179,3 +189,20 @@ def missing_role(
     if needed and not operator.roles.intersection(needed):
         return needed
     return None
+
+
+def revocation_key(operator_id: str) -> str:
+    """Where the back office keeps the second before which this operator's tokens are void."""
+    return REVOKED_BEFORE_KEY.format(operator_id=operator_id)
+
+
+def check_not_revoked(operator: OperatorPrincipal, lookup: Lookup) -> None:
+    """The revocation rule on a looked-up `revocation_key` value (read by the rate limiter's
+    call): issued before the second -> TOKEN_REVOKED; not knowable -> refused
+    (DEPENDENCY_UNAVAILABLE): the back office moves money, so it fails closed."""
+    if not lookup.available:
+        raise DependencyUnavailable("redis")
+    if lookup.value is not None and operator.iat < int(lookup.value):
+        raise Unauthenticated(
+            "TOKEN_REVOKED", "this operator's access was revoked; sign in at the SSO again"
+        )

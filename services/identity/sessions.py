@@ -17,6 +17,11 @@ Revocation is to the second (JWT iat is whole seconds): revoking sets revoked-be
 after the revocation would be refused too, so issuing waits for the second to turn (at most
 one second, only right after that player's revocation) instead of minting a dead token.
 
+Both seconds are Redis's clock (TIME), never a replica's: the cutoff is taken inside the
+revoking script, a token's iat in the round trip that reads the cutoff. Replicas whose clocks
+disagree would otherwise mint tokens dated after a logout made on another replica (accepted
+by the edge after it), or set a cutoff older than tokens already answered.
+
 Waiting makes room for a race: a revocation landing between a rotation (or a login's open)
 and the signing would be waited out, and a token signed for the session it just ended. So a
 signed token is answered only if `standing` finds its session still there afterwards."""
@@ -91,29 +96,42 @@ redis.call('EXPIRE', KEYS[4], ARGV[3])
 return 'rotated'
 """
 
-# KEYS: player's sessions, revoked-before. ARGV: session key prefix, cutoff second, its ttl.
+# The cutoff: the next whole second of Redis's clock, so every access token issued until now
+# (dated by the same clock) has an older iat. TIME in a script that then writes is allowed
+# since Redis 5 (effects are replicated, not the script).
+_CUTOFF = """
+local cutoff = tonumber(redis.call('TIME')[1]) + 1
+"""
+
+# KEYS: player's sessions, revoked-before. ARGV: session key prefix, the cutoff's ttl.
 # Ends every family of the player and moves revoked-before forward (never back).
-_REVOKE_ALL = """
+_REVOKE_ALL = (
+    _CUTOFF
+    + """
 local sids = redis.call('SMEMBERS', KEYS[1])
 for _, sid in ipairs(sids) do redis.call('DEL', ARGV[1] .. sid) end
 redis.call('DEL', KEYS[1])
 local current = tonumber(redis.call('GET', KEYS[2]) or '0')
-if tonumber(ARGV[2]) > current then
-  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+if cutoff > current then
+  redis.call('SET', KEYS[2], string.format('%d', cutoff), 'EX', ARGV[2])
 else
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
 end
 return #sids
 """
+)
 
-# KEYS: revoked-before. ARGV: cutoff second, ttl.
-_RAISE_REVOKED_BEFORE = """
+# KEYS: revoked-before. ARGV: the cutoff's ttl.
+_RAISE_REVOKED_BEFORE = (
+    _CUTOFF
+    + """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > current then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if cutoff > current then
+  redis.call('SET', KEYS[1], string.format('%d', cutoff), 'EX', ARGV[1])
 end
 return 1
 """
+)
 
 
 class Standing(enum.Enum):
@@ -149,17 +167,25 @@ class Sessions:
         self._raise = redis.register_script(_RAISE_REVOKED_BEFORE)
 
     async def issue_second(self, player_id: str) -> int:
-        """The unix second to stamp a new access token with: now, or once the player's
-        revocation second has begun (so the new token is not already revoked)."""
-        raw = await self._redis.get(revoked_before_key(player_id))
-        revoked_before = int(raw) if raw else 0
-        wait = revoked_before - time.time()
+        """The unix second (Redis's clock) to stamp a new access token with: now, or once the
+        player's revocation second has begun (so the new token is not already revoked)."""
+        revoked_before, now = await self._cutoff_and_time(player_id)
+        wait = revoked_before - now
         if wait > 0:
             await asyncio.sleep(wait)
-        # The clock's second even if the sleep ended early (the token is then found stale and
-        # signed again): never ahead of the clock, so a revocation after the signing always
-        # has a later cutoff than the token's iat.
-        return int(time.time())
+            # Redis's second after the wait, even if it ended early (the token is then found
+            # stale and signed again): never ahead of that clock, so a revocation after the
+            # signing always has a later cutoff than the token's iat.
+            _, now = await self._cutoff_and_time(player_id)
+        return int(now)
+
+    async def _cutoff_and_time(self, player_id: str) -> tuple[int, float]:
+        """The player's revoked-before second (0: none) and Redis's clock, one round trip."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(revoked_before_key(player_id))
+            pipe.time()
+            raw, (seconds, microseconds) = await pipe.execute()
+        return (int(raw) if raw else 0), seconds + microseconds / 1_000_000
 
     async def standing(self, player_id: str, session_id: str, issued_at: int) -> Standing:
         """Whether an access token of `session_id` with iat `issued_at`, just signed, may be
@@ -233,10 +259,7 @@ class Sessions:
         outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
         if outcome == "reused":
             # The family is gone; its access tokens must stop too, not live on until exp.
-            await self._raise(
-                keys=[revoked_before_key(player_id)],
-                args=[self._cutoff(), self._revoked_ttl],
-            )
+            await self._raise(keys=[revoked_before_key(player_id)], args=[self._revoked_ttl])
             raise RefreshTokenReused()
         if outcome != "rotated":
             raise RefreshTokenInvalid()
@@ -246,11 +269,6 @@ class Sessions:
         """Ends every session of the player; returns how many families there were."""
         count: Any = await self._revoke_all(
             keys=[f"{PLAYER_SESSIONS_PREFIX}{player_id}", revoked_before_key(player_id)],
-            args=[SESSION_PREFIX, self._cutoff(), self._revoked_ttl],
+            args=[SESSION_PREFIX, self._revoked_ttl],
         )
         return int(count)
-
-    @staticmethod
-    def _cutoff() -> int:
-        # The next whole second: every access token issued until now has an older iat.
-        return int(time.time()) + 1

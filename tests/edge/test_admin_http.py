@@ -1,11 +1,15 @@
 """The back office through the edge's admin listener: operators authenticate with their own
 short-lived tokens (the operator SSO's keys, issuer and audience, never a player's), each
-spends their own ADMIN budget, and the services learn which operator called from the edge
-alone. Real HTTP through a running edge to the real wallet; the services' side of the rule
-over real mTLS gRPC."""
+spends their own ADMIN budget, the back office can cut an operator off before their tokens
+expire (and with Redis unreachable nothing is let through), and the services learn which
+operator called from the edge alone. Real HTTP through a running edge to the real wallet; the
+services' side of the rule over real mTLS gRPC."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -13,17 +17,26 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from casino.common.v1.money_pb2 import Money
 from casino.wallet.v1 import wallet_pb2 as w
 from casino.wallet.v1 import wallet_pb2_grpc
+from edge.operators import revocation_key
 from edge.process import EdgeProcess
 from services.runtime.call import OPERATOR_METADATA, OPERATOR_ROLES_METADATA, PLAYER_METADATA
 from services.runtime.client import secure_channel
 from services.runtime.process import ServiceProcess
 from services.runtime.status import error_info
-from tests.conftest import Pki
-from tests.edge.conftest import BACK_OFFICE, OperatorMinter, TokenMinter, start_edge_for
+from tests.conftest import ROOT, Pki
+from tests.edge.conftest import (
+    BACK_OFFICE,
+    REDIS_URL,
+    OperatorMinter,
+    TokenMinter,
+    start_edge_for,
+)
+from tests.support.tcp_proxy import TcpProxy
 
 RECONCILE = "/v1/admin/wallet:reconcile"
 
@@ -318,3 +331,112 @@ async def test_each_operator_spends_their_own_admin_budget(
         other = await admin.post(_adjust_path(player), json=_adjustment(player), headers=frank)
         assert other.status_code == 403
         assert other.json()["reason"] == "OPERATOR_ROLE_REQUIRED"
+
+
+# Cutting an operator off: the back office's revoked-before second, read with the rate limit.
+
+
+async def _revoke(edge: EdgeProcess, operator_id: str) -> None:
+    """What the back office runs: the development SSO's `revoke`, on the edge's own config."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "scripts" / "operator_token.py"),
+        "revoke",
+        operator_id,
+        "--config",
+        str(edge.config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, (out, err)
+
+
+async def test_a_revoked_operators_token_is_refused_at_once_and_a_later_one_works(
+    edge: EdgeProcess, admin: httpx.AsyncClient, operators: OperatorMinter, wallet_as: Any
+) -> None:
+    player = await _account(wallet_as)
+    body = {"playerId": player, "currencyCode": "EUR"}
+    operator_id, colleague = f"ops.gone-{uuid.uuid4().hex[:8]}", f"ops.{uuid.uuid4().hex[:8]}"
+    held = operators.bearer(operator_id)
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        assert (await admin.post(RECONCILE, json=body, headers=held)).status_code == 200
+        await _revoke(edge, operator_id)
+        refused = await admin.post(RECONCILE, json=body, headers=held)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["reason"] == "TOKEN_REVOKED"
+        # Another operator is not touched.
+        other = await admin.post(RECONCILE, json=body, headers=operators.bearer(colleague))
+        assert other.status_code == 200, other.text
+        # A token the SSO mints once the revocation's second has begun is served.
+        cutoff = int(await redis.get(revocation_key(operator_id)) or 0)
+        assert cutoff > 0
+        await asyncio.sleep(max(0.0, cutoff - time.time()))
+        later = await admin.post(RECONCILE, json=body, headers=operators.bearer(operator_id))
+        assert later.status_code == 200, later.text
+    finally:
+        await redis.delete(revocation_key(operator_id))
+        await redis.aclose()
+
+
+@pytest.fixture(scope="module")
+def redis_proxy() -> Iterator[TcpProxy]:
+    proxy = TcpProxy("127.0.0.1", 6379)
+    proxy.start()
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture(scope="module")
+def admin_edge_behind_cuttable_redis(
+    tmp_path_factory: pytest.TempPathFactory,
+    pki: Pki,
+    tokens: TokenMinter,
+    operators: OperatorMinter,
+    edge_services: dict[str, ServiceProcess],
+    redis_proxy: TcpProxy,
+) -> Iterator[EdgeProcess]:
+    process = start_edge_for(
+        tmp_path_factory.mktemp("cuttable-admin-edge"),
+        pki,
+        tokens,
+        edge_services,
+        operator_key_dir=operators.key_dir,
+        redis_url=f"redis://127.0.0.1:{redis_proxy.port}/0",
+    )
+    yield process
+    process.terminate()
+
+
+async def test_with_redis_down_admin_requests_fail_closed(
+    admin_edge_behind_cuttable_redis: EdgeProcess,
+    operators: OperatorMinter,
+    wallet_as: Any,
+    redis_proxy: TcpProxy,
+) -> None:
+    # Whether the operator was cut off cannot be known: refused, as players' money requests
+    # are, not waved through under the local rate limiter.
+    player = await _account(wallet_as)
+    body = {"playerId": player, "currencyCode": "EUR"}
+    async with httpx.AsyncClient(
+        base_url=admin_edge_behind_cuttable_redis.url("admin"), headers=BACK_OFFICE, timeout=10
+    ) as admin:
+        assert (
+            await admin.post(RECONCILE, json=body, headers=operators.bearer("ops.alice"))
+        ).status_code == 200
+        redis_proxy.cut()
+        try:
+            refused = await admin.post(RECONCILE, json=body, headers=operators.bearer("ops.alice"))
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["reason"] == "DEPENDENCY_UNAVAILABLE"
+        finally:
+            redis_proxy.start()
+        # Redis back: served again once the breaker lets a call through.
+        deadline = time.monotonic() + 10
+        while True:
+            reply = await admin.post(RECONCILE, json=body, headers=operators.bearer("ops.alice"))
+            if reply.status_code == 200:
+                break
+            assert reply.status_code == 503 and time.monotonic() < deadline, reply.text
+            await asyncio.sleep(0.2)

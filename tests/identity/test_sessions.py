@@ -1,6 +1,7 @@
 """Login and sessions: the uniform error, the lockout, the access token the edge verifies
 (claims, key id, expiry, tampering), refresh rotation with reuse detection, logout and
-self-exclusion revoking every session, also when they race a refresh or a login."""
+self-exclusion revoking every session, also when they race a refresh or a login or come from
+a replica whose clock is off."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from redis.asyncio import Redis
 
 from casino.identity.v1 import identity_pb2 as pb
 from casino.identity.v1 import identity_pb2_grpc
+from services.identity import sessions as sessions_module
 from services.identity.authentication import Authenticator, SessionRevoked
 from services.identity.lockout import LockoutPolicy, LoginThrottle
 from services.identity.passwords import Argon2Parameters, Passwords
@@ -458,3 +460,61 @@ async def test_a_refresh_racing_another_familys_reuse_answers_a_token_the_edge_a
     token_claims = claims(identity, issued.access.token)
     assert token_claims["sid"] == mine.session_id
     assert edge_accepts(token_claims, await revoked_before(redis, player_id))
+
+
+# Replicas whose clocks disagree: the running identity (this host's clock) and one in this
+# process whose clock is `skew` seconds off. Whichever of them issues a token and whichever
+# ends the player's sessions, the edge refuses the token after the logout, and a token issued
+# after it is accepted (without waiting out the skew).
+
+
+class SkewedClock:
+    """The `time` module as sessions.py sees it on a replica whose clock is off."""
+
+    def __init__(self, skew: float) -> None:
+        self.skew = skew
+
+    def time(self) -> float:
+        return time.time() + self.skew
+
+
+@pytest.mark.parametrize("skew", [5.0, -5.0])
+@pytest.mark.parametrize("revoker", ["host", "skewed"])
+async def test_a_replica_with_a_skewed_clock_yields_no_token_the_edge_accepts_after_a_logout(
+    authenticator: Callable[[Sessions], Authenticator],
+    edge: Stub,
+    identity: Identity,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    skew: float,
+    revoker: str,
+) -> None:
+    monkeypatch.setattr(sessions_module, "time", SkewedClock(skew))
+    skewed = sessions_kind(Sessions, redis)
+    player_id, email = await new_player(edge)
+
+    async def issue(replica: str) -> tuple[str, str]:
+        """(access token, refresh token) from a login at `replica`."""
+        if replica == "host":
+            session = await login(edge, email)
+            return session.access_token, session.refresh_token
+        issued = await authenticator(skewed).login(email, PASSWORD, None)
+        return issued.access.token, issued.refresh.token
+
+    def accepted(token: str, cutoff: int) -> bool:
+        # Verified as the edge does, with its 30 s leeway for clocks.
+        return edge_accepts(claims(identity, token, leeway=30), cutoff)
+
+    issuer = "skewed" if revoker == "host" else "host"
+    access, refresh = await issue(issuer)
+    if revoker == "host":
+        assert (await edge.Logout(pb.LogoutRequest(refresh_token=refresh))).revoked_sessions == 1
+    else:
+        assert await skewed.revoke_all(player_id) == 1
+    cutoff = await revoked_before(redis, player_id)
+    assert not accepted(access, cutoff), "a token issued before the logout outlived it"
+    for replica in ("host", "skewed"):
+        started = time.monotonic()
+        fresh, _ = await issue(replica)
+        assert time.monotonic() - started < 2.5, f"{replica} waited out the other's clock"
+        assert accepted(fresh, await revoked_before(redis, player_id)), replica
