@@ -49,6 +49,9 @@ class AsyncBreaker:
             name=name,
             listeners=[_LogTransitions()],
             state_storage=state_storage,
+            # A caller giving up (a client cancelling, a deadline passing) says nothing of
+            # the dependency: not a failure, and never turned into CircuitOpen.
+            exclude=[asyncio.CancelledError],
         )
         self._call_timeout = call_timeout
 

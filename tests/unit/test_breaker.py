@@ -41,3 +41,26 @@ async def test_slow_calls_count_as_failures() -> None:
     with pytest.raises((TimeoutError, CircuitOpen)):
         await breaker.call(lambda: asyncio.sleep(1))
     assert breaker.state == "open"
+
+
+async def test_callers_giving_up_neither_open_the_breaker_nor_lose_their_cancellation() -> None:
+    breaker = AsyncBreaker("cancelled", fail_max=2, reset_timeout=10)
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        started.set()
+        await asyncio.sleep(10)
+
+    for _ in range(3):
+        started.clear()
+        call = asyncio.ensure_future(breaker.call(slow))
+        await started.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):  # not CircuitOpen
+            await call
+    assert breaker.state == "closed"
+
+    async def healthy() -> str:
+        return "ok"
+
+    assert await breaker.call(healthy) == "ok"
