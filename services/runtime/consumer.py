@@ -62,18 +62,15 @@ def decode_event(message: AbstractIncomingMessage, event_type: type[E]) -> E:
 async def once_per_event(
     redis: Redis, key: str, seconds: int, action: Callable[[], Awaitable[object]]
 ) -> bool:
-    """Run `action` unless `key` (naming an event id) was claimed in the last `seconds`;
-    True if it ran. For effects that must not be repeated by a late redelivery (ending the
-    sessions a player opened since). A failed action forgets the claim (best effort), so
-    the broker's redelivery runs it."""
-    if not await redis.set(key, "1", nx=True, ex=seconds):
+    """Run `action` unless it already ran for `key` (naming an event id) in the last
+    `seconds`; True if it ran. For effects that must not be repeated by a late redelivery
+    (ending the sessions a player opened since). The event is marked done only after the
+    action completed: an action cancelled, killed or failing leaves no mark, so the broker's
+    redelivery runs it (the action must be idempotent: two deliveries at once may both)."""
+    if await redis.exists(key):
         return False
-    try:
-        await action()
-    except Exception:
-        with contextlib.suppress(Exception):
-            await redis.delete(key)
-        raise
+    await action()
+    await redis.set(key, "1", ex=seconds)
     return True
 
 
