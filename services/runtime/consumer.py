@@ -5,8 +5,11 @@ for every message:
 - the handler returns an outcome (counted) -> ack, after the handler's own commit;
 - it raises Undeliverable (a message that can never be processed: wrong type, undecodable,
   impossible to judge) -> rejected to the dead-letter queue, logged;
-- it raises anything else (a database or cache away) -> wait, then nack with requeue: the
-  broker delivers it again. Handlers are idempotent by event id, so at-least-once is safe.
+- it raises anything else -> wait, then nack with requeue: the broker delivers it again.
+  Handlers are idempotent by event id, so at-least-once is safe. A dependency away (the
+  database, Redis, the network) is retried for as long as it takes; any other failure (a
+  defect, data the handler chokes on) only `max_attempts` times in this process, then the
+  message goes to the dead-letter queue, so one poison message cannot stall a queue forever.
 
 The broker going away stalls nothing but this worker: it reconnects with backoff while the
 service keeps answering from the state it has.
@@ -15,16 +18,20 @@ service keeps answering from the state it has.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import aio_pika
+import sqlalchemy.exc
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from google.protobuf.message import DecodeError, Message
 from prometheus_client import Counter
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from services.runtime.errors import DependencyUnavailable
 from services.runtime.logs import get_logger
 from services.runtime.outbox import declare_events_exchange
 
@@ -87,6 +94,7 @@ class EventConsumer:
         *,
         prefetch: int = 32,
         retry_seconds: float = 1.0,
+        max_attempts: int = 5,
     ) -> None:
         self._handler = handler
         self._amqp_url = amqp_url
@@ -94,6 +102,9 @@ class EventConsumer:
         self._bindings = list(bindings)
         self._prefetch = prefetch
         self._retry = retry_seconds
+        self._max_attempts = max_attempts
+        # Failed attempts per message id (not dependency outages), most recent last.
+        self._failures: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._connection: AbstractRobustConnection | None = None
 
     @property
@@ -159,7 +170,20 @@ class EventConsumer:
             EVENTS_CONSUMED.labels(self.queue, "dead_lettered").inc()
             return
         except Exception as exc:
-            # Nothing was committed: back off, then let the broker deliver it again.
+            # Nothing was committed: back off, then let the broker deliver it again, unless
+            # the handler itself keeps failing on this message.
+            if not isinstance(exc, _DEPENDENCY_AWAY) and self._failed_again(message):
+                log.error(
+                    "event dead-lettered after repeated failures",
+                    queue=self.queue,
+                    message_id=message.message_id,
+                    routing_key=message.routing_key,
+                    attempts=self._max_attempts,
+                    error=str(exc) or type(exc).__name__,
+                )
+                await message.reject(requeue=False)
+                EVENTS_CONSUMED.labels(self.queue, "dead_lettered").inc()
+                return
             log.warning(
                 "event not processed, will retry",
                 queue=self.queue,
@@ -170,5 +194,31 @@ class EventConsumer:
             await message.nack(requeue=True)
             EVENTS_CONSUMED.labels(self.queue, "retried").inc()
             return
+        self._failures.pop(message.message_id or "", None)
         await message.ack()
         EVENTS_CONSUMED.labels(self.queue, outcome).inc()
+
+    def _failed_again(self, message: AbstractIncomingMessage) -> bool:
+        """Count a failure of the handler on this message; True once it reached
+        max_attempts (the count is forgotten then)."""
+        key = message.message_id or message.body.hex()[:64]
+        count = self._failures.pop(key, 0) + 1
+        if count >= self._max_attempts:
+            return True
+        self._failures[key] = count
+        while len(self._failures) > _FAILURES_KEPT:
+            self._failures.popitem(last=False)
+        return False
+
+
+# Failures that say a dependency is away, not that the message is bad: retried without limit.
+_DEPENDENCY_AWAY = (
+    OSError,
+    TimeoutError,
+    RedisError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    DependencyUnavailable,
+)
+# Messages whose failures are counted at once (older ones are forgotten first).
+_FAILURES_KEPT = 10_000
