@@ -64,7 +64,20 @@ def _unavailable(exc: BaseException) -> DomainError | None:
             return DependencyUnavailable("database")
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return DependencyUnavailable("redis")
+    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _UPSTREAM_AWAY:
+        # A service this one called is down, overloaded or out of time: the caller may
+        # retry (under the same request id), which INTERNAL would tell it not to.
+        return DependencyUnavailable("upstream service")
     return None
+
+
+_UPSTREAM_AWAY = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 
 
 class _RpcScope:

@@ -4,6 +4,8 @@ UNAVAILABLE, and anything unexpected as INTERNAL with nothing of the internals."
 from __future__ import annotations
 
 import json
+import socket
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -89,3 +91,20 @@ async def test_unexpected_exception_is_internal_without_internals_and_logged_wit
     assert failure["trace_id"] == trace_id
     assert failure["level"] == "error"
     assert "hunter2" in failure["exception"]  # the operator sees what the client does not
+
+
+async def test_an_upstream_that_is_down_is_unavailable_not_internal(launch, pki: Pki) -> None:
+    # A port nothing listens on: the relay's call upstream fails to connect. The caller is
+    # told to retry later, not that this service is broken.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    relay = launch(upstream_port=closed)
+    async with echo_client(relay.ports["port"], pki.tls("games")) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await client.RelayEcho(
+                echo_pb2.RelayEchoRequest(request_id=uuid.uuid4().hex, message="m"), timeout=5
+            )
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+    info = error_info(failure.value)
+    assert info is not None and info.reason == "DEPENDENCY_UNAVAILABLE"
