@@ -190,6 +190,10 @@ def load_config(path: str | Path) -> ServiceConfig:
     name = service.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{path}: [service] name is required")
+    unknown = sorted(set(service) - {"name"})
+    if unknown:
+        # [service] holds the name only; a setting put here by mistake must not be ignored.
+        raise ConfigError(f"{path}: unknown key(s) in [service]: {', '.join(unknown)}")
     raw["domain"] = raw.pop(name, {})
     config = build(ServiceConfig, {"name": name, **raw}, "", path.parent)
     config = dataclasses.replace(config, config_dir=path.parent)

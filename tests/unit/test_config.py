@@ -34,6 +34,9 @@ def test_relative_paths_resolve_against_the_file_folder(tmp_path: Path) -> None:
 def test_unknown_key_is_an_error_not_a_silent_default(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"listen: unknown key\(s\) prot"):
         load_config(_write(tmp_path, '[service]\nname = "rng"\n[listen]\nprot = 5\n'))
+    # [service] too: a shutdown setting put there by mistake is not quietly left at 10 s.
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[service\]: grace_seconds"):
+        load_config(_write(tmp_path, '[service]\nname = "rng"\ngrace_seconds = 1\n'))
 
 
 def test_wrong_type_is_an_error(tmp_path: Path) -> None:
