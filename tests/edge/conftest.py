@@ -29,6 +29,7 @@ from services.runtime.process import ServiceProcess
 from services.runtime.status import abort
 from services.runtime.tls import ServerCertificates
 from tests.conftest import ROOT, Launcher, Pki
+from tests.support.tcp_proxy import TcpProxy
 from tests.wallet.conftest import wallet_extra
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -386,3 +387,12 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def redis_proxy() -> Iterator[TcpProxy]:
+    """Redis behind a proxy a test can cut and restore (one per test module)."""
+    proxy = TcpProxy("127.0.0.1", 6379)
+    proxy.start()
+    yield proxy
+    proxy.close()

@@ -381,14 +381,6 @@ async def test_a_revoked_operators_token_is_refused_at_once_and_a_later_one_work
 
 
 @pytest.fixture(scope="module")
-def redis_proxy() -> Iterator[TcpProxy]:
-    proxy = TcpProxy("127.0.0.1", 6379)
-    proxy.start()
-    yield proxy
-    proxy.close()
-
-
-@pytest.fixture(scope="module")
 def admin_edge_behind_cuttable_redis(
     tmp_path_factory: pytest.TempPathFactory,
     pki: Pki,

@@ -26,14 +26,6 @@ WALLET_RATE = 50  # the PLAYER_WALLET default, per player per second
 
 
 @pytest.fixture(scope="module")
-def redis_proxy() -> Iterator[TcpProxy]:
-    proxy = TcpProxy("127.0.0.1", 6379)
-    proxy.start()
-    yield proxy
-    proxy.close()
-
-
-@pytest.fixture(scope="module")
 def limited_edge(
     tmp_path_factory: pytest.TempPathFactory,
     pki: Pki,
