@@ -35,6 +35,8 @@ _TRANSIENT = {
     # retried under the same key, never taken for a final refusal (which voids a round).
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.UNKNOWN,
+    # A transaction that lost a conflict was rolled back whole: retried, like an outage.
+    grpc.StatusCode.ABORTED,
 }
 
 

@@ -95,6 +95,20 @@ class DependencyUnavailable(DomainError):
         )
 
 
+class TransactionConflict(DomainError):
+    """The transaction lost a conflict with a concurrent one and was rolled back; nothing was
+    applied and a retry under the same request_id may succeed."""
+
+    code = Code.ABORTED
+
+    def __init__(self) -> None:
+        super().__init__(
+            "TRANSACTION_CONFLICT",
+            "a concurrent change conflicted with this one; nothing was applied: retry it",
+            {},
+        )
+
+
 class Overloaded(DomainError):
     """The service's own capacity (a connection pool) is exhausted; nothing was applied."""
 

@@ -32,7 +32,12 @@ from services.runtime.call import (
     leave_call,
     require_operator,
 )
-from services.runtime.errors import DependencyUnavailable, DomainError, Overloaded
+from services.runtime.errors import (
+    DependencyUnavailable,
+    DomainError,
+    Overloaded,
+    TransactionConflict,
+)
 from services.runtime.identity import service_from_spiffe_id
 from services.runtime.logs import get_logger
 from services.runtime.status import abort, abort_with_error
@@ -46,8 +51,9 @@ def peer_service(context: grpc.aio.ServicerContext) -> str | None:
     return service_from_spiffe_id(values[0].decode()) if values else None
 
 
-def _unavailable(exc: BaseException) -> DomainError | None:
-    """The retryable refusal a failure of a dependency means, or None for anything else.
+def _retryable(exc: BaseException) -> DomainError | None:
+    """The retryable refusal a failure means (a dependency away, a transaction conflict), or
+    None for anything else.
 
     Only connection-level database errors count (SQLSTATE class 08, admin shutdown 57P,
     too many connections 53300, or no SQLSTATE at all): a serialization failure is an
@@ -62,6 +68,10 @@ def _unavailable(exc: BaseException) -> DomainError | None:
             sqlstate is None or sqlstate.startswith(("08", "57P", "53300"))
         ):
             return DependencyUnavailable("database")
+        if sqlstate in ("40001", "40P01"):
+            # A serialization failure or a deadlock: the transaction's problem, rolled back
+            # whole; the caller's retry under the same request id is the remedy.
+            return TransactionConflict()
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return DependencyUnavailable("redis")
     if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _UPSTREAM_AWAY:
@@ -193,11 +203,11 @@ class _RpcScope:
             if isinstance(exc, DomainError):
                 self.code = grpc.StatusCode[exc.code.value]
                 await abort_with_error(self.context, exc)
-            unavailable = _unavailable(exc)
-            if unavailable is not None:
-                self.code = grpc.StatusCode.UNAVAILABLE
-                self.log.warning(unavailable.message, reason=unavailable.reason, error=str(exc))
-                await abort_with_error(self.context, unavailable)
+            retryable = _retryable(exc)
+            if retryable is not None:
+                self.code = grpc.StatusCode[retryable.code.value]
+                self.log.warning(retryable.message, reason=retryable.reason, error=str(exc))
+                await abort_with_error(self.context, retryable)
             self.code = grpc.StatusCode.INTERNAL
             trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
             self.log.error("unhandled exception in handler", exc_info=exc)

@@ -30,6 +30,10 @@ class Faulty(echo_pb2_grpc.EchoServiceServicer):
             raise OperationalError(
                 "SELECT 1", {}, psycopg.OperationalError("connection to 10.0.0.5 refused")
             )
+        if request.message == "conflict":
+            raise OperationalError(
+                "UPDATE x", {}, psycopg.errors.SerializationFailure("could not serialize access")
+            )
         raise RuntimeError("password=hunter2 in /srv/wallet/secret.py line 42")
 
 
@@ -70,6 +74,13 @@ async def test_lost_database_connection_is_unavailable_and_retryable(faulty, pki
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert error_info(error).reason == "DEPENDENCY_UNAVAILABLE"  # type: ignore[union-attr]
     assert "10.0.0.5" not in (error.details() or "")
+
+
+async def test_a_lost_transaction_conflict_is_aborted_and_retryable(faulty, pki) -> None:
+    error = await _call(faulty, pki, "conflict")
+    assert error.code() == grpc.StatusCode.ABORTED
+    info = error_info(error)
+    assert info is not None and info.reason == "TRANSACTION_CONFLICT"
 
 
 async def test_unexpected_exception_is_internal_without_internals_and_logged_with_trace(

@@ -61,6 +61,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     adjustment's operator_id): an operator acts only as themselves. Metadata: operator_id
     (the request's), rpc.
     """
+    TRANSACTION_CONFLICT: _ErrorReason.ValueType  # 12
+    """The request's transaction lost a conflict with a concurrent one (a serialization
+    failure or a deadlock) and was rolled back: nothing was applied. Retry it, with the same
+    request_id (ABORTED).
+    """
     INSUFFICIENT_FUNDS: _ErrorReason.ValueType  # 100
     """Wallet.
     Not enough available balance. Metadata: available_minor, posted_minor, reserved_minor,
@@ -253,6 +258,11 @@ OPERATOR_MISMATCH: ErrorReason.ValueType  # 11
 """An operator's call through the edge's admin listener records another operator (e.g. an
 adjustment's operator_id): an operator acts only as themselves. Metadata: operator_id
 (the request's), rpc.
+"""
+TRANSACTION_CONFLICT: ErrorReason.ValueType  # 12
+"""The request's transaction lost a conflict with a concurrent one (a serialization
+failure or a deadlock) and was rolled back: nothing was applied. Retry it, with the same
+request_id (ABORTED).
 """
 INSUFFICIENT_FUNDS: ErrorReason.ValueType  # 100
 """Wallet.
