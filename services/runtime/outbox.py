@@ -140,19 +140,26 @@ class OutboxRelay:
         *,
         batch_size: int = 200,
         idle_seconds: float = 0.05,
+        publish_timeout_seconds: float = 30.0,
     ) -> None:
         self._engine = engine
         self._schema = schema
         self._amqp_url = amqp_url
         self._batch_size = batch_size
         self._idle = idle_seconds
+        # A broker that stops confirming (blocked on memory or disk) must not hold the
+        # batch's row locks and transaction open for ever: the batch fails and is retried.
+        self._publish_timeout = publish_timeout_seconds
         self._connection: AbstractRobustConnection | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
 
     async def _exchange_ready(self) -> aio_pika.abc.AbstractExchange:
         if self._exchange is None:
             self._connection = await aio_pika.connect_robust(self._amqp_url, timeout=5)
-            channel = await self._connection.channel(publisher_confirms=True)
+            # A message the broker returns (unroutable: the catch-all exchange gone) fails
+            # its publish, so its row is not marked published; aio-pika's default is to
+            # resolve a return as if it had been delivered.
+            channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
             self._exchange = await declare_events_exchange(channel)
         return self._exchange
 
@@ -174,22 +181,23 @@ class OutboxRelay:
                 return 0
             # Confirms are awaited together: the broker acknowledges the batch, not one
             # message per round trip. Any failure aborts the transaction: nothing is marked.
-            await asyncio.gather(
-                *(
-                    exchange.publish(
-                        aio_pika.Message(
-                            body=row.payload,
-                            message_id=str(row.event_id),
-                            type=row.message_type,
-                            content_type=CONTENT_TYPE,
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        ),
-                        routing_key=row.routing_key,
-                        mandatory=True,
+            async with asyncio.timeout(self._publish_timeout):
+                await asyncio.gather(
+                    *(
+                        exchange.publish(
+                            aio_pika.Message(
+                                body=row.payload,
+                                message_id=str(row.event_id),
+                                type=row.message_type,
+                                content_type=CONTENT_TYPE,
+                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            ),
+                            routing_key=row.routing_key,
+                            mandatory=True,
+                        )
+                        for row in rows
                     )
-                    for row in rows
                 )
-            )
             await conn.execute(
                 text(
                     f"UPDATE {self._schema}.outbox SET publish_time = now()"
