@@ -42,7 +42,6 @@ from services.games.upstreams import (
     Refused,
     RngClient,
     WalletClient,
-    refusal,
 )
 from services.runtime import db, failpoints, outbox
 from services.runtime.errors import Code, DomainError, IdempotencyMismatch, InvalidArgument
@@ -323,7 +322,7 @@ class Lifecycle:
             # exist for it, so the round is void with nothing to give back.
             await self._close_rng(r)
             await self._void(r, reason=exc.reason, settle=None)
-            raise refusal(exc) from None
+            raise
         failpoints.reached("games.after_debit")
         return await self._step(
             r,

@@ -7,10 +7,8 @@ import asyncio
 import datetime as dt
 import re
 import uuid
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -25,10 +23,8 @@ from services.games.rounds import fair_key, round_fields
 from services.games.sessions import Session, Sessions, launch_fingerprint
 from services.games.upstreams import (
     ComplianceClient,
-    Refused,
     RngClient,
     WalletClient,
-    refusal,
 )
 from services.games.workers import ArchivePartitions, RoundRecovery
 from services.runtime import verdict_log
@@ -51,8 +47,6 @@ _DEFAULT_HISTORY_PAGE = 20
 # google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
 _MIN_TIMESTAMP_SECONDS = -62_135_596_800
 _MAX_TIMESTAMP_SECONDS = 253_402_300_799
-
-T = TypeVar("T")
 
 
 log = get_logger()
@@ -128,15 +122,6 @@ def _time_field(field: str, value: Timestamp) -> dt.datetime:
     return value.ToDatetime(dt.UTC)
 
 
-async def _answer(call: Awaitable[T]) -> T:
-    """An upstream's answer; its final refusal reaches our caller with the upstream's own
-    status and reason (never as an internal error)."""
-    try:
-        return await call
-    except Refused as exc:
-        raise refusal(exc) from None
-
-
 def _own_player(player_id: str) -> str:
     """The request's player, who must be the caller's own when the call came through the edge."""
     require_player(text_field("player_id", player_id))
@@ -210,25 +195,23 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
         started = await self._sessions.started(player_id, request_id, fingerprint)
         if started is not None:
             return pb.StartSessionResponse(session=messages.session_message(started))
-        verdict = await _answer(
-            self._compliance.check(
-                player_id=player_id,
-                action="GAME_LAUNCH",
-                amount_minor=0,
-                currency=request.currency_code,
-                product=math.product,
-                country=country,
-                request_id=f"launch:{request_id}",
-            )
+        verdict = await self._compliance.check(
+            player_id=player_id,
+            action="GAME_LAUNCH",
+            amount_minor=0,
+            currency=request.currency_code,
+            product=math.product,
+            country=country,
+            request_id=f"launch:{request_id}",
         )
         if not verdict.allowed:
             raise BetRefused(verdict.verdict_id, verdict.reasons)
-        balance = await _answer(self._wallet.available(player_id, request.currency_code))
+        balance = await self._wallet.available(player_id, request.currency_code)
         now = _now()
-        clock = await _answer(self._compliance.reality_check(player_id, now))
+        clock = await self._compliance.reality_check(player_id, now)
         commitment = ""
         if client_seed:
-            seed = await _answer(self._rng.commitment(fair_key(player_id, math.game_id)))
+            seed = await self._rng.commitment(fair_key(player_id, math.game_id))
             commitment = seed.commitment
         session = await self._sessions.start(
             player_id=player_id,
@@ -276,7 +259,7 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
         bet = messages.bet_json(session.game_id, request.bet)
         prepared = await self._lifecycle.prepare(session, request_id, bet)
         if prepared.existing is not None:
-            played = await _answer(self._lifecycle.resume(prepared.existing))
+            played = await self._lifecycle.resume(prepared.existing)
         else:
             now = _now()
             self._sessions.require_no_reality_check(session, now)
@@ -286,7 +269,7 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
                     session, product, prepared.math.min_round_interval_ms, now
                 )
             try:
-                played = await _answer(self._lifecycle.play(session, prepared))
+                played = await self._lifecycle.play(session, prepared)
             except DomainError as exc:
                 # A refused round played nothing: it does not count towards spin spacing.
                 if claim is not None and exc.reason != "DEPENDENCY_UNAVAILABLE":
@@ -374,7 +357,7 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
     ) -> pb.GetFairSeedResponse:
         player_id = _own_player(request.player_id)
         math = _fair_game(request.game_id)
-        seed = await _answer(self._rng.commitment(fair_key(player_id, math.game_id)))
+        seed = await self._rng.commitment(fair_key(player_id, math.game_id))
         return pb.GetFairSeedResponse(
             server_seed_commitment=seed.commitment, next_nonce=seed.next_nonce
         )
@@ -384,7 +367,7 @@ class GamesService(games_pb2_grpc.GamesServiceServicer):
     ) -> pb.RotateFairSeedResponse:
         player_id = _own_player(request.player_id)
         math = _fair_game(request.game_id)
-        revealed = await _answer(self._rng.reveal(fair_key(player_id, math.game_id)))
+        revealed = await self._rng.reveal(fair_key(player_id, math.game_id))
         return pb.RotateFairSeedResponse(
             revealed_server_seed=revealed.server_seed,
             revealed_commitment=revealed.commitment,

@@ -40,8 +40,10 @@ _TRANSIENT = {
 }
 
 
-class Refused(Exception):
-    """An upstream's final refusal: its status code, ErrorInfo reason and metadata."""
+class Refused(DomainError):
+    """An upstream's final refusal: its ErrorInfo reason and metadata, and its status code
+    (a DomainError, so one that is not handled reaches our caller as the upstream gave it,
+    never as an internal error)."""
 
     def __init__(
         self,
@@ -51,12 +53,13 @@ class Refused(Exception):
         message: str,
         metadata: Mapping[str, str],
     ) -> None:
-        super().__init__(f"{service} refused: {reason}: {message}")
+        super().__init__(
+            reason,
+            message,
+            metadata,
+            code=Code[code.name] if code.name in Code.__members__ else Code.FAILED_PRECONDITION,
+        )
         self.service = service
-        self.code = code
-        self.reason = reason
-        self.message = message
-        self.metadata = dict(metadata)
 
 
 async def _call(service: str, call: Awaitable[T]) -> T:
@@ -374,9 +377,3 @@ class RngClient:
             reply.rounds,
             reply.server_seed_commitment,
         )
-
-
-def refusal(exc: Refused) -> DomainError:
-    """An upstream's final refusal passed on to our caller with the same reason."""
-    code = Code[exc.code.name] if exc.code.name in Code.__members__ else Code.FAILED_PRECONDITION
-    return DomainError(exc.reason, exc.message, exc.metadata, code=code)
