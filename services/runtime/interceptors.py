@@ -111,10 +111,18 @@ class _RpcScope:
     async def __aenter__(self) -> _RpcScope:
         caller = peer_service(self.context)
         remaining = self.context.time_remaining()
-        metadata = self.context.invocation_metadata() or ()
-        players = [str(value) for key, value in metadata if key == PLAYER_METADATA]
-        operators = [str(value) for key, value in metadata if key == OPERATOR_METADATA]
-        roles = [str(value) for key, value in metadata if key == OPERATOR_ROLES_METADATA]
+        # The principals the call names, in one pass over its metadata (every RPC pays it).
+        players: list[str] = []
+        operators: list[str] = []
+        roles: list[str] = []
+        principals = {
+            PLAYER_METADATA: players,
+            OPERATOR_METADATA: operators,
+            OPERATOR_ROLES_METADATA: roles,
+        }
+        for key, value in self.context.invocation_metadata() or ():
+            if key in principals:
+                principals[key].append(str(value))
         from_edge = caller == EDGE_IDENTITY
         operator = operators[0] if from_edge and len(operators) == 1 and operators[0] else None
         self.info = CallInfo(
