@@ -23,6 +23,27 @@ def _dsn(role: str) -> str:
     return f"postgresql://{role}:{password}@127.0.0.1:5432/{TEST_DATABASE}"
 
 
+async def _left_after_pruning(function: str, table: str, player: str) -> set[str]:
+    """Run the service's pruner with `function` asked to keep one day; the request ids of
+    `player`'s rows left in `table` (which are then removed)."""
+    engine = db.create_engine(
+        DatabaseConfig(
+            url=database_url("compliance"),
+            password_file=SECRETS / "postgres" / "casino_compliance",
+        ),
+        "test",
+    )
+    try:
+        await Pruner(engine, function, dt.timedelta(days=1)).prune()
+    finally:
+        await engine.dispose()
+    with psycopg.connect(_dsn("casino_admin")) as conn:
+        query = f"SELECT request_id FROM {table} WHERE player_id = %s"
+        left = {row[0] for row in conn.execute(query, (player,))}
+        conn.execute(f"DELETE FROM {table} WHERE player_id = %s", (player,))
+    return left
+
+
 async def test_usage_past_retention_is_pruned_and_never_younger_than_35_days(
     compliance: ServiceProcess,  # a running compliance: its schema is migrated
 ) -> None:
@@ -35,26 +56,8 @@ async def test_usage_past_retention_is_pruned_and_never_younger_than_35_days(
                 " VALUES (%s, %s, 'BET', 100, now() - %s)",
                 (player, request_id, dt.timedelta(days=days)),
             )
-    engine = db.create_engine(
-        DatabaseConfig(
-            url=database_url("compliance"),
-            password_file=SECRETS / "postgres" / "casino_compliance",
-        ),
-        "test",
-    )
-    try:
-        # Asked to keep one day: the function still keeps 35.
-        await Pruner(engine, "compliance.prune_usage", dt.timedelta(days=1)).prune()
-    finally:
-        await engine.dispose()
-    with psycopg.connect(_dsn("casino_admin")) as conn:
-        left = {
-            row[0]
-            for row in conn.execute(
-                "SELECT request_id FROM compliance.usage WHERE player_id = %s", (player,)
-            )
-        }
-        conn.execute("DELETE FROM compliance.usage WHERE player_id = %s", (player,))
+    # Asked to keep one day: the function still keeps 35.
+    left = await _left_after_pruning("compliance.prune_usage", "compliance.usage", player)
     assert left == {"d10", "d34"}
 
 
@@ -84,23 +87,7 @@ async def test_check_requests_past_retention_are_pruned_and_never_younger_than_3
                 " VALUES (%s, %s, 'BET', 100, 'GBP', %s, now() - %s)",
                 (player, request_id, uuid.uuid4(), dt.timedelta(days=days)),
             )
-    engine = db.create_engine(
-        DatabaseConfig(
-            url=database_url("compliance"),
-            password_file=SECRETS / "postgres" / "casino_compliance",
-        ),
-        "test",
+    left = await _left_after_pruning(
+        "compliance.prune_check_requests", "compliance.check_requests", player
     )
-    try:
-        await Pruner(engine, "compliance.prune_check_requests", dt.timedelta(days=1)).prune()
-    finally:
-        await engine.dispose()
-    with psycopg.connect(_dsn("casino_admin")) as conn:
-        left = {
-            row[0]
-            for row in conn.execute(
-                "SELECT request_id FROM compliance.check_requests WHERE player_id = %s", (player,)
-            )
-        }
-        conn.execute("DELETE FROM compliance.check_requests WHERE player_id = %s", (player,))
     assert left == {"d10", "d34"}
