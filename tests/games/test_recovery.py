@@ -174,9 +174,11 @@ def values(results: Any) -> list[int]:
 # -------------------------------------------------------------------- crash after the debit
 
 
-async def test_a_crash_after_the_debit_is_recovered_by_voiding_the_round_and_returning_the_stake(
+async def _crashed_after_the_debit(
     launcher: Launcher, upstreams: Upstreams, clients: Clients
-) -> None:
+) -> tuple[str, pb.PlayRoundRequest, uuid.UUID]:
+    """A dice round whose games process was killed after the wallet took the stake and
+    before the journal said so: its player, the request (for a retry) and its round id."""
     doomed = start_games(
         launcher, upstreams, "games-doomed", failpoints={"games.after_debit": "kill"}
     )
@@ -185,8 +187,14 @@ async def test_a_crash_after_the_debit_is_recovered_by_voiding_the_round_and_ret
     request_id = uuid.uuid4().hex
     request = play(player, session, request_id, dice_bet(stake=100, target=5000))
     round_id = round_id_for(player, request_id)
-
     await play_and_lose_the_process(clients.games(doomed), doomed, request)
+    return player, request, round_id
+
+
+async def test_a_crash_after_the_debit_is_recovered_by_voiding_the_round_and_returning_the_stake(
+    launcher: Launcher, upstreams: Upstreams, clients: Clients
+) -> None:
+    player, request, round_id = await _crashed_after_the_debit(launcher, upstreams, clients)
     # The process died after the wallet took the stake and before the journal said so.
     taken = [t for t in await round_transactions(clients, player, round_id) if t.kind == BET]
     assert [t.amount.amount_minor for t in taken] == [-100]
@@ -240,15 +248,7 @@ async def test_a_crashed_rounds_stake_comes_back_while_the_rng_refuses_new_draws
 ) -> None:
     # The RNG round is journalled with the DEBITED step, so after this crash the journal
     # shows an open round with no RNG round, while the wallet holds the stake.
-    doomed = start_games(
-        launcher, upstreams, "games-doomed", failpoints={"games.after_debit": "kill"}
-    )
-    player = await clients.player(deposit=DEPOSIT)
-    session = await start_session(clients.games(doomed), player, "dice")
-    request_id = uuid.uuid4().hex
-    request = play(player, session, request_id, dice_bet(stake=100, target=5000))
-    round_id = round_id_for(player, request_id)
-    await play_and_lose_the_process(clients.games(doomed), doomed, request)
+    player, request, round_id = await _crashed_after_the_debit(launcher, upstreams, clients)
 
     # Recovery runs while the RNG refuses to draw (failed self-test): it still finds the
     # round it opened, closes it undrawn, and the stake goes back.
