@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+from services.runtime.call import address_scope
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -36,15 +38,6 @@ def parse_address(text: str | None) -> Address | None:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
-    return address
-
-
-def subscriber(address: Address) -> Address | Network:
-    """The unit a per-address budget counts: an IPv4 address, or an IPv6 address's /64. One
-    subscriber is given at least a /64 and picks addresses in it at will (privacy extensions
-    rotate them), so counting single IPv6 addresses would let one client spend many budgets."""
-    if isinstance(address, ipaddress.IPv6Address):
-        return ipaddress.IPv6Network((address, 64), strict=False)
     return address
 
 
@@ -87,12 +80,12 @@ class SourceRules:
 
     def rate_key(self, address: Address | None) -> str:
         """Whose budget a request without a player spends: its named source's, else its
-        address's (an IPv6 address's /64: see `subscriber`)."""
+        address's (an IPv6 address's /64: see `address_scope`)."""
         if address is not None:
             for name, networks in self.sources.items():
                 if self._within(address, networks):
                     return f"source:{name}"
-            return f"ip:{subscriber(address)}"
+            return f"ip:{address_scope(address)}"
         return f"ip:{address}"
 
     def allows(self, address: Address | None) -> bool:

@@ -16,7 +16,6 @@ wrong password, is given back to both."""
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import math
 import uuid
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from services.runtime.call import address_scope
 from services.runtime.errors import Code, DomainError
 
 
@@ -61,21 +61,6 @@ class AccountLocked(DomainError):
 def _account_id(email_key: str) -> str:
     # Emails never appear in Redis key names (key listings end up in support tickets).
     return hashlib.sha256(email_key.encode()).hexdigest()[:32]
-
-
-def address_scope(address: str) -> str:
-    """The unit an address's failures count against: an IPv4 address, or an IPv6 address's
-    /64 (one subscriber's allocation; rotating addresses within it must not reset the count).
-    Anything that is not an address counts as written."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
 
 
 # KEYS: each scope's lock and failure count, in pairs. ARGV: attempt id, window seconds, lock

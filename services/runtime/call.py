@@ -7,6 +7,7 @@ by outgoing calls (the remaining deadline) and by logs.
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,6 +29,22 @@ CLIENT_COUNTRY_METADATA = "x-casino-client-country"
 OPERATOR_METADATA = "x-casino-operator-id"
 OPERATOR_ROLES_METADATA = "x-casino-operator-roles"
 EDGE_IDENTITY = "edge"
+
+
+def address_scope(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The unit a per-address budget or count applies to: an IPv4 address, or an IPv6
+    address's /64. One subscriber is given at least a /64 and picks addresses in it at will
+    (privacy extensions rotate them): counting single IPv6 addresses would let one client
+    spend many budgets. Anything that is not an address counts as written."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return str(address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 @dataclass(frozen=True)

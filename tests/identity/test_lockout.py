@@ -11,7 +11,7 @@ import pytest
 
 from casino.identity.v1 import identity_pb2 as pb
 from casino.identity.v1 import identity_pb2_grpc
-from services.identity.lockout import address_scope
+from services.runtime.call import address_scope
 from tests.identity.conftest import PASSWORD, error_info, registration, unique_email
 
 Stub = identity_pb2_grpc.IdentityServiceStub
