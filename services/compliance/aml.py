@@ -4,7 +4,7 @@ No I/O: services.compliance.monitoring reads the activity, writes alerts and set
 
 Defaults follow the UK Money Laundering Regulations 2017 (CDD on occasional transactions of
 EUR 2,000 or more, single or linked) and the Gambling Commission's AML guidance for casinos;
-every number is configuration (AmlConfig).
+every number is configuration: AmlConfig, and the CDD threshold of the player's jurisdiction.
 
 Decisions documented here:
 * CDD threshold: per flow (deposits, withdrawal requests, stakes, wins), trips when one
@@ -102,10 +102,11 @@ class AmlAction(enum.StrEnum):
 
 @dataclass(frozen=True)
 class AmlConfig:
-    """Every threshold of the monitoring rules. Amounts are EUR minor units; ratios are
-    whole percentages (no floats near money)."""
+    """Every threshold of the monitoring rules but one. Amounts are EUR minor units; ratios
+    are whole percentages (no floats near money). The CDD threshold is the player's
+    jurisdiction's (rules.ComplianceConfig.cdd_threshold_eur_minor), the one the money-path
+    gate trips at too, so it is given to `evaluate` per player, not configured here."""
 
-    cdd_threshold_eur_minor: int = 200_000
     cdd_window_hours: int = 24
     # Structuring: this many deposits within the window, each within band_percent below
     # the CDD threshold (at or above threshold * (100 - band) / 100, below the threshold).
@@ -187,6 +188,7 @@ def evaluate(
     *,
     account_opened: dt.datetime | None,
     config: AmlConfig,
+    cdd_threshold_eur_minor: int,
     enabled: RuleEnabled = every_rule_on,
     cdd_cleared_at: dt.datetime | None = None,
 ) -> list[Finding]:
@@ -198,11 +200,15 @@ def evaluate(
     pattern that holds with `new` and did not without it. A pattern reported before is not
     reported again for a later arrival in its window. `account_opened` None: unknown (the
     new-account rule does not apply); `cdd_cleared_at`: when due diligence was last recorded
-    (None: never). A rule for which `enabled` says False is not evaluated."""
+    (None: never); `cdd_threshold_eur_minor`: the player's jurisdiction's, for the CDD and
+    structuring rules. A rule for which `enabled` says False is not evaluated."""
     history = sorted({a.event_id: a for a in (*recent, new)}.values(), key=_order)
     checks: list[tuple[str, Callable[[], list[Finding]]]] = [
-        (CDD_THRESHOLD, lambda: _cdd_threshold(new, history, config, cdd_cleared_at)),
-        (STRUCTURING, lambda: _structuring(new, history, config)),
+        (
+            CDD_THRESHOLD,
+            lambda: _cdd_threshold(new, history, config, cdd_threshold_eur_minor, cdd_cleared_at),
+        ),
+        (STRUCTURING, lambda: _structuring(new, history, config, cdd_threshold_eur_minor)),
         (LOW_TURNOVER, lambda: _low_turnover(new, history, config)),
         (FAST_LARGE_SPEND, lambda: _fast_large_spend(new, history, account_opened, config)),
         (MULTIPLE_INSTRUMENTS, lambda: _multiple_instruments(new, history, config)),
@@ -261,14 +267,13 @@ class _Crossing:
 
 
 def _cdd_crossings(
-    flow: list[Activity], config: AmlConfig, cleared_at: dt.datetime | None
+    flow: list[Activity], config: AmlConfig, threshold: int, cleared_at: dt.datetime | None
 ) -> list[_Crossing]:
     """Where a flow's linked total goes from below the threshold to at or above it, with
     the flow (one kind, in event-time order) replayed in that order: the crossings
     `cdd_threshold_reached` reports when every transaction arrives in order. A transaction
     at or above the threshold alone while the total is already above is no crossing (it is
     reported on its own arrival)."""
-    threshold = config.cdd_threshold_eur_minor
     span = dt.timedelta(hours=config.cdd_window_hours)
     crossings = []
     first, linked = 0, 0  # flow[first:i] is what flow[i] is linked with, summing to `linked`
@@ -307,15 +312,18 @@ def _new_runs(flagged: list[Activity], flagged_before: list[Activity]) -> list[A
 
 
 def _cdd_threshold(
-    new: Activity, history: list[Activity], config: AmlConfig, cleared_at: dt.datetime | None
+    new: Activity,
+    history: list[Activity],
+    config: AmlConfig,
+    threshold: int,
+    cleared_at: dt.datetime | None,
 ) -> list[Finding]:
     flow = CDD_FLOWS.get(new.kind)
     if flow is None or (cleared_at is not None and new.at <= cleared_at):
         return []  # not a CDD flow, or from before the last clearance (covered by it)
-    threshold = config.cdd_threshold_eur_minor
     same_kind = [a for a in history if a.kind == new.kind]
-    crossings = _cdd_crossings(same_kind, config, cleared_at)
-    before = _cdd_crossings(_others(same_kind, new), config, cleared_at)
+    crossings = _cdd_crossings(same_kind, config, threshold, cleared_at)
+    before = _cdd_crossings(_others(same_kind, new), config, threshold, cleared_at)
     fresh = {a.event_id for a in _new_runs([c.event for c in crossings], [c.event for c in before])}
     reported = [c for c in crossings if c.event.event_id in fresh]
     if new.amount_eur_minor >= threshold and new.event_id not in fresh:
@@ -349,10 +357,11 @@ def _cdd_threshold(
     return [finding(c) for c in reported]
 
 
-def _structuring(new: Activity, history: list[Activity], config: AmlConfig) -> list[Finding]:
+def _structuring(
+    new: Activity, history: list[Activity], config: AmlConfig, threshold: int
+) -> list[Finding]:
     if new.kind != DEPOSIT:
         return []
-    threshold = config.cdd_threshold_eur_minor
     # Integer arithmetic: the band's floor rounds up, so "within 10 % below" stays exact.
     floor = -(-threshold * (100 - config.structuring_band_percent) // 100)
 

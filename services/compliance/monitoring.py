@@ -98,14 +98,15 @@ class Monitoring:
         config: aml.AmlConfig,
         fx: EurConverter,
         *,
-        usage_currency: Callable[[rules.PlayerState], str],
+        jurisdiction: Callable[[rules.PlayerState], rules.ComplianceConfig],
         rule_enabled: RuleEnabled = every_rule_on,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self._engine = engine
         self._config = config
         self._fx = fx
-        self._usage_currency = usage_currency
+        # The player's jurisdiction: its currency (limits) and CDD threshold (EUR).
+        self._jurisdiction = jurisdiction
         self._enabled = rule_enabled
         self._now = clock
 
@@ -152,6 +153,8 @@ class Monitoring:
                 recent,
                 account_opened=await store.account_opened(conn, event.player_id),
                 config=self._config,
+                # The threshold the money-path gate trips at for this player.
+                cdd_threshold_eur_minor=self._jurisdiction(state).cdd_threshold_eur_minor,
                 enabled=lambda rule: self._enabled(rule, player_id, country),
                 cdd_cleared_at=state.cdd_cleared_at,
             )
@@ -164,7 +167,7 @@ class Monitoring:
         action = _USAGE_OF_KIND.get(event.kind)
         if action is None or event.amount_minor == 0:
             return
-        if event.currency != self._usage_currency(state):
+        if event.currency != self._jurisdiction(state).currency:
             # Limits are kept in the player's jurisdiction currency and stakes in any other
             # are refused by checks, so a win in another currency offsets no counted stake.
             return

@@ -599,9 +599,8 @@ async def build(runtime: ServiceRuntime) -> None:
             engine,
             settings.aml,
             fx,
-            # Wins offset stakes in the currency the player's limits are kept in.
-            usage_currency=lambda state: (
-                rules.jurisdiction_of(state.country, settings.rules, jurisdictions).config.currency
+            jurisdiction=lambda state: (
+                rules.jurisdiction_of(state.country, settings.rules, jurisdictions).config
             ),
             rule_enabled=rule_flags.enabled,
         )

@@ -34,12 +34,21 @@ ALLOW, DENY = pb.DECISION_ALLOW, pb.DECISION_DENY
 T = TypeVar("T")
 
 
+# A jurisdiction whose CDD threshold is not the default's: monitoring must trip at it.
+LOW_CDD_JURISDICTION = """
+[compliance.jurisdictions.MT]
+currency = "EUR"
+cdd_threshold_eur_minor = 100_000
+"""
+
+
 def monitoring_extra(register: Simulator, folder: Path, queue: str, *, on: bool = True) -> str:
     return compliance_extra(
         register,
         folder,
         monitoring=on,
         settings=f'monitoring_queue = "{queue}"',
+        tables=LOW_CDD_JURISDICTION,
     )
 
 
@@ -211,6 +220,33 @@ class TestWithTheConsumerRunning:
             )
         )
         assert (await check(stubs, player, pb.ACTION_GAME_LAUNCH)).decision == ALLOW
+
+    async def test_monitoring_trips_cdd_at_the_players_jurisdictions_threshold(
+        self, stubs, wallet_events
+    ) -> None:
+        """The gate and monitoring apply one threshold per jurisdiction: EUR 1,200 is under
+        the default EUR 2,000 but over this Maltese player's configured EUR 1,000."""
+        player = await verified_player(stubs, country_code="MT")
+        deposit = await wallet_events.publish(player, "DEPOSIT", 120_000, "EUR")
+
+        async def gated() -> pb.Verdict | None:
+            reply = await stubs["games"].CheckAction(
+                pb.CheckActionRequest(
+                    player_id=player,
+                    action=pb.ACTION_GAME_LAUNCH,
+                    product=pb.PRODUCT_TABLE,
+                    request_country_code="MT",
+                    request_id=uuid.uuid4().hex,
+                )
+            )
+            return reply.verdict if "CDD_REQUIRED" in reasons(reply.verdict) else None
+
+        assert (await eventually(gated)).decision == DENY
+        alert = await alert_of(stubs, player, "AML_CDD_THRESHOLD")
+        assert alert is not None
+        (finding,) = evidence(alert)
+        assert finding["event_ids"] == [deposit]
+        assert finding["threshold_eur_minor"] == 100_000
 
     async def test_after_cdd_is_cleared_only_activity_since_the_clearance_trips_it_again(
         self, stubs: dict[str, Any], monitored: ServiceProcess, wallet_events: Wallet

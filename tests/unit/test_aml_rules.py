@@ -14,6 +14,7 @@ from services.compliance.fx import EurConverter, UnconvertibleCurrency
 
 NOW = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.UTC)
 CONFIG = AmlConfig()
+CDD_EUR = 200_000  # the UKGC / MLR 2017 threshold, a jurisdiction's default
 _ids = itertools.count()
 
 
@@ -27,9 +28,17 @@ def findings(
     *,
     opened: dt.datetime | None = None,
     config: AmlConfig = CONFIG,
+    cdd_eur: int = CDD_EUR,
     enabled: aml.RuleEnabled = aml.every_rule_on,
 ) -> dict[str, aml.Finding]:
-    found = aml.evaluate(new, recent, account_opened=opened, config=config, enabled=enabled)
+    found = aml.evaluate(
+        new,
+        recent,
+        account_opened=opened,
+        config=config,
+        cdd_threshold_eur_minor=cdd_eur,
+        enabled=enabled,
+    )
     return {f.rule: f for f in found}
 
 
@@ -223,7 +232,12 @@ def arrive(
     raised: list[aml.Finding] = []
     for event in events:
         raised += aml.evaluate(
-            event, arrived, account_opened=opened, config=config, cdd_cleared_at=cleared
+            event,
+            arrived,
+            account_opened=opened,
+            config=config,
+            cdd_threshold_eur_minor=CDD_EUR,
+            cdd_cleared_at=cleared,
         )
         arrived.append(event)
     return raised
@@ -343,9 +357,14 @@ def test_a_rule_switched_off_is_not_evaluated() -> None:
 
 
 def test_every_threshold_is_configuration() -> None:
-    config = AmlConfig(cdd_threshold_eur_minor=1_000)
-    assert aml.CDD_THRESHOLD in findings(act("DEPOSIT", 1_000), [], config=config)
+    config = AmlConfig(fast_spend_eur_minor=1_000)
     assert config.version != CONFIG.version
+    # The CDD threshold is the jurisdiction's, given per player: structuring's band follows it.
+    assert aml.CDD_THRESHOLD in findings(act("DEPOSIT", 1_000), [], cdd_eur=1_000)
+    assert aml.CDD_THRESHOLD not in findings(act("DEPOSIT", 1_000), [])
+    under = [act("DEPOSIT", 950, ago=h * H) for h in (1, 2)]
+    assert aml.STRUCTURING in findings(act("DEPOSIT", 950), under, cdd_eur=1_000)
+    assert aml.STRUCTURING not in findings(act("DEPOSIT", 950), under)
     with pytest.raises(ValueError):
         AmlConfig(structuring_band_percent=101)
 

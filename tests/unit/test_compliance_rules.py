@@ -242,7 +242,6 @@ def test_after_a_cdd_clearance_only_deposits_since_count_towards_the_threshold()
 def test_the_cdd_threshold_trips_on_crossing_as_monitoring_does() -> None:
     """One rule for checks (player currency) and monitoring (EUR): a deposit trips it alone,
     or by taking the linked total from under the threshold to over it, not by being over."""
-    eur = aml.AmlConfig(cdd_threshold_eur_minor=THRESHOLD)
     cleared = NOW - dt.timedelta(hours=2)
     cases = [
         # (earlier deposits as (amount, hours ago), the new deposit, cleared at)
@@ -265,7 +264,12 @@ def test_the_cdd_threshold_trips_on_crossing_as_monitoring_does() -> None:
         ]
         new = aml.Activity("new", aml.DEPOSIT, amount, NOW)
         found = aml.evaluate(
-            new, history, account_opened=None, config=eur, cdd_cleared_at=cleared_at
+            new,
+            history,
+            account_opened=None,
+            config=aml.AmlConfig(),
+            cdd_threshold_eur_minor=THRESHOLD,
+            cdd_cleared_at=cleared_at,
         )
         monitoring_trips = any(f.rule == aml.CDD_THRESHOLD for f in found)
         assert checks_trip == monitoring_trips, (earlier, amount, cleared_at)
@@ -290,12 +294,23 @@ def test_monitoring_ignores_activity_from_before_the_last_clearance() -> None:
     due diligence: it neither trips the threshold nor links with later ones."""
     cleared = NOW - dt.timedelta(hours=1)
     late = aml.Activity("late", aml.DEPOSIT, 250_000, NOW - dt.timedelta(hours=2))
+    config, threshold = aml.AmlConfig(), CONFIG.cdd_threshold_eur_minor
     assert not aml.evaluate(
-        late, [], account_opened=None, config=aml.AmlConfig(), cdd_cleared_at=cleared
+        late,
+        [],
+        account_opened=None,
+        config=config,
+        cdd_threshold_eur_minor=threshold,
+        cdd_cleared_at=cleared,
     )
     after = aml.Activity("after", aml.DEPOSIT, 199_999, NOW)
     found = aml.evaluate(
-        after, [late], account_opened=None, config=aml.AmlConfig(), cdd_cleared_at=cleared
+        after,
+        [late],
+        account_opened=None,
+        config=config,
+        cdd_threshold_eur_minor=threshold,
+        cdd_cleared_at=cleared,
     )
     assert not [f for f in found if f.rule == aml.CDD_THRESHOLD]
 
