@@ -93,6 +93,18 @@ CDD_FLOWS: dict[str, str] = {
     WIN: "wins",
 }
 
+# The kinds of activity whose arrival each rule looks at (any other leaves it unchanged).
+TRIGGERS: dict[str, frozenset[str]] = {
+    CDD_THRESHOLD: frozenset(CDD_FLOWS),
+    STRUCTURING: frozenset({DEPOSIT}),
+    # A withdrawal request after deposits with little play; a late deposit or a rollback
+    # (play undone) can make an earlier request one.
+    LOW_TURNOVER: frozenset({WITHDRAWAL_RESERVE, DEPOSIT, BET_ROLLBACK}),
+    FAST_LARGE_SPEND: frozenset({BET}),
+    MULTIPLE_INSTRUMENTS: frozenset({DEPOSIT, WITHDRAWAL_RESERVE}),
+    WITHDRAWAL_REVERSAL: frozenset({WITHDRAWAL_RELEASE, BET}),
+}
+
 
 class AmlAction(enum.StrEnum):
     ALERT = "ALERT"  # a case for an officer to review
@@ -137,17 +149,22 @@ class AmlConfig:
         if not 0 <= self.structuring_band_percent <= 100:
             raise ValueError("aml.structuring_band_percent must be within 0..100")
 
-    @property
-    def lookback(self) -> dt.timedelta:
-        """How much activity the rules read on each side of an event: the longest of their
-        windows (a window holding the event reaches at most that far either way)."""
+    def lookback(self, kind: str) -> dt.timedelta:
+        """How much activity the rules an event of `kind` triggers read on each side of it:
+        the longest of their windows (a window holding the event reaches at most that far
+        either way). Stakes and wins, nearly every event, trigger only the day-long rules:
+        they read a day of a busy player's play, not the month the deposit rules need."""
+        windows = {
+            CDD_THRESHOLD: dt.timedelta(hours=self.cdd_window_hours),
+            STRUCTURING: dt.timedelta(days=self.structuring_window_days),
+            LOW_TURNOVER: dt.timedelta(days=self.low_turnover_window_days),
+            FAST_LARGE_SPEND: dt.timedelta(hours=self.fast_spend_window_hours),
+            MULTIPLE_INSTRUMENTS: dt.timedelta(days=self.instruments_window_days),
+            WITHDRAWAL_REVERSAL: dt.timedelta(hours=self.reversal_window_hours),
+        }
         return max(
-            dt.timedelta(hours=self.cdd_window_hours),
-            dt.timedelta(days=self.structuring_window_days),
-            dt.timedelta(days=self.low_turnover_window_days),
-            dt.timedelta(hours=self.fast_spend_window_hours),
-            dt.timedelta(days=self.instruments_window_days),
-            dt.timedelta(hours=self.reversal_window_hours),
+            (window for rule, window in windows.items() if kind in TRIGGERS[rule]),
+            default=dt.timedelta(0),
         )
 
     @property
@@ -193,7 +210,7 @@ def evaluate(
     cdd_cleared_at: dt.datetime | None = None,
 ) -> list[Finding]:
     """The findings `new` gives rise to, given the player's other activity around it: at
-    least `config.lookback` of it on either side (`new` itself may be included or not).
+    least `config.lookback(new.kind)` of it on either side (`new` itself may be included).
     Events arrive out of order (a message requeued after a transient failure while later
     ones run, several replicas on one queue), so each rule looks at every window that holds
     `new`, activity after it in event time included, and reports what `new` changes: a
@@ -360,7 +377,7 @@ def _cdd_threshold(
 def _structuring(
     new: Activity, history: list[Activity], config: AmlConfig, threshold: int
 ) -> list[Finding]:
-    if new.kind != DEPOSIT:
+    if new.kind not in TRIGGERS[STRUCTURING]:
         return []
     # Integer arithmetic: the band's floor rounds up, so "within 10 % below" stays exact.
     floor = -(-threshold * (100 - config.structuring_band_percent) // 100)
@@ -442,7 +459,7 @@ def _low_turnover(new: Activity, history: list[Activity], config: AmlConfig) -> 
     # A withdrawal request is judged on the deposits and play before it: a late deposit or
     # rolled-back stake can make an earlier-seen request one with too little play. (A late
     # stake only lessens the pattern; an alert already raised stays for the officer.)
-    if new.kind not in (WITHDRAWAL_RESERVE, DEPOSIT, BET_ROLLBACK):
+    if new.kind not in TRIGGERS[LOW_TURNOVER]:
         return []
     span = dt.timedelta(days=config.low_turnover_window_days)
     requests = [
@@ -467,7 +484,7 @@ def _low_turnover(new: Activity, history: list[Activity], config: AmlConfig) -> 
 def _fast_large_spend(
     new: Activity, history: list[Activity], opened: dt.datetime | None, config: AmlConfig
 ) -> list[Finding]:
-    if new.kind != BET or opened is None:
+    if new.kind not in TRIGGERS[FAST_LARGE_SPEND] or opened is None:
         return []
     span = dt.timedelta(hours=config.fast_spend_window_hours)
     young = dt.timedelta(days=config.new_account_days)
@@ -550,7 +567,7 @@ def _instrument_flags(uses: list[Activity], config: AmlConfig) -> list[_Instrume
 def _multiple_instruments(
     new: Activity, history: list[Activity], config: AmlConfig
 ) -> list[Finding]:
-    if new.kind not in (DEPOSIT, WITHDRAWAL_RESERVE) or not new.instrument:
+    if new.kind not in TRIGGERS[MULTIPLE_INSTRUMENTS] or not new.instrument:
         return []
     span = dt.timedelta(days=config.instruments_window_days)
     uses = [a for a in history if a.kind in (DEPOSIT, WITHDRAWAL_RESERVE) and a.instrument]

@@ -143,7 +143,7 @@ class Monitoring:
                 return True
             await self._count_usage(conn, state, event)
             # Both sides of the event: it may arrive after activity later than itself.
-            lookback = self._config.lookback
+            lookback = self._config.lookback(event.kind)
             recent = await store.activity_between(
                 conn, event.player_id, event.at - lookback, event.at + lookback
             )

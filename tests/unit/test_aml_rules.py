@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import random
 
 import pytest
 
@@ -405,3 +406,54 @@ def test_a_currency_without_a_rate_is_refused_not_guessed() -> None:
     for bad in ({"GBP": "abc"}, {"GBP": "-1"}, {"XXX": "1"}, {"EUR": "2"}):
         with pytest.raises(ValueError):
             EurConverter(bad)
+
+
+def test_each_kind_reads_only_the_windows_of_the_rules_it_triggers() -> None:
+    """Monitoring reads `lookback(kind)` of activity on each side of an event, a day for a
+    stake or a win instead of the month the deposit rules need: on any history the findings
+    are those of the whole history. Thresholds are small so that every rule fires often."""
+    config = AmlConfig(
+        low_turnover_min_deposits_eur_minor=300,
+        fast_spend_eur_minor=900,
+        structuring_min_deposits=2,
+        instruments_min_distinct=2,
+    )
+    assert config.lookback(aml.BET) == config.lookback(aml.WIN) == D
+    assert config.lookback(aml.DEPOSIT) == 30 * D
+    assert config.lookback(aml.WITHDRAWAL_COMMIT) == dt.timedelta(0)
+    rng = random.Random(20261127)
+    kinds = sorted(aml.KINDS)
+    fired: set[str] = set()
+    for trial in range(400):
+        history = [
+            Activity(
+                f"t{trial}-{i}",
+                rng.choice(kinds),
+                rng.choice([100, 250, 450, 950, 1_000, 1_500]),
+                # Mostly close to the new event, some a month or more away.
+                NOW - dt.timedelta(hours=rng.uniform(-72, 72) * rng.choice([1, 1, 13])),
+                instrument=rng.choice([None, "card-1", "card-2", "iban-1"]),
+            )
+            for i in range(rng.randint(0, 40))
+        ]
+        new = Activity(
+            f"t{trial}-new", rng.choice(kinds), rng.choice([100, 950, 1_000]), NOW, "card-2"
+        )
+        opened = NOW - dt.timedelta(days=rng.choice([1, 3, 10]))
+        cleared = rng.choice([None, NOW - dt.timedelta(hours=rng.uniform(0, 48))])
+        span = config.lookback(new.kind)
+        near = [a for a in history if new.at - span < a.at <= new.at + span]
+        whole, windowed = (
+            aml.evaluate(
+                new,
+                recent,
+                account_opened=opened,
+                config=config,
+                cdd_threshold_eur_minor=1_000,
+                cdd_cleared_at=cleared,
+            )
+            for recent in (history, near)
+        )
+        assert windowed == whole, (trial, new.kind)
+        fired |= {f.rule for f in whole}
+    assert fired == set(aml.RULES)  # the comparison covered every rule's findings
