@@ -6,16 +6,18 @@ on its own port with its own rules and its own in-flight budget: `public` (playe
 only, from configured networks only). A request that finds its listener's budget spent is
 refused at once with 503, so a flood on one listener never takes the others' capacity.
 
-Per request: a request id (a valid X-Request-Id is kept, otherwise one is minted; echoed in
-the response, the access log and the upstream call metadata), a span (trace starts here),
-the route from the contracts, the access token (unless the class is AUTH or CATALOG; on the
-admin listener an operator's token, never a player's), the rate limit of the class (per
-player or operator, reading their token's revocation second in the same Redis call; refusals
-spend one too: the client address's when there is no player), the body read within the
-class's deadline budget (408 when it does not come), the JSON decoded into the RPC's request
-(400 before any call when it does not fit), the call with what is left of the budget as its
-timeout and the player in `x-casino-player-id` (or the operator in `x-casino-operator-id`
-with their roles), the reply as proto3 JSON, one access-log line.
+Per request: its head within the listener's bound (edge.connections: 408 when it does not
+come), a request id (a valid X-Request-Id is kept, otherwise one is minted; echoed in the
+response, the access log and the upstream call metadata), a span (trace starts here), the
+route from the contracts, the access token (unless the class is AUTH or CATALOG; on the admin
+listener an operator's token, never a player's), the rate limit of the class (per player or
+operator, reading their token's revocation second in the same Redis call; refusals spend one
+too: the client address's when there is no player, a refused source's on the admin
+listener), the body read within the class's deadline budget (408 when it does not come), the
+JSON decoded into the RPC's request (400 before any call when it does not fit), the call with
+what is left of the budget as its timeout and the player in `x-casino-player-id` (or the
+operator in `x-casino-operator-id` with their roles), the reply as proto3 JSON, one
+access-log line.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from edge.config import (
     EdgeSettings,
     edge_settings,
 )
+from edge.connections import HeadBounds, bounded_protocol
 from edge.errors import EdgeError, bad_request, from_rpc_error, http_status, internal_error
 from edge.geo import GeoConfig, GeoLocator
 from edge.netrules import SourceRules
@@ -258,11 +261,18 @@ class ListenerApp:
                 if path in _HEALTH_PATHS:
                     response = self._health(path)
                 elif not self.rules.allows(client):
-                    raise EdgeError(
-                        403,
-                        "PERMISSION_DENIED",
-                        "this listener does not serve your network",
-                        "SOURCE_NOT_ALLOWED",
+                    # Refused before routing, like an unknown path, and from the same
+                    # per-address budget: a flood from a foreign network meets 429.
+                    await self._refuse(
+                        UNROUTED,
+                        self.rules.rate_key(client),
+                        EdgeError(
+                            403,
+                            "PERMISSION_DENIED",
+                            "this listener does not serve your network",
+                            "SOURCE_NOT_ALLOWED",
+                        ),
+                        "",
                     )
                 elif path == "/openapi.json":
                     response = self._openapi(method)
@@ -479,9 +489,10 @@ class ListenerApp:
         )
 
     async def _refuse(self, budget: str, key: str, refusal: EdgeError, route: str) -> NoReturn:
-        """Answers a request the edge refuses before knowing its player (unrouted, unlocated,
-        no usable token) with `refusal`, after spending `key`'s `budget`: 429 once it is
-        spent, so refusals cost an attacker what requests cost everyone else."""
+        """Answers a request the edge refuses before knowing its player (from a network the
+        listener does not serve, unrouted, unlocated, no usable token) with `refusal`, after
+        spending `key`'s `budget`: 429 once it is spent, so refusals cost an attacker what
+        requests cost everyone else."""
         decision = await self.limiter.check(budget, key)
         if not decision.allowed:
             raise _tag(_rate_limited(decision, budget), route)
@@ -532,7 +543,7 @@ def _record_operator(request: Any, operator: OperatorPrincipal) -> None:
 
 def _rate_limited(decision: Decision, budget: str) -> EdgeError:
     headers = decision.headers
-    what = "requests for unknown routes" if budget == UNROUTED else f"{budget} requests"
+    what = "requests refused before routing" if budget == UNROUTED else f"{budget} requests"
     return EdgeError(
         429,
         "RESOURCE_EXHAUSTED",
@@ -714,9 +725,16 @@ class Edge:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.bind((listen.host, listen.port))
             self.ports[name] = sock.getsockname()[1]
+            head_bounds = HeadBounds(
+                name,
+                listen.header_timeout_seconds,
+                listen.idle_timeout_seconds,
+                access_log=self.config.telemetry.access_log,
+            )
             server = _Server(
                 uvicorn.Config(
                     app,
+                    http=bounded_protocol(head_bounds),
                     lifespan="off",
                     access_log=False,
                     log_config=None,

@@ -7,6 +7,8 @@ carries the rest: TLS identity, Redis, telemetry and the [upstreams.<name>] it c
     "casino.echo.v1.EchoService" = "echo"
     [edge.listeners.public]
     port = 8080
+    header_timeout_seconds = 5.0         # a request head is whole within this, else 408
+    idle_timeout_seconds = 5.0           # a connection with no request under way is closed
     [edge.listeners.admin]
     port = 8082
     allowed_networks = ["10.0.0.0/8"]
@@ -73,8 +75,19 @@ class ListenerConfig:
     # Named sources (a payment provider -> its callback networks): on the webhooks listener a
     # PSP's callbacks share one rate-limit budget, whichever of its addresses they come from.
     sources: dict[str, list[str]] = field(default_factory=dict)
+    # A request's head (request line and headers) must be whole within this many seconds of
+    # its first byte, else 408 HEADER_TIMEOUT and the connection is closed: a client
+    # dribbling its head (slowloris) cannot hold a connection for longer (edge.connections).
+    header_timeout_seconds: float = 5.0
+    # A connection with no request under way (before its first, between kept-alive ones) is
+    # closed after this many seconds.
+    idle_timeout_seconds: float = 5.0
 
     def __post_init__(self) -> None:
+        if not (self.header_timeout_seconds > 0 and self.idle_timeout_seconds > 0):
+            raise ConfigError(
+                "edge.listeners: header_timeout_seconds and idle_timeout_seconds must be > 0"
+            )
         named = [cidr for cidrs in self.sources.values() for cidr in cidrs]
         for cidr in [*self.allowed_networks, *self.trusted_proxies, *named]:
             try:

@@ -49,9 +49,10 @@ ENDPOINT_CLASSES = (
     "ADMIN",
     "AUTH",
 )
-# Not an endpoint class: the per-address budget of requests that match no route (404/405),
-# so probing for paths is limited like any other traffic without spending an operation's
-# budget.
+# Not an endpoint class: the per-address budget of requests refused before routing (no route
+# matches: 404/405; the listener does not serve the source's network: 403), so probing for
+# paths or knocking on the admin listener is limited like any other traffic without spending
+# an operation's budget.
 UNROUTED = "UNROUTED"
 BUDGETS = (*ENDPOINT_CLASSES, UNROUTED)
 

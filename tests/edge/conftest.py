@@ -169,13 +169,17 @@ def edge_config(
     limits: str = HIGH_LIMITS,
     redis_url: str = REDIS_URL,
     operator_key_dir: Path | None = None,
+    header_timeout: float | None = None,
+    idle_timeout: float | None = None,
 ) -> Path:
     """An edge config: every listener on a free loopback port; the admin listener only for
     `admin_networks` (loopback is not among them), believing X-Forwarded-For only from
     `admin_trusted_proxies` (the test client's loopback address plays the load balancer); a
     rate-limit key prefix of its own so runs never share budgets; high limits (unless
     `limits` says otherwise) so routing tests are never limited; operators' tokens from the
-    keys of `operator_key_dir` (none: the admin listener authenticates no one)."""
+    keys of `operator_key_dir` (none: the admin listener authenticates no one); every
+    listener's request-head and idle-connection bounds from `header_timeout` and
+    `idle_timeout` (None: the edge's defaults)."""
     upstream_tables = "".join(
         f'[upstreams.{name}]\ntarget = "127.0.0.1:{port}"\nservice = "{service}"\n'
         for name, (port, service) in upstreams.items()
@@ -183,6 +187,14 @@ def edge_config(
     service_lines = "".join(f'"{svc}" = "{up}"\n' for svc, up in services.items())
     networks = ", ".join(f'"{n}"' for n in admin_networks)
     proxies = ", ".join(f'"{n}"' for n in admin_trusted_proxies)
+    bounds = "".join(
+        f"{key} = {value}\n"
+        for key, value in (
+            ("header_timeout_seconds", header_timeout),
+            ("idle_timeout_seconds", idle_timeout),
+        )
+        if value is not None
+    )
     path.write_text(
         f"""
 [service]
@@ -206,11 +218,11 @@ readiness_interval_seconds = 0.2
 [edge.listeners.public]
 port = 0
 max_in_flight = {public_max_in_flight}
-[edge.listeners.webhooks]
+{bounds}[edge.listeners.webhooks]
 port = 0
-[edge.listeners.admin]
+{bounds}[edge.listeners.admin]
 port = 0
-allowed_networks = [{networks}]
+{bounds}allowed_networks = [{networks}]
 trusted_proxies = [{proxies}]
 [edge.deadlines]
 CATALOG = {catalog_deadline}

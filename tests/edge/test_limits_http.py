@@ -275,6 +275,40 @@ async def test_a_flood_of_unknown_routes_from_one_address_is_rate_limited(
         assert (await http.get("/v1/ping")).status_code == 200
 
 
+async def test_a_flood_from_outside_the_admin_networks_is_rate_limited_before_routing(
+    strict_edge: EdgeProcess,
+) -> None:
+    # The admin listener refuses a foreign source with 403 before routing, and each refusal
+    # spends the source address's UNROUTED budget: once it is spent, 429.
+    foreign = {"X-Forwarded-For": "192.168.1.9"}
+    async with httpx.AsyncClient(base_url=strict_edge.url("admin"), timeout=10) as admin:
+        started = time.monotonic()
+        replies = [
+            await admin.post(
+                "/v1/admin/wallet:reconcile" if i % 2 else "/v1/nowhere", json={}, headers=foreign
+            )
+            for i in range(15)
+        ]
+        elapsed = time.monotonic() - started
+        _assert_limited_after_the_burst(replies, {403}, "unrouted", elapsed)
+        assert {r.json()["reason"] for r in replies if r.status_code == 403} == {
+            "SOURCE_NOT_ALLOWED"
+        }
+        # Another foreign address has a budget of its own, still refused for its network.
+        other = await admin.post(
+            "/v1/nowhere", json={}, headers={"X-Forwarded-For": "192.168.1.10"}
+        )
+        assert other.status_code == 403
+        assert other.json()["reason"] == "SOURCE_NOT_ALLOWED"
+        # The back office is unaffected: past the network rule, refused only for want of a token.
+        inside = await admin.post(
+            "/v1/admin/wallet:reconcile", json={}, headers={"X-Forwarded-For": "10.1.2.3"}
+        )
+        assert inside.status_code == 401, inside.text
+        # Probes are answered to anyone and spend nothing.
+        assert (await admin.get("/livez", headers=foreign)).status_code == 200
+
+
 async def test_an_authenticated_request_costs_one_redis_call(
     limited_edge: EdgeProcess,
     tokens: TokenMinter,

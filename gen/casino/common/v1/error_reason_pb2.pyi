@@ -159,6 +159,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The edge could not place the client (no trusted country header, no network table
     entry) and the endpoint class requires a location (403). Metadata: none.
     """
+    HEADER_TIMEOUT: _ErrorReason.ValueType  # 457
+    """The request head (request line and headers) did not arrive within the listener's
+    header_timeout_seconds of its first byte (408; the edge closes the connection). Metadata:
+    none.
+    """
     ROUND_NOT_FOUND: _ErrorReason.ValueType  # 500
     """RNG (500-509).
     No round has this id. Metadata: round_id.
@@ -356,6 +361,11 @@ closes the connection). Metadata: none.
 LOCATION_UNKNOWN: ErrorReason.ValueType  # 456
 """The edge could not place the client (no trusted country header, no network table
 entry) and the endpoint class requires a location (403). Metadata: none.
+"""
+HEADER_TIMEOUT: ErrorReason.ValueType  # 457
+"""The request head (request line and headers) did not arrive within the listener's
+header_timeout_seconds of its first byte (408; the edge closes the connection). Metadata:
+none.
 """
 ROUND_NOT_FOUND: ErrorReason.ValueType  # 500
 """RNG (500-509).

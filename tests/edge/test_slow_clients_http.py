@@ -1,0 +1,164 @@
+"""Clients that hold connections without finishing a request (slowloris): on every listener a
+request head (request line and headers) must arrive within a bound of its first byte, else
+408 `HEADER_TIMEOUT` and the connection closed; a connection with no request under way is
+closed after an idle bound; a keep-alive client pausing between requests is served as before.
+Raw sockets against a running edge with short bounds (0.5 s for a head, 2 s idle)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from edge.process import EdgeProcess
+from services.runtime.process import ServiceProcess
+from tests.conftest import Pki
+from tests.edge.conftest import TokenMinter, start_edge_for
+
+HEADER_TIMEOUT = 0.5
+IDLE_TIMEOUT = 2.0
+# What "within the bound" allows on a slow machine: the bound plus this.
+SLACK = 5.0
+PING = b"GET /v1/ping HTTP/1.1\r\nHost: edge\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def guarded_edge(
+    tmp_path_factory: pytest.TempPathFactory,
+    pki: Pki,
+    tokens: TokenMinter,
+    edge_services: dict[str, ServiceProcess],
+) -> Iterator[EdgeProcess]:
+    process = start_edge_for(
+        tmp_path_factory.mktemp("guarded-edge"),
+        pki,
+        tokens,
+        edge_services,
+        header_timeout=HEADER_TIMEOUT,
+        idle_timeout=IDLE_TIMEOUT,
+    )
+    yield process
+    process.terminate()
+
+
+async def _read_until_closed(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    """Everything the edge sends until it closes the connection (a reset after its answer
+    counts as closed: a client still writing may get one), failing after `timeout` s."""
+    received = bytearray()
+
+    async def drain() -> None:
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := await reader.read(65536):
+                received.extend(chunk)
+
+    await asyncio.wait_for(drain(), timeout)
+    return bytes(received)
+
+
+def _parse(answer: bytes) -> tuple[str, dict[str, str], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    return status_line, headers, body
+
+
+def _assert_header_timeout(answer: bytes) -> None:
+    status_line, headers, body = _parse(answer)
+    assert status_line.startswith("HTTP/1.1 408"), answer
+    assert headers["connection"] == "close"
+    assert headers["content-type"] == "application/json"
+    assert headers["cache-control"] == "no-store"
+    error = json.loads(body)
+    assert (error["code"], error["reason"]) == ("DEADLINE_EXCEEDED", "HEADER_TIMEOUT")
+    assert error["requestId"] == headers["x-request-id"]
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[str, dict[str, str], bytes]:
+    """One request and its answer on a kept-alive connection."""
+    writer.write(request)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), SLACK)
+    status_line, headers, _ = _parse(head)
+    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), SLACK)
+    return status_line, headers, body
+
+
+@pytest.mark.parametrize("listener", ["public", "webhooks", "admin"])
+async def test_half_a_request_line_gets_408_and_the_connection_closed(
+    guarded_edge: EdgeProcess, listener: str
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", guarded_edge.ports[listener])
+    try:
+        writer.write(b"GET /v1/pi")
+        await writer.drain()
+        answer = await _read_until_closed(reader, HEADER_TIMEOUT + SLACK)
+    finally:
+        writer.close()
+    _assert_header_timeout(answer)
+
+
+async def test_a_head_dribbled_a_byte_at_a_time_is_cut_at_the_bound(
+    guarded_edge: EdgeProcess,
+) -> None:
+    # Every byte arrives well within the bound of the one before: only a deadline on the
+    # whole head stops this client holding the connection for as long as it likes.
+    reader, writer = await asyncio.open_connection("127.0.0.1", guarded_edge.ports["public"])
+
+    async def dribble() -> None:
+        with contextlib.suppress(ConnectionError):
+            writer.write(b"GET /v1/ping HTTP/1.1\r\nHost: edge\r\nX-Slow: ")
+            while True:
+                await asyncio.sleep(0.05)
+                writer.write(b"a")
+                await writer.drain()
+
+    dribbler = asyncio.create_task(dribble())
+    try:
+        answer = await _read_until_closed(reader, HEADER_TIMEOUT + SLACK)
+    finally:
+        dribbler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dribbler
+        writer.close()
+    _assert_header_timeout(answer)
+
+
+@pytest.mark.parametrize("listener", ["public", "admin"])
+async def test_a_connection_that_sends_nothing_is_closed(
+    guarded_edge: EdgeProcess, listener: str
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", guarded_edge.ports[listener])
+    try:
+        # Nothing was asked, so nothing is answered: the edge just closes.
+        assert await _read_until_closed(reader, IDLE_TIMEOUT + SLACK) == b""
+    finally:
+        writer.close()
+
+
+async def test_a_keep_alive_client_pausing_between_requests_is_served(
+    guarded_edge: EdgeProcess,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", guarded_edge.ports["public"])
+    try:
+        status, headers, _ = await _exchange(reader, writer, PING)
+        assert status.startswith("HTTP/1.1 200"), status
+        assert headers.get("connection") != "close"
+        # Longer than the head bound, shorter than the idle one: the head's clock starts at
+        # its first byte, not when the connection went idle.
+        await asyncio.sleep(HEADER_TIMEOUT * 2)
+        status, _, _ = await _exchange(reader, writer, PING)
+        assert status.startswith("HTTP/1.1 200"), status
+        # A head in pieces is fine as long as it is whole within the bound.
+        writer.write(PING[:10])
+        await writer.drain()
+        await asyncio.sleep(HEADER_TIMEOUT / 5)
+        status, _, body = await _exchange(reader, writer, PING[10:])
+        assert status.startswith("HTTP/1.1 200"), status
+        assert json.loads(body) is not None
+    finally:
+        writer.close()
