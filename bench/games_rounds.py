@@ -57,7 +57,6 @@ sys.path.insert(0, str(ROOT))
 from google.type.date_pb2 import Date  # noqa: E402
 
 from bench.harness import (  # noqa: E402
-    AMQP_URL,
     BenchPki,
     CpuSplit,
     bench_pki,
@@ -218,7 +217,6 @@ url = "{REDIS_URL}"
 checkpoint_interval_seconds = 0
 currencies = ["{CURRENCY}"]
 outbox_relay = true
-amqp_url = "{AMQP_URL}"
 """,
         started,
     )
@@ -255,7 +253,6 @@ url = "{REDIS_URL}"
 {upstream("wallet", wallet)}
 {upstream("rng", rng)}
 [games]
-amqp_url = "{AMQP_URL}"
 publish_events = true
 signing_key_file = "{tmp / "games-signing.key"}"
 public_key_file = "{tmp / "games-signing.pub"}"

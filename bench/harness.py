@@ -18,7 +18,10 @@ from services.runtime.process import ServiceProcess
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = ROOT / ".dev" / "secrets"
 DATABASE = "casino_bench"
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/casino_bench"
+# The bench virtual host, as the services reach it: the platform's user, the password in
+# its file (scripts/lib.sh gives the broker the same).
+AMQP_URL = f"amqp://{dbsetup.BROKER_USER}@127.0.0.1:5672/casino_bench"
+AMQP_PASSWORD_FILE = dbsetup.broker_password_path(SECRETS)
 
 
 async def purge_unrouted_events() -> int:
@@ -26,12 +29,13 @@ async def purge_unrouted_events() -> int:
     with no consumer bound lands: left to grow over runs (100,000 events after a few), it
     has RabbitMQ paging and using CPU the measured services should have. Returns how many
     were dropped (the queue does not exist before a relay first ran: 0)."""
-    import aio_pika
     import aiormq
 
+    from services.runtime.broker import Broker
+    from services.runtime.config import AmqpConfig
     from services.runtime.outbox import UNROUTED
 
-    connection = await aio_pika.connect(AMQP_URL)
+    connection = await Broker(AmqpConfig(AMQP_URL, AMQP_PASSWORD_FILE)).connect()
     try:
         channel = await connection.channel()
         try:
@@ -79,6 +83,9 @@ ca_file = "{pki.folder / "ca.crt"}"
 url = "postgresql+psycopg://casino_{service}@127.0.0.1:5432/{DATABASE}"
 password_file = "{SECRETS / "postgres" / f"casino_{service}"}"
 pool_size = 16
+[amqp]
+url = "{AMQP_URL}"
+password_file = "{AMQP_PASSWORD_FILE}"
 [telemetry]
 access_log = false
 {extra}

@@ -56,7 +56,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import (  # noqa: E402
-    AMQP_URL,
     DATABASE,
     BenchPki,
     CpuSplit,
@@ -86,7 +85,6 @@ url = "redis://127.0.0.1:6379/0"
 checkpoint_interval_seconds = 0
 currencies = ["{CURRENCY}"]
 outbox_relay = true
-amqp_url = "{AMQP_URL}"
 """
 STAKE = 100
 WIN = 150

@@ -90,7 +90,27 @@ ensure_rabbitmq() {
         if ! grep -qx "$vhost" <<<"$vhosts"; then
             log "creating RabbitMQ virtual host $vhost"
             as_root rabbitmqctl -q add_vhost "$vhost" >/dev/null
-            as_root rabbitmqctl -q set_permissions -p "$vhost" guest ".*" ".*" ".*" >/dev/null
+        fi
+    done
+}
+
+ensure_rabbitmq_user() {
+    # The platform's RabbitMQ user (dev stack, tests, benchmarks), with the password
+    # ensure_dev_material generated: set on every run, so the broker always has the file's.
+    # rabbitmqctl reads it from stdin, keeping it off the process list.
+    local user=casino pw users grants vhost
+    pw="$(cat "$DEV/secrets/rabbitmq/$user")"
+    users="$(as_root rabbitmqctl -q list_users | cut -f1)"
+    if grep -qx "$user" <<<"$users"; then
+        as_root rabbitmqctl -q change_password "$user" <<<"$pw" >/dev/null
+    else
+        log "creating RabbitMQ user $user"
+        as_root rabbitmqctl -q add_user "$user" <<<"$pw" >/dev/null
+    fi
+    grants="$(as_root rabbitmqctl -q list_user_permissions "$user" | cut -f1)"
+    for vhost in / casino_test casino_bench; do
+        if ! grep -qx -- "$vhost" <<<"$grants"; then
+            as_root rabbitmqctl -q set_permissions -p "$vhost" "$user" ".*" ".*" ".*" >/dev/null
         fi
     done
 }
@@ -112,7 +132,8 @@ ensure_venv() {
 }
 
 ensure_dev_material() {
-    # Development CA, one certificate per service identity, database role passwords.
+    # Development CA, one certificate per service identity, database role passwords and the
+    # RabbitMQ user's.
     "$PY" -m services.runtime.devpki --out "$DEV/pki" >/dev/null
     "$PY" -m services.runtime.dbsetup secrets --out "$DEV/secrets" >/dev/null
 }
@@ -123,8 +144,10 @@ bootstrap() {
     ensure_redis
     ensure_rabbitmq
     ensure_venv
+    # The passwords are generated here, with the virtualenv: the accounts come after.
     ensure_dev_material
     ensure_pg_admin
+    ensure_rabbitmq_user
 }
 
 ensure_pg_admin() {

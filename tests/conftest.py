@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from services.runtime import dbsetup
-from services.runtime.config import TLSConfig
+from services.runtime.broker import Broker
+from services.runtime.config import AmqpConfig, TLSConfig
 from services.runtime.devpki import Authority, ensure_pki, issue, new_authority
 from services.runtime.process import ServiceProcess
 
@@ -22,8 +23,15 @@ SECRETS = ROOT / ".dev" / "secrets"
 # beside CI's) each name their own.
 TEST_DATABASE = os.environ.get("CASINO_TEST_DATABASE", "casino_test")
 # The RabbitMQ virtual host of tests (scripts/lib.sh creates it): the events tests publish
-# never reach the dev stack's queues.
-TEST_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/casino_test"
+# never reach the dev stack's queues. Services and test tooling log in as the platform's
+# user, the password read from its file as in every other configuration.
+TEST_AMQP_URL = f"amqp://{dbsetup.BROKER_USER}@127.0.0.1:5672/casino_test"
+TEST_AMQP_PASSWORD_FILE = dbsetup.broker_password_path(SECRETS)
+
+
+def amqp_broker(password_file: Path = TEST_AMQP_PASSWORD_FILE) -> Broker:
+    """The tests' virtual host as a service reaches it."""
+    return Broker(AmqpConfig(url=TEST_AMQP_URL, password_file=password_file))
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,8 @@ class Launcher:
         extra: str = "",
         pki: Pki | None = None,
         max_concurrent_rpcs: int = 1000,
+        amqp_url: str = TEST_AMQP_URL,
+        amqp_password_file: Path = TEST_AMQP_PASSWORD_FILE,
     ) -> ServiceProcess:
         n = next(_counter)
         pki = pki or self.pki
@@ -111,6 +121,9 @@ url = "{database_url(service, port=db_port)}"
 password_file = "{SECRETS / "postgres" / f"casino_{service}"}"
 pool_size = 4
 connect_timeout_seconds = 1
+[amqp]
+url = "{amqp_url}"
+password_file = "{amqp_password_file}"
 [health]
 probe_interval_seconds = 0.2
 [telemetry]

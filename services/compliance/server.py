@@ -61,8 +61,9 @@ class ComplianceSettings:
     # A check is answered again to a retry of its request_id for this long; later the
     # request_id is spent (IDEMPOTENCY_KEY_EXPIRED): a verdict is about its moment.
     check_replay_seconds: float = 600.0
+    # Publish the outbox (to the broker of the runtime's [amqp] section, as monitoring
+    # consumes from it).
     outbox_relay: bool = True
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # Published events are kept in the outbox this long, then pruned.
     outbox_retention_hours: float = 24.0
     # Counted usage (deposits, stakes, wins behind limits and the CDD threshold) and checks'
@@ -590,7 +591,7 @@ async def build(runtime: ServiceRuntime) -> None:
     runtime.add_background(Pruner(engine, "compliance.prune_check_requests", retention))
     if settings.outbox_relay:
         for worker in outbox_workers(
-            engine, "compliance", settings.amqp_url, settings.outbox_retention_hours
+            engine, "compliance", runtime.broker(), settings.outbox_retention_hours
         ):
             runtime.add_background(worker)
     if settings.monitoring:
@@ -607,7 +608,7 @@ async def build(runtime: ServiceRuntime) -> None:
         runtime.add_background(
             EventConsumer(
                 monitoring_handler(monitoring),
-                settings.amqp_url,
+                runtime.broker(),
                 settings.monitoring_queue,
                 [MONITORED_EVENTS],
                 prefetch=settings.monitoring_prefetch,

@@ -54,8 +54,8 @@ log = get_logger()
 
 @dataclass(frozen=True)
 class GamesSettings:
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    # Published events are kept in the outbox this long, then pruned.
+    # Events leave through the outbox and arrive from compliance over the broker of the
+    # runtime's [amqp] section. Published ones are kept in the outbox this long, then pruned.
     outbox_retention_hours: float = 24.0
     publish_events: bool = True
     # Consume compliance's PlayerExcluded events from this durable queue and end the
@@ -497,12 +497,12 @@ async def build(runtime: ServiceRuntime) -> None:
                 what="game sessions ended",
                 redis=redis,
                 seen_prefix="games:excluded-event:",
-                amqp_url=settings.amqp_url,
+                broker=runtime.broker(),
                 queue=settings.exclusion_queue,
             )
         )
     if settings.publish_events:
         for worker in outbox_workers(
-            engine, store.SCHEMA, settings.amqp_url, settings.outbox_retention_hours
+            engine, store.SCHEMA, runtime.broker(), settings.outbox_retention_hours
         ):
             runtime.add_background(worker)

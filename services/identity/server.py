@@ -52,10 +52,10 @@ class IdentitySettings:
     )
     argon2: Argon2Parameters = field(default_factory=Argon2Parameters)
     lockout: LockoutPolicy = field(default_factory=LockoutPolicy)
-    # End sessions on compliance.player.excluded events (durable queue of our own).
+    # End sessions on compliance.player.excluded events (durable queue of our own, on the
+    # broker of the runtime's [amqp] section).
     exclusion_events: bool = True
     exclusion_queue: str = "identity.sessions"
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 def player_message(player: PlayerRecord) -> pb.Player:
@@ -214,7 +214,7 @@ async def build(runtime: ServiceRuntime) -> None:
                 what="sessions revoked",
                 redis=redis,
                 seen_prefix="identity:excluded-event:",
-                amqp_url=settings.amqp_url,
+                broker=runtime.broker(),
                 queue=settings.exclusion_queue,
             )
         )

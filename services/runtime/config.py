@@ -10,6 +10,7 @@ import dataclasses
 import tomllib
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,6 +62,37 @@ class RedisConfig:
     # Empty: the service has no Redis.
     url: str = ""
     password_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class AmqpConfig:
+    # Empty: the service neither publishes nor consumes events. The URL names the user,
+    # host, port and virtual host (amqp://casino@127.0.0.1:5672/casino); the password is
+    # only ever read from password_file, so a URL carrying one is refused.
+    url: str = ""
+    password_file: Path | None = None
+    connect_timeout_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        try:
+            url = urllib.parse.urlsplit(self.url)
+            password = url.password
+        except ValueError:
+            # The text may hold the password: it is never repeated in an error.
+            raise ConfigError("amqp.url: not a URL") from None
+        if password is not None:
+            raise ConfigError(
+                "amqp.url carries a password: remove it from the URL and put it in a file"
+                " named by amqp.password_file (secrets are never configuration values)"
+            )
+        external = urllib.parse.parse_qs(url.query).get("auth") == ["external"]
+        if not self.url or external:
+            return  # no broker, or a TLS client certificate instead of a password
+        # Without either, the client would quietly log in with RabbitMQ's default, guest.
+        if not url.username:
+            raise ConfigError("amqp.url names no user (amqp://USER@HOST:PORT/VHOST)")
+        if self.password_file is None:
+            raise ConfigError("amqp.password_file is required with amqp.url")
 
 
 @dataclass(frozen=True)
@@ -116,6 +148,7 @@ class ServiceConfig:
     tls: TLSConfig = field(default_factory=TLSConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    amqp: AmqpConfig = field(default_factory=AmqpConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)

@@ -31,6 +31,7 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from services.runtime.broker import Broker
 from services.runtime.errors import DependencyUnavailable
 from services.runtime.logs import get_logger
 from services.runtime.outbox import declare_events_exchange
@@ -88,7 +89,7 @@ class EventConsumer:
     def __init__(
         self,
         handler: Handler,
-        amqp_url: str,
+        broker: Broker,
         queue: str,
         bindings: Sequence[str],
         *,
@@ -97,7 +98,7 @@ class EventConsumer:
         max_attempts: int = 5,
     ) -> None:
         self._handler = handler
-        self._amqp_url = amqp_url
+        self._broker = broker
         self.queue = queue
         self._bindings = list(bindings)
         self._prefetch = prefetch
@@ -120,7 +121,7 @@ class EventConsumer:
                 raise
             except Exception as exc:
                 log.warning(
-                    "event consumer stalled", queue=self.queue, error=str(exc) or type(exc).__name__
+                    "event consumer stalled", queue=self.queue, error=self._broker.describe(exc)
                 )
                 await self._reset()
                 await asyncio.sleep(backoff)
@@ -136,7 +137,7 @@ class EventConsumer:
         self._connection = None
 
     async def _consume(self) -> None:
-        self._connection = await aio_pika.connect_robust(self._amqp_url, timeout=5)
+        self._connection = await self._broker.connect()
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=self._prefetch)
         events = await declare_events_exchange(channel)

@@ -3,9 +3,10 @@
     python -m services.runtime.dbsetup secrets --out .dev/secrets
     python -m services.runtime.dbsetup migrate --database casino [SERVICE ...]
 
-`secrets` writes a random password per database role (once; files are kept). `migrate`
-creates the database if needed, then for each service (default: every service with
-migrations) its role, its schema and its Alembic migrations, as the admin role.
+`secrets` writes a random password per database role, and one for the platform's RabbitMQ
+user (`rabbitmq/casino`, which scripts/lib.sh gives the broker), once; files are kept.
+`migrate` creates the database if needed, then for each service (default: every service
+with migrations) its role, its schema and its Alembic migrations, as the admin role.
 """
 
 from __future__ import annotations
@@ -23,19 +24,26 @@ from services.runtime.secrets import read_secret
 
 ADMIN_ROLE = "casino_admin"
 DEFAULT_ADMIN_URL = f"postgresql+psycopg://{ADMIN_ROLE}@127.0.0.1:5432/postgres"
+# The user every service logs in to RabbitMQ as, in development and tests.
+BROKER_USER = "casino"
 
 
 def password_path(secrets_dir: Path, role: str) -> Path:
     return secrets_dir / "postgres" / role
 
 
+def broker_password_path(secrets_dir: Path) -> Path:
+    return secrets_dir / "rabbitmq" / BROKER_USER
+
+
 def ensure_secrets(secrets_dir: Path) -> None:
-    folder = secrets_dir / "postgres"
-    folder.mkdir(parents=True, exist_ok=True)
+    secrets_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(secrets_dir, 0o700)
-    for role in [ADMIN_ROLE, *(migrations.database_role(s) for s in SERVICE_NAMES)]:
-        path = password_path(secrets_dir, role)
+    roles = [ADMIN_ROLE, *(migrations.database_role(s) for s in SERVICE_NAMES)]
+    paths = [password_path(secrets_dir, role) for role in roles]
+    for path in [*paths, broker_password_path(secrets_dir)]:
         if not path.exists():
+            path.parent.mkdir(mode=0o700, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(random_secrets.token_urlsafe(24))

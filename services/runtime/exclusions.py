@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from redis.asyncio import Redis
 
 from casino.compliance.v1 import events_pb2
+from services.runtime.broker import Broker
 from services.runtime.consumer import EventConsumer, Undeliverable, decode_event, once_per_event
 from services.runtime.logs import get_logger
 
@@ -28,7 +29,7 @@ Close = Callable[[str], Awaitable[int]]
 
 
 def exclusion_consumer(
-    close: Close, *, what: str, redis: Redis, seen_prefix: str, amqp_url: str, queue: str
+    close: Close, *, what: str, redis: Redis, seen_prefix: str, broker: Broker, queue: str
 ) -> EventConsumer:
     """A background worker running `close(player_id)` once per PlayerExcluded event;
     `what` names the outcome ("sessions revoked") in logs and metrics, `seen_prefix` the
@@ -46,4 +47,4 @@ def exclusion_consumer(
         first = await once_per_event(redis, f"{seen_prefix}{event.event_id}", _SEEN_SECONDS, act)
         return what.replace(" ", "_") if first else "duplicate"
 
-    return EventConsumer(handle, amqp_url, queue, [BINDING], prefetch=16)
+    return EventConsumer(handle, broker, queue, [BINDING], prefetch=16)

@@ -27,6 +27,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.runtime.broker import Broker
 from services.runtime.logs import get_logger
 from services.runtime.retention import Pruner, prune_function_ddl
 
@@ -136,7 +137,7 @@ class OutboxRelay:
         self,
         engine: AsyncEngine,
         schema: str,
-        amqp_url: str,
+        broker: Broker,
         *,
         batch_size: int = 200,
         idle_seconds: float = 0.05,
@@ -144,7 +145,7 @@ class OutboxRelay:
     ) -> None:
         self._engine = engine
         self._schema = schema
-        self._amqp_url = amqp_url
+        self._broker = broker
         self._batch_size = batch_size
         self._idle = idle_seconds
         # A broker that stops confirming (blocked on memory or disk) must not hold the
@@ -155,7 +156,7 @@ class OutboxRelay:
 
     async def _exchange_ready(self) -> aio_pika.abc.AbstractExchange:
         if self._exchange is None:
-            self._connection = await aio_pika.connect_robust(self._amqp_url, timeout=5)
+            self._connection = await self._broker.connect()
             # A message the broker returns (unroutable: the catch-all exchange gone) fails
             # its publish, so its row is not marked published; aio-pika's default is to
             # resolve a return as if it had been delivered.
@@ -234,7 +235,7 @@ class OutboxRelay:
                 raise
             except Exception as exc:
                 # Broker or database away: the rows stay in the outbox; postings go on.
-                log.warning("outbox relay stalled", error=str(exc) or type(exc).__name__)
+                log.warning("outbox relay stalled", error=self._broker.describe(exc))
                 await self._reset()
                 backoff = min(backoff * 2, 5.0)
                 await asyncio.sleep(backoff)
@@ -253,7 +254,7 @@ class OutboxRelay:
 def outbox_workers(
     engine: AsyncEngine,
     schema: str,
-    amqp_url: str,
+    broker: Broker,
     retention_hours: float,
     *,
     batch_size: int = 200,
@@ -262,6 +263,6 @@ def outbox_workers(
     `batch_size` events per confirmed batch), and the pruner of what it published (for
     ServiceRuntime.add_background)."""
     return (
-        OutboxRelay(engine, schema, amqp_url, batch_size=batch_size),
+        OutboxRelay(engine, schema, broker, batch_size=batch_size),
         Pruner(engine, f"{schema}.prune_outbox", dt.timedelta(hours=retention_hours)),
     )

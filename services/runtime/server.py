@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.runtime import db, failpoints, metrics
 from services.runtime.access import MethodAccess, access_policies
+from services.runtime.broker import Broker
 from services.runtime.client import secure_channel
 from services.runtime.config import ServiceConfig, load_config
 from services.runtime.health import Readiness
@@ -65,6 +66,7 @@ class ServiceRuntime:
         )
         self._engine: AsyncEngine | None = None
         self._redis: Redis | None = None
+        self._broker: Broker | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
@@ -99,6 +101,15 @@ class ServiceRuntime:
             if required:
                 self.readiness.add_probe("redis", lambda: client.ping())  # type: ignore[no-any-return]
         return self._redis
+
+    def broker(self) -> Broker:
+        """RabbitMQ, for the service's outbox relay and event consumers. Not a readiness
+        probe: the broker away stalls events, never the RPCs (they queue in the outbox)."""
+        if self._broker is None:
+            if not self.config.amqp.url:
+                raise RuntimeError(f"{self.config.name}: [amqp] url is not configured")
+            self._broker = Broker(self.config.amqp)
+        return self._broker
 
     def channel(self, upstream: str) -> grpc.aio.Channel:
         """The channel to a configured upstream service (created once, closed at shutdown)."""

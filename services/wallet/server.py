@@ -50,9 +50,8 @@ class WalletConfig:
     max_batch: int = 64
     batch_workers: int = 1
     # Publish the outbox from this process (one relay per deployment is enough; several
-    # are safe: rows are claimed with SKIP LOCKED).
+    # are safe: rows are claimed with SKIP LOCKED), to the broker of the [amqp] section.
     outbox_relay: bool = True
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # Published events are kept in the outbox this long, then pruned.
     outbox_retention_hours: float = 24.0
     # Events published per batch (one set of broker confirms, one UPDATE marking them).
@@ -480,7 +479,7 @@ async def build(runtime: ServiceRuntime) -> None:
         for worker in outbox_workers(
             engine,
             "wallet",
-            config.amqp_url,
+            runtime.broker(),
             config.outbox_retention_hours,
             batch_size=config.outbox_batch_size,
         ):

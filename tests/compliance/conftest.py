@@ -21,7 +21,7 @@ import pytest
 from casino.compliance.v1 import compliance_pb2_grpc
 from services.runtime.client import secure_channel
 from services.runtime.process import ServiceProcess
-from tests.conftest import TEST_AMQP_URL, Launcher, Pki
+from tests.conftest import Launcher, Pki
 from tests.support.edge_player import AsEdgePlayer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,7 +159,6 @@ signing_key_file = "{folder / "verdict-signing.key"}"
 public_key_file = "{folder / "verdict-signing.pub"}"
 checkpoint_dir = "{folder / "checkpoints"}"
 outbox_relay = false
-amqp_url = "{TEST_AMQP_URL}"
 monitoring = {"true" if monitoring else "false"}
 fx_to_eur = {fx_to_eur}
 {settings}

@@ -26,8 +26,8 @@ from services.runtime.outbox import declare_events_exchange
 from services.runtime.process import ServiceProcess
 from tests.compliance.conftest import Simulator, compliance_extra, open_stubs
 from tests.compliance.test_compliance_service import verified_player
-from tests.conftest import TEST_AMQP_URL, Launcher, Pki
-from tests.support.amqp import delete_queues, delete_queues_now
+from tests.conftest import Launcher, Pki
+from tests.support.amqp import connect, delete_queues, delete_queues_now
 from tests.wallet.conftest import wallet_extra
 
 ALLOW, DENY = pb.DECISION_ALLOW, pb.DECISION_DENY
@@ -118,7 +118,7 @@ class Wallet:
 
 @pytest.fixture
 async def wallet_events() -> AsyncIterator[Wallet]:
-    connection = await aio_pika.connect_robust(TEST_AMQP_URL)
+    connection = await connect()
     channel = await connection.channel(publisher_confirms=True)
     yield Wallet(await declare_events_exchange(channel))
     await connection.close()
@@ -539,7 +539,7 @@ async def test_checks_answer_with_the_consumer_off_and_queued_events_apply_once_
 
 
 async def _queue_state(name: str) -> int | None:
-    connection = await aio_pika.connect_robust(TEST_AMQP_URL)
+    connection = await connect()
     async with connection:
         channel = await connection.channel()
         try:

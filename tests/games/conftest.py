@@ -27,7 +27,7 @@ from tests.compliance.conftest import (
     compliance_extra,
     run_simulator,
 )
-from tests.conftest import TEST_AMQP_URL, Launcher, Pki
+from tests.conftest import Launcher, Pki
 from tests.rng.conftest import rng_extra
 from tests.support.edge_player import AsEdgePlayer
 from tests.wallet.conftest import wallet_extra
@@ -71,7 +71,6 @@ def games_extra(
     rng_port: int | None = None,
     settings: str = "",
     failpoints: dict[str, str] | None = None,
-    amqp_url: str = TEST_AMQP_URL,
 ) -> str:
     """A test games instance: short leases and recovery intervals (so a crashed round is
     recovered within a test), its own signing key and checkpoints in `folder`."""
@@ -88,7 +87,6 @@ service = "wallet"
 target = "127.0.0.1:{rng_port or up.rng.ports["port"]}"
 service = "rng"
 [games]
-amqp_url = "{amqp_url}"
 lease_seconds = 3
 recovery_interval_seconds = 0.2
 checkpoint_interval_seconds = 0.5

@@ -13,7 +13,6 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 
-import aio_pika
 import grpc
 import psycopg
 import pytest
@@ -25,9 +24,9 @@ from casino.games.v1 import games_pb2 as pb
 from services.games.catalog import canonical_json
 from services.runtime.outbox import EXCHANGE, declare_events_exchange
 from services.runtime.status import error_info
-from tests.conftest import ROOT, TEST_AMQP_URL
+from tests.conftest import ROOT
 from tests.games.conftest import Clients, dice_bet, start_session
-from tests.support.amqp import delete_queues
+from tests.support.amqp import connect, delete_queues
 from tests.wallet.conftest import admin_dsn
 
 pytestmark = pytest.mark.asyncio
@@ -352,7 +351,7 @@ async def test_history_pages_newest_first_over_twelve_months(games, clients: Cli
 
 async def test_each_archived_round_is_published_as_an_event(games, clients: Clients) -> None:
     queue_name = f"test.games.rounds.{uuid.uuid4().hex[:8]}"
-    connection = await aio_pika.connect_robust(TEST_AMQP_URL)
+    connection = await connect()
     try:
         channel = await connection.channel()
         await declare_events_exchange(channel)

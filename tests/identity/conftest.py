@@ -26,7 +26,7 @@ from tests.compliance.conftest import (
     compliance_extra,
     run_simulator,
 )
-from tests.conftest import TEST_AMQP_URL, Launcher, Pki
+from tests.conftest import Launcher, Pki
 from tests.support.amqp import delete_queues_now
 from tests.wallet.conftest import wallet_extra
 
@@ -91,7 +91,6 @@ jwt_key_dir = "{secrets / "jwt"}"
 jwt_key_id = "test-1"
 generate_missing_secrets = true
 exclusion_queue = "{queue}"
-amqp_url = "{TEST_AMQP_URL}"
 {settings}
 [identity.argon2]
 time_cost = 2

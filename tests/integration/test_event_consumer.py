@@ -15,8 +15,8 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from services.runtime.consumer import EventConsumer
 from services.runtime.outbox import declare_events_exchange
-from tests.conftest import TEST_AMQP_URL
-from tests.support.amqp import delete_queues
+from tests.conftest import amqp_broker
+from tests.support.amqp import connect, delete_queues
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ async def names() -> AsyncIterator[tuple[str, str]]:
 
 
 async def _publish(queue: str, routing_key: str, *bodies: bytes) -> None:
-    connection = await aio_pika.connect_robust(TEST_AMQP_URL)
+    connection = await connect()
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await declare_events_exchange(channel)
@@ -45,7 +45,7 @@ async def _publish(queue: str, routing_key: str, *bodies: bytes) -> None:
 
 
 async def _dead_lettered(queue: str) -> list[bytes]:
-    connection = await aio_pika.connect_robust(TEST_AMQP_URL)
+    connection = await connect()
     async with connection:
         channel = await connection.channel()
         dead = await channel.declare_queue(f"{queue}.dead", durable=True)
@@ -81,7 +81,7 @@ async def test_a_poison_message_is_dead_lettered_and_the_queue_goes_on(
         return "processed"
 
     consumer = EventConsumer(
-        handler, TEST_AMQP_URL, queue, [routing_key], retry_seconds=0.01, max_attempts=3
+        handler, amqp_broker(), queue, [routing_key], retry_seconds=0.01, max_attempts=3
     )
     worker = asyncio.create_task(consumer.run())
     try:

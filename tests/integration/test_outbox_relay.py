@@ -20,7 +20,8 @@ from services.runtime.outbox import (
     enqueue,
     outbox_ddl,
 )
-from tests.conftest import TEST_AMQP_URL
+from tests.conftest import amqp_broker
+from tests.support.amqp import connect
 
 
 @pytest.fixture
@@ -49,8 +50,8 @@ async def test_a_returned_event_is_not_marked_published(
     scratch: tuple[AsyncEngine, str],
 ) -> None:
     engine, schema = scratch
-    relay = OutboxRelay(engine, schema, TEST_AMQP_URL)
-    admin = await aio_pika.connect_robust(TEST_AMQP_URL)
+    relay = OutboxRelay(engine, schema, amqp_broker())
+    admin = await connect()
     try:
         assert await relay.publish_batch() == 0  # connected; the exchanges are declared
         async with engine.begin() as conn:

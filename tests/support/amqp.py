@@ -6,12 +6,18 @@ import asyncio
 import uuid
 
 import aio_pika
+from aio_pika.abc import AbstractRobustConnection
 
 from casino.compliance.v1 import events_pb2
 from services.runtime.outbox import declare_events_exchange
-from tests.conftest import TEST_AMQP_URL
+from tests.conftest import amqp_broker
 
 PLAYER_EXCLUDED = "compliance.player.excluded"
+
+
+async def connect() -> AbstractRobustConnection:
+    """A connection to the tests' virtual host, logged in as the services are."""
+    return await amqp_broker().connect()
 
 
 async def publish_player_excluded(queue: str, player_id: str, event_id: str = "") -> str:
@@ -25,7 +31,7 @@ async def publish_player_excluded(queue: str, player_id: str, event_id: str = ""
         kind="SELF_EXCLUSION",
         indefinite=True,
     )
-    connection = await aio_pika.connect_robust(TEST_AMQP_URL)
+    connection = await connect()
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await declare_events_exchange(channel)
@@ -47,7 +53,7 @@ async def publish_player_excluded(queue: str, player_id: str, event_id: str = ""
 
 
 async def delete_queues(*names: str) -> None:
-    connection = await aio_pika.connect_robust(TEST_AMQP_URL)
+    connection = await connect()
     async with connection:
         channel = await connection.channel()
         for name in names:

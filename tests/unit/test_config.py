@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 
 import pytest
 
-from services.runtime.config import ConfigError, load_config
+from services.runtime import dbsetup
+from services.runtime.config import AmqpConfig, ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write(tmp_path: Path, body: str) -> Path:
@@ -60,3 +64,46 @@ def test_upstreams_and_domain_section(tmp_path: Path) -> None:
     assert config.upstreams["wallet"].target == "wallet:443"
     assert config.upstreams["wallet"].timeout_seconds == 5.0
     assert config.domain == {"max_stake": 500}
+
+
+def test_an_amqp_url_carrying_a_password_is_refused_for_the_password_file(
+    tmp_path: Path,
+) -> None:
+    body = '[service]\nname = "wallet"\n[amqp]\nurl = "amqp://casino:hunter2@127.0.0.1:5672/"\n'
+    refusal = r"amqp\.url carries a password.*in a file named by amqp\.password_file"
+    with pytest.raises(ConfigError, match=refusal) as raised:
+        load_config(_write(tmp_path, body))
+    assert "hunter2" not in str(raised.value)
+    # An empty password is a password field all the same: the URL has no place for one.
+    with pytest.raises(ConfigError, match="carries a password"):
+        AmqpConfig(url="amqp://casino:@127.0.0.1:5672/", password_file=tmp_path / "pw")
+
+
+def test_an_amqp_url_names_its_user_and_comes_with_a_password_file(tmp_path: Path) -> None:
+    # Either missing, the client would log in as RabbitMQ's default guest account.
+    with pytest.raises(ConfigError, match="names no user"):
+        AmqpConfig(url="amqp://127.0.0.1:5672/", password_file=tmp_path / "pw")
+    with pytest.raises(ConfigError, match="password_file is required"):
+        AmqpConfig(url="amqp://casino@127.0.0.1:5672/")
+    config = load_config(
+        _write(
+            tmp_path,
+            '[service]\nname = "wallet"\n[amqp]\nurl = "amqp://casino@127.0.0.1:5672/casino"\n'
+            'password_file = "secrets/rabbitmq"\n',
+        )
+    )
+    assert config.amqp.password_file == tmp_path / "secrets" / "rabbitmq"
+    assert load_config(_write(tmp_path, '[service]\nname = "rng"\n')).amqp.url == ""  # no broker
+
+
+def test_the_dev_configs_log_in_to_the_broker_with_the_generated_password_file() -> None:
+    generated = dbsetup.broker_password_path(ROOT / ".dev" / "secrets")
+    brokered = []
+    for path in sorted((ROOT / "config" / "dev").glob("*.toml")):
+        config = load_config(path)  # a password in a URL would be refused here
+        if config.amqp.url:
+            assert urllib.parse.urlsplit(config.amqp.url).username == dbsetup.BROKER_USER
+            assert config.amqp.password_file is not None
+            assert config.amqp.password_file.resolve() == generated, path.name
+            brokered.append(config.name)
+    assert {"compliance", "games", "identity", "wallet"} <= set(brokered)

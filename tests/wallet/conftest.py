@@ -13,7 +13,7 @@ from casino.common.v1.money_pb2 import Money
 from casino.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.client import secure_channel
 from services.runtime.process import ServiceProcess
-from tests.conftest import TEST_AMQP_URL, Launcher, Pki
+from tests.conftest import Launcher, Pki
 from tests.support.edge_player import AsEdgePlayer
 
 WALLET_SECTION = """
@@ -22,7 +22,6 @@ url = "redis://127.0.0.1:6379/0"
 [wallet]
 currencies = ["EUR", "GBP", "USD"]
 outbox_relay = {relay}
-amqp_url = "{amqp_url}"
 """
 
 
@@ -37,7 +36,7 @@ def wallet_extra(
     """The test wallet's config; `wallet`: more lines for its [wallet] table; `checkpoints`:
     a folder for signed ledger checkpoints and their keys (without one: no checkpoints, so
     wallets of concurrent test sessions never share a directory)."""
-    extra = WALLET_SECTION.format(relay="true" if relay else "false", amqp_url=TEST_AMQP_URL)
+    extra = WALLET_SECTION.format(relay="true" if relay else "false")
     if checkpoints is None:
         extra += "checkpoint_interval_seconds = 0\n"
     else:

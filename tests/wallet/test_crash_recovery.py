@@ -15,7 +15,8 @@ import pytest
 from casino.wallet.v1 import events_pb2
 from casino.wallet.v1 import wallet_pb2 as w
 from services.runtime.outbox import declare_events_exchange
-from tests.conftest import TEST_AMQP_URL, Launcher, Pki
+from tests.conftest import Launcher, Pki
+from tests.support.amqp import connect
 from tests.wallet.conftest import WalletClients, admin_dsn, eur, new_id, wallet_extra
 
 
@@ -73,7 +74,7 @@ async def _consume_into(queue: aio_pika.abc.AbstractQueue, seen: list[str]) -> N
 async def test_every_committed_posting_reaches_a_consumer_with_the_relay_killed_mid_batch(
     launcher, pki
 ) -> None:
-    connection = await aio_pika.connect_robust(TEST_AMQP_URL)
+    connection = await connect()
     channel = await connection.channel()
     exchange = await declare_events_exchange(channel)
     queue = await channel.declare_queue(f"test.{new_id('q')}", exclusive=True)
