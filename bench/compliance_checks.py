@@ -42,6 +42,7 @@ from bench.harness import (  # noqa: E402
     bench_pki,
     drive,
     drive_at_rate,
+    machine_line,
     percentiles,
     pids_named,
     start_service,
@@ -148,6 +149,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--players", type=int, default=2000)
     args = parser.parse_args()
+    print(machine_line())
     loads: list[Load] = [("clients", n) for n in args.concurrency]
     loads += [("rate", r) for r in args.rates]
 

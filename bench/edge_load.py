@@ -49,6 +49,7 @@ from bench.harness import (  # noqa: E402
     BenchPki,
     bench_pki,
     drive,
+    machine_line,
     percentiles,
     process_cpu_seconds,
     start_service,
@@ -399,4 +400,5 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
+    print(machine_line())
     asyncio.run(main(args.concurrency, args.seconds))

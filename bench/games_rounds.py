@@ -62,6 +62,7 @@ from bench.harness import (  # noqa: E402
     bench_pki,
     drive,
     drive_at_rate,
+    machine_line,
     percentiles,
     pids_named,
     purge_unrouted_events,
@@ -839,6 +840,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--players", type=int, default=500)
     args = parser.parse_args()
+    print(machine_line())
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"{os.cpu_count()} cores, load average {load} before the start")
     print(f"unrouted events left by earlier runs, dropped: {await purge_unrouted_events()}")

@@ -61,6 +61,7 @@ from bench.harness import (  # noqa: E402
     CpuSplit,
     bench_pki,
     drive,
+    machine_line,
     percentiles,
     pids_named,
     purge_unrouted_events,
@@ -548,6 +549,7 @@ async def main() -> None:
         help="wallet processes sharing the port (SO_REUSEPORT)",
     )
     args = parser.parse_args()
+    print(machine_line())
     print(
         f"{os.cpu_count()} cores; {args.seconds:g} s per measurement; cores columns are CPU "
         "seconds per second (service = the wallet, the echo service, or nothing for pgbench; "
