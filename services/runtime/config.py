@@ -45,6 +45,23 @@ class TLSConfig:
     key_file: Path = Path("")
 
 
+def _refuse_password(section: str, url: str) -> urllib.parse.SplitResult:
+    """The URL, parsed; a URL carrying a password is refused: secrets are read from
+    `<section>.password_file`, never written in configuration."""
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        password = parsed.password
+    except ValueError:
+        # The text may hold the password: it is never repeated in an error.
+        raise ConfigError(f"{section}.url: not a URL") from None
+    if password is not None:
+        raise ConfigError(
+            f"{section}.url carries a password: remove it from the URL and put it in a file"
+            f" named by {section}.password_file (secrets are never configuration values)"
+        )
+    return parsed
+
+
 @dataclass(frozen=True)
 class DatabaseConfig:
     # Empty: the service has no database.
@@ -56,12 +73,18 @@ class DatabaseConfig:
     # up when their own deadline passes (grpc cancels the handler), whichever is first.
     pool_timeout_seconds: float = 10.0
 
+    def __post_init__(self) -> None:
+        _refuse_password("database", self.url)
+
 
 @dataclass(frozen=True)
 class RedisConfig:
     # Empty: the service has no Redis.
     url: str = ""
     password_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        _refuse_password("redis", self.url)
 
 
 @dataclass(frozen=True)
@@ -74,17 +97,7 @@ class AmqpConfig:
     connect_timeout_seconds: float = 5.0
 
     def __post_init__(self) -> None:
-        try:
-            url = urllib.parse.urlsplit(self.url)
-            password = url.password
-        except ValueError:
-            # The text may hold the password: it is never repeated in an error.
-            raise ConfigError("amqp.url: not a URL") from None
-        if password is not None:
-            raise ConfigError(
-                "amqp.url carries a password: remove it from the URL and put it in a file"
-                " named by amqp.password_file (secrets are never configuration values)"
-            )
+        url = _refuse_password("amqp", self.url)
         external = urllib.parse.parse_qs(url.query).get("auth") == ["external"]
         if not self.url or external:
             return  # no broker, or a TLS client certificate instead of a password

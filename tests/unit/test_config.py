@@ -66,11 +66,19 @@ def test_upstreams_and_domain_section(tmp_path: Path) -> None:
     assert config.domain == {"max_stake": 500}
 
 
-def test_an_amqp_url_carrying_a_password_is_refused_for_the_password_file(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("section", "url"),
+    [
+        ("amqp", "amqp://casino:hunter2@127.0.0.1:5672/"),
+        ("database", "postgresql+psycopg://casino_wallet:hunter2@127.0.0.1:5432/casino"),
+        ("redis", "redis://:hunter2@127.0.0.1:6379/0"),
+    ],
+)
+def test_a_url_carrying_a_password_is_refused_for_the_password_file(
+    tmp_path: Path, section: str, url: str
 ) -> None:
-    body = '[service]\nname = "wallet"\n[amqp]\nurl = "amqp://casino:hunter2@127.0.0.1:5672/"\n'
-    refusal = r"amqp\.url carries a password.*in a file named by amqp\.password_file"
+    body = f'[service]\nname = "wallet"\n[{section}]\nurl = "{url}"\n'
+    refusal = rf"{section}\.url carries a password.*in a file named by {section}\.password_file"
     with pytest.raises(ConfigError, match=refusal) as raised:
         load_config(_write(tmp_path, body))
     assert "hunter2" not in str(raised.value)
