@@ -8,6 +8,12 @@ The baseline `proto/published.binpb` is the image of the contracts as last publi
 copy the package to v2), then rewrites gen/ and advances the baseline so the new contracts
 are protected from then on. `check` (run by scripts/test) fails when gen/ or the baseline
 does not match proto/, when `buf lint` fails, or when the contracts break the baseline.
+
+`generate --allow-breaking` rewrites the baseline too, so the baseline in the tree alone
+cannot catch a deliberate break: `check` also compares the contracts with every version of
+the baseline committed before (git history), since each may have been published. A break
+that is really meant (say, of a package never released) is written down in
+`proto/accepted_breaks.txt`, one line per baseline commit it breaks: the commit, then why.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import grpc_tools
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 BASELINE = "published.binpb"
+ACCEPTED_BREAKS = "accepted_breaks.txt"
 
 
 def _buf(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -92,6 +99,59 @@ def breaking(proto: Path) -> str | None:
     return (result.stdout + result.stderr).strip() if result.returncode != 0 else None
 
 
+def published_baselines(root: Path) -> list[tuple[str, bytes]] | None:
+    """Each distinct earlier version of the baseline in the git history, oldest first, with
+    the first commit that had it; None when `root` is not a git checkout."""
+    log = subprocess.run(
+        ["git", "log", "--reverse", "--format=%H", "--", f"proto/{BASELINE}"],
+        cwd=root,
+        capture_output=True,
+    )
+    if log.returncode != 0:
+        return None
+    versions: dict[bytes, str] = {}
+    for commit in log.stdout.decode().split():
+        show = subprocess.run(
+            ["git", "show", f"{commit}:proto/{BASELINE}"], cwd=root, capture_output=True
+        )
+        if show.returncode == 0:  # a commit that deleted it has none
+            versions.setdefault(show.stdout, commit)
+    return [(commit, image) for image, commit in versions.items()]
+
+
+def accepted_breaks(proto: Path) -> set[str]:
+    """The baseline commits (full or abbreviated) whose breaks were meant."""
+    path = proto / ACCEPTED_BREAKS
+    if not path.exists():
+        return set()
+    lines = (line.split("#", 1)[0].split() for line in path.read_text().splitlines())
+    return {words[0] for words in lines if words}
+
+
+def historical_breaks(root: Path) -> list[str] | None:
+    """A report per earlier published baseline the contracts break (accepted ones aside);
+    None when there is no git history to read."""
+    proto, history = root / "proto", published_baselines(root)
+    if history is None:
+        return None
+    accepted = accepted_breaks(proto)
+    current = (proto / BASELINE).read_bytes() if (proto / BASELINE).exists() else b""
+    reports = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for commit, image in history:
+            if image == current or any(commit.startswith(a) for a in accepted):
+                continue
+            against = Path(tmp) / f"{commit}.binpb"
+            against.write_bytes(image)
+            result = _buf("breaking", "--against", str(against), cwd=proto)
+            if result.returncode != 0:
+                reports.append(
+                    f"buf breaking against proto/{BASELINE} as committed in {commit[:12]}:\n"
+                    + (result.stdout + result.stderr).strip()
+                )
+    return reports
+
+
 def cmd_generate(root: Path, allow_breaking: bool) -> int:
     proto = root / "proto"
     lint = _buf("lint", cwd=proto)
@@ -124,6 +184,8 @@ def cmd_check(root: Path) -> int:
     report = breaking(proto)
     if report:
         failures.append(f"buf breaking against proto/{BASELINE}:\n{report}")
+    earlier = historical_breaks(root)
+    failures.extend(earlier or [])
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp) / "gen"
         generate_into(proto, fresh)
@@ -138,7 +200,8 @@ def cmd_check(root: Path) -> int:
         print("\n\n".join(failures), file=sys.stderr)
         print("Run: .venv/bin/python scripts/protos.py generate", file=sys.stderr)
         return 1
-    print("contracts: buf lint clean, no breaking change, gen/ fresh")
+    against = "the baseline" if earlier is None else "the baseline and every earlier one committed"
+    print(f"contracts: buf lint clean, no breaking change against {against}, gen/ fresh")
     return 0
 
 

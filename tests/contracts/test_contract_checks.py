@@ -1,5 +1,6 @@
 """The contract gate of the test command, exercised on a copy of the tree: a pristine copy
-passes; a stale gen/ or a breaking change to a published proto fails it."""
+passes; a stale gen/ or a breaking change to a published proto fails it, also one forced into
+the baseline after an earlier baseline was committed."""
 
 from __future__ import annotations
 
@@ -101,6 +102,44 @@ def test_breaking_change_fails_even_with_gen_regenerated(tree: Path) -> None:
     assert check.returncode == 1
     assert "buf breaking" in check.stderr
     assert "gen/ is stale" not in check.stderr
+
+
+def _git(tree: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+        cwd=tree,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+
+
+def test_a_break_forced_into_the_baseline_fails_against_the_committed_history(
+    tree: Path,
+) -> None:
+    """`generate --allow-breaking` rewrites the baseline, so the tree alone agrees with
+    itself; the baselines committed before still catch the break, unless it is written
+    down as meant in proto/accepted_breaks.txt."""
+    _git(tree, "init", "-q")
+    _git(tree, "add", "-A")
+    _git(tree, "commit", "-qm", "published")
+    published = _git(tree, "rev-parse", "HEAD")
+    _edit(tree, "  int32 delay_ms = 3;", "  int32 delay_ms = 7;")
+    assert _protos(tree, "generate", "--allow-breaking").returncode == 0
+    _git(tree, "commit", "-qam", "a forced break")
+
+    check = _protos(tree, "check")
+    assert check.returncode == 1
+    assert f"as committed in {published[:12]}" in check.stderr
+    assert "delay_ms" in check.stderr
+
+    (tree / "proto/accepted_breaks.txt").write_text(
+        f"{published[:10]}  echo's delay_ms renumbered before any client used it\n"
+    )
+    check = _protos(tree, "check")
+    assert check.returncode == 0, check.stderr
+    assert "every earlier one committed" in check.stdout
 
 
 def test_the_test_command_stops_on_a_stale_gen(tree: Path) -> None:
