@@ -30,6 +30,10 @@ def read_secret(path: str | os.PathLike[str]) -> str:
 
 
 def _is_mounted_secret(p: Path) -> bool:
-    # Kubernetes projects secrets through symlinks into a read-only tmpfs owned by root;
-    # their mode is governed by the pod spec (defaultMode), not by us.
-    return p.is_symlink() and "..data" in os.readlink(p)
+    """A file of a Kubernetes secret volume, whose mode the pod spec governs (defaultMode),
+    not us. Recognised by the kubelet's exact layout, `<dir>/<name> -> ..data/<name>` with
+    `<dir>/..data` itself a symlink (to the timestamped folder it swaps atomically), not by
+    "..data" anywhere in a link: any other symlink to a loose file is refused like the file."""
+    if not p.is_symlink() or os.readlink(p) != f"..data/{p.name}":
+        return False
+    return (p.parent / "..data").is_symlink()

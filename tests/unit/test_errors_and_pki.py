@@ -75,6 +75,26 @@ def test_secret_readable_by_others_is_refused(tmp_path) -> None:
     assert read_secret(secret) == "s3cret"
 
 
+def test_only_a_kubernetes_secret_volume_may_be_readable_by_others(tmp_path) -> None:
+    # The kubelet's layout: name -> ..data/name, ..data -> a timestamped folder.
+    volume = tmp_path / "volume"
+    (volume / "..2026_11_27_07_00_00.123").mkdir(parents=True)
+    (volume / "..2026_11_27_07_00_00.123" / "pw").write_text("mounted\n")
+    (volume / "..2026_11_27_07_00_00.123" / "pw").chmod(0o644)
+    (volume / "..data").symlink_to("..2026_11_27_07_00_00.123")
+    (volume / "pw").symlink_to("..data/pw")
+    assert read_secret(volume / "pw") == "mounted"
+    # A link that merely mentions "..data", to a loose file elsewhere, is that file.
+    loose = tmp_path / "..data" / "pw"
+    loose.parent.mkdir()
+    loose.write_text("loose\n")
+    loose.chmod(0o644)
+    link = tmp_path / "pw"
+    link.symlink_to(loose)
+    with pytest.raises(SecretFileError, match="readable by group/others"):
+        read_secret(link)
+
+
 def test_echo_rules_refuse_bad_input_by_field() -> None:
     cases = {
         "request_id": ("", "m", 0),
