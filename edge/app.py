@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl
 
 import grpc
 import uvicorn
+import uvloop
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
@@ -805,4 +806,5 @@ def run(config_path: Path) -> None:
             loop.add_signal_handler(sig, stop.set)
         await edge.serve(stop)
 
-    asyncio.run(main())
+    # The services' loop (services.runtime.server.run_service), for uvicorn's sockets too.
+    uvloop.run(main())
