@@ -32,8 +32,15 @@ def limited_edge(
     tokens: TokenMinter,
     edge_services: dict[str, ServiceProcess],
 ) -> Iterator[EdgeProcess]:
+    # The default limits, and a Redis timeout no stall of this shared machine reaches: a
+    # rate-limit call past its timeout fails a money read closed (503), which is the Redis
+    # tests' subject (edge_behind_cuttable_redis), not this module's arithmetic.
     process = start_edge_for(
-        tmp_path_factory.mktemp("limited-edge"), pki, tokens, edge_services, limits=""
+        tmp_path_factory.mktemp("limited-edge"),
+        pki,
+        tokens,
+        edge_services,
+        limits="redis_timeout_ms = 2000",
     )
     yield process
     process.terminate()
