@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -204,13 +203,7 @@ class ServiceRuntime:
             await asyncio.sleep(shutdown.drain_seconds)
         if self._server is not None:
             await self._server.stop(shutdown.grace_seconds)
-        for task in [*self._worker_tasks, self._readiness_task]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        for worker in self._workers:
-            await worker.close()
+        await self._stop_workers(shutdown.workers_seconds)
         if self._health_server is not None:
             await self._health_server.stop(0)
         for channel in self._channels.values():
@@ -221,6 +214,34 @@ class ServiceRuntime:
             await self._redis.aclose()
         self.tracer_provider.shutdown()
         self.log.info("stopped")
+
+    async def _stop_workers(self, seconds: float) -> None:
+        """Cancel the background workers and close them, each step bounded: a worker that
+        ignores its cancellation, or whose close hangs, is logged and left behind."""
+        tasks = [t for t in [*self._worker_tasks, self._readiness_task] if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=seconds)
+            for task in pending:
+                self.log.warning("background worker did not stop", worker=task.get_name())
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    self.log.warning(
+                        "background worker had failed",
+                        worker=task.get_name(),
+                        error=repr(task.exception()),
+                    )
+        for worker in self._workers:
+            try:
+                async with asyncio.timeout(seconds):
+                    await worker.close()
+            except TimeoutError:
+                self.log.warning("background worker did not close", worker=type(worker).__name__)
+            except Exception as exc:  # closing is best effort; the process is ending
+                self.log.warning(
+                    "background worker close failed", worker=type(worker).__name__, error=repr(exc)
+                )
 
     async def run_until_signalled(self) -> None:
         stop = asyncio.Event()

@@ -54,6 +54,8 @@ async def test_a_refused_login_is_logged_without_the_password(
     assert "ACCESS_REFUSED" in stalled["error"]
     # Nowhere in the process's output: not our lines, not the AMQP library's.
     assert password not in _log_text(wallet)
+    # A broker that refuses the login does not keep the service from stopping when told.
+    assert wallet.terminate(timeout=10) == 0
 
 
 async def test_a_service_logged_in_with_its_password_file_publishes_its_events(

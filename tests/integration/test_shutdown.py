@@ -9,8 +9,11 @@ import uuid
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
+from structlog.testing import capture_logs
 
 from casino.echo.v1 import echo_pb2
+from services.runtime.config import ListenConfig, ServiceConfig, ShutdownConfig
+from services.runtime.server import ServiceRuntime
 from tests.conftest import Pki
 from tests.support.clients import echo_client
 
@@ -74,3 +77,48 @@ async def test_calls_beyond_the_concurrency_cap_are_shed_not_queued(launch, pki:
     shed = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert len(results) - len(shed) == 2
     assert {e.code() for e in shed} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+class _StuckWorker:
+    """A background worker stuck in a library call: it shrugs off its first cancellation,
+    and its close never returns (as a broker connection reconnecting can)."""
+
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                if self.cancelled > 1:
+                    raise
+
+    async def close(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_stuck_background_worker_does_not_keep_the_service_from_stopping(
+    pki: Pki,
+) -> None:
+    runtime = ServiceRuntime(
+        ServiceConfig(
+            name="echo",
+            listen=ListenConfig(),
+            tls=pki.tls("echo"),
+            shutdown=ShutdownConfig(grace_seconds=0.1, workers_seconds=0.2),
+        )
+    )
+    worker = _StuckWorker()
+    runtime.add_background(worker)
+    await runtime.start()
+    await asyncio.sleep(0.1)  # the worker is in its loop
+    with capture_logs() as logs:
+        # Generous: without the bound, stop() never returns.
+        async with asyncio.timeout(10):
+            await runtime.stop()
+    events = {entry["event"] for entry in logs}
+    assert {"background worker did not stop", "background worker did not close"} <= events
+    assert "stopped" in events
+    assert worker.cancelled == 1
