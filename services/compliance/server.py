@@ -595,14 +595,12 @@ async def build(runtime: ServiceRuntime) -> None:
         ):
             runtime.add_background(worker)
     if settings.monitoring:
-        jurisdictions = _jurisdictions(settings)
         monitoring = Monitoring(
             engine,
             settings.aml,
             fx,
-            jurisdiction=lambda state: (
-                rules.jurisdiction_of(state.country, settings.rules, jurisdictions).config
-            ),
+            # The checks' policy: one reading of which jurisdiction a player lives under.
+            jurisdiction=lambda state: policy.jurisdiction(state.country).config,
             rule_enabled=rule_flags.enabled,
         )
         runtime.add_background(
