@@ -97,6 +97,7 @@ from services.runtime.call import (
 from services.runtime.client import secure_channel
 from services.runtime.config import ConfigError, ServiceConfig, build, load_config
 from services.runtime.errors import DomainError
+from services.runtime.heap import freeze_startup_heap
 from services.runtime.logs import configure_logging, get_logger
 from services.runtime.secrets import read_secret
 from services.runtime.tracing import configure_tracing
@@ -800,6 +801,7 @@ def run(config_path: Path) -> None:
 
     async def main() -> None:
         edge = Edge(config)
+        log.info("startup heap frozen", objects=freeze_startup_heap())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -28,6 +28,7 @@ from services.runtime.broker import Broker
 from services.runtime.client import secure_channel
 from services.runtime.config import ServiceConfig, load_config
 from services.runtime.health import Readiness
+from services.runtime.heap import freeze_startup_heap
 from services.runtime.interceptors import RuntimeServerInterceptor
 from services.runtime.logs import configure_logging, get_logger
 from services.runtime.secrets import read_secret
@@ -263,6 +264,7 @@ def run_service(build: Callable[[ServiceRuntime], Awaitable[None]]) -> None:
     async def main() -> None:
         runtime = ServiceRuntime(config)
         await build(runtime)
+        runtime.log.info("startup heap frozen", objects=freeze_startup_heap())
         await runtime.run_until_signalled()
 
     # libuv's loop: the same handlers, less of the core per call than asyncio's own loop
