@@ -42,6 +42,7 @@ from bench.harness import (  # noqa: E402
     bench_pki,
     drive,
     drive_at_rate,
+    fresh_database,
     machine_line,
     percentiles,
     pids_named,
@@ -150,6 +151,7 @@ async def main() -> None:
     parser.add_argument("--players", type=int, default=2000)
     args = parser.parse_args()
     print(machine_line())
+    fresh_database()
     loads: list[Load] = [("clients", n) for n in args.concurrency]
     loads += [("rate", r) for r in args.rates]
 

@@ -49,6 +49,7 @@ from bench.harness import (  # noqa: E402
     BenchPki,
     bench_pki,
     drive,
+    fresh_database,
     machine_line,
     percentiles,
     process_cpu_seconds,
@@ -401,4 +402,5 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     print(machine_line())
+    fresh_database()
     asyncio.run(main(args.concurrency, args.seconds))

@@ -62,6 +62,7 @@ from bench.harness import (  # noqa: E402
     bench_pki,
     drive,
     drive_at_rate,
+    fresh_database,
     machine_line,
     percentiles,
     pids_named,
@@ -841,6 +842,7 @@ async def main() -> None:
     parser.add_argument("--players", type=int, default=500)
     args = parser.parse_args()
     print(machine_line())
+    fresh_database()
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"{os.cpu_count()} cores, load average {load} before the start")
     print(f"unrouted events left by earlier runs, dropped: {await purge_unrouted_events()}")

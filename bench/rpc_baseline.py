@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import bench_pki, machine_line  # noqa: E402
+from bench.harness import bench_pki, fresh_database, machine_line  # noqa: E402
 from bench.wallet_load import measure_echo, print_header  # noqa: E402
 
 
@@ -29,6 +29,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     print(machine_line())
+    fresh_database()
     with tempfile.TemporaryDirectory() as tmp:
         print_header("bare echo Ping through the runtime and its client", "calls/s")
         await measure_echo(Path(tmp), bench_pki(Path(tmp)), args.concurrency, args.seconds)

@@ -61,6 +61,7 @@ from bench.harness import (  # noqa: E402
     CpuSplit,
     bench_pki,
     drive,
+    fresh_database,
     machine_line,
     percentiles,
     pids_named,
@@ -550,6 +551,7 @@ async def main() -> None:
     )
     args = parser.parse_args()
     print(machine_line())
+    fresh_database()
     print(
         f"{os.cpu_count()} cores; {args.seconds:g} s per measurement; cores columns are CPU "
         "seconds per second (service = the wallet, the echo service, or nothing for pgbench; "
