@@ -65,7 +65,7 @@ from edge.config import (
     EdgeSettings,
     edge_settings,
 )
-from edge.connections import HeadBounds, bounded_protocol
+from edge.connections import ConnectionBudget, HeadBounds, bounded_protocol, ensure_open_files
 from edge.errors import EdgeError, bad_request, from_rpc_error, http_status, internal_error
 from edge.geo import GeoConfig, GeoLocator
 from edge.netrules import SourceRules
@@ -709,6 +709,9 @@ class Edge:
             )
             for name in LISTENERS
         }
+        # Every listener's connections at once must fit the process's descriptors, or a flood
+        # on one could leave another unable to accept.
+        ensure_open_files([settings.listener(name).max_connections for name in LISTENERS])
         self.ports: dict[str, int] = {}
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -733,10 +736,13 @@ class Edge:
                 listen.idle_timeout_seconds,
                 access_log=self.config.telemetry.access_log,
             )
+            budget = ConnectionBudget(
+                listen.max_connections, listen.max_connections_per_address, app.rules
+            )
             server = _Server(
                 uvicorn.Config(
                     app,
-                    http=bounded_protocol(head_bounds),
+                    http=bounded_protocol(head_bounds, budget),
                     lifespan="off",
                     access_log=False,
                     log_config=None,

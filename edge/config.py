@@ -9,6 +9,8 @@ carries the rest: TLS identity, Redis, telemetry and the [upstreams.<name>] it c
     port = 8080
     header_timeout_seconds = 5.0         # a request head is whole within this, else 408
     idle_timeout_seconds = 5.0           # a connection with no request under way is closed
+    max_connections = 4096               # held at once (503 past it), and from one address
+    max_connections_per_address = 256    # (429 past it); totals must fit ulimit -n
     [edge.listeners.admin]
     port = 8082
     allowed_networks = ["10.0.0.0/8"]
@@ -82,11 +84,21 @@ class ListenerConfig:
     # A connection with no request under way (before its first, between kept-alive ones) is
     # closed after this many seconds.
     idle_timeout_seconds: float = 5.0
+    # Connections held at once, in all and from one client address; past either, a new
+    # connection is answered at once (503 / 429 TOO_MANY_CONNECTIONS) and closed unread
+    # (edge.connections). The trusted_proxies' own addresses count only to the total. Every
+    # listener's max_connections together must fit the process's open-file limit.
+    max_connections: int = 4096
+    max_connections_per_address: int = 256
 
     def __post_init__(self) -> None:
         if not (self.header_timeout_seconds > 0 and self.idle_timeout_seconds > 0):
             raise ConfigError(
                 "edge.listeners: header_timeout_seconds and idle_timeout_seconds must be > 0"
+            )
+        if not 0 < self.max_connections_per_address <= self.max_connections:
+            raise ConfigError(
+                "edge.listeners: need 0 < max_connections_per_address <= max_connections"
             )
         named = [cidr for cidrs in self.sources.values() for cidr in cidrs]
         for cidr in [*self.allowed_networks, *self.trusted_proxies, *named]:

@@ -1,5 +1,6 @@
-"""The edge's HTTP/1.1 connections: uvicorn's httptools protocol with the two bounds it lacks,
-so that a client cannot hold a connection by sending slowly (slowloris).
+"""The edge's HTTP/1.1 connections: uvicorn's httptools protocol with the bounds it lacks, so
+that a client cannot hold a connection by sending slowly (slowloris), nor hold more
+connections than a listener allows it.
 
 uvicorn bounds nothing before a request's head is whole: a connection that sends nothing stays
 open for good (its keep-alive timer is armed only after a response), and any byte, even a lone
@@ -8,19 +9,32 @@ no request is under way (`idle_timeout_seconds`: the connection is closed; nothi
 so nothing is answered) and the time from a request's first byte until its head is whole
 (`header_timeout_seconds`: 408 HEADER_TIMEOUT, then closed). The body has its own bound in the
 app (408 BODY_TIMEOUT), so a request is bounded from its first byte to its answer.
+
+Each listener also counts the connections it holds (`ConnectionBudget`): past its
+`max_connections`, or past `max_connections_per_address` from one client address, a new
+connection is answered at once (503 or 429 TOO_MANY_CONNECTIONS, with Retry-After) and closed
+without a request being read. Every connection is a file descriptor of the one edge process,
+so the listeners' totals together must fit its open-file limit (`ensure_open_files`, at
+start): a flood of connections on the public listener then leaves the admin and webhook
+listeners what they are owed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import resource
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from edge.errors import EdgeError
+from edge.netrules import SourceRules
+from services.runtime.call import address_scope
+from services.runtime.config import ConfigError
 from services.runtime.logs import get_logger
 
 log = get_logger()
@@ -37,24 +51,107 @@ class HeadBounds:
     access_log: bool = True
 
 
+# Descriptors the edge holds besides its listeners' connections: the listening sockets, the
+# upstream channels, the Redis pool, logs, the interpreter's own files.
+RESERVED_FILES = 256
+
+
+def ensure_open_files(max_connections: Sequence[int]) -> int:
+    """Make sure the process may hold every listener's `max_connections` at once (plus
+    RESERVED_FILES): raise the soft open-file limit up to the hard one if need be, or refuse
+    to start, naming the numbers. Returns the soft limit in force."""
+    needed = sum(max_connections) + RESERVED_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise ConfigError(
+            f"edge.listeners: max_connections sum to {sum(max_connections)}, which with"
+            f" {RESERVED_FILES} other files needs {needed} open files; this process may open"
+            f" {hard} (ulimit -n): lower max_connections or raise the limit"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    return needed
+
+
+@dataclass
+class ConnectionBudget:
+    """The connections one listener holds: in all, and per client address (an IPv6 client's
+    /64, all of which it controls). A trusted proxy's connections (a load balancer's, each
+    carrying many clients) count only to the total."""
+
+    max_connections: int
+    max_per_address: int
+    rules: SourceRules
+    open: int = 0
+    by_address: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def admit(self, peer: str) -> tuple[str | None, EdgeError | None]:
+        """Count a new connection from `peer`: the key it is counted under (None: only to
+        the total), or why it is refused (then nothing is counted)."""
+        if self.open >= self.max_connections:
+            return None, EdgeError(
+                503,
+                "UNAVAILABLE",
+                f"this listener holds its limit of {self.max_connections} connections",
+                "TOO_MANY_CONNECTIONS",
+                headers={"retry-after": "1"},
+            )
+        key = None
+        if not self.rules.through_trusted_proxy(peer):
+            key = address_scope(peer)
+            if self.by_address[key] >= self.max_per_address:
+                return None, EdgeError(
+                    429,
+                    "RESOURCE_EXHAUSTED",
+                    f"this listener holds its limit of {self.max_per_address} connections"
+                    " from one address",
+                    "TOO_MANY_CONNECTIONS",
+                    headers={"retry-after": "1"},
+                )
+            self.by_address[key] += 1
+        self.open += 1
+        return key, None
+
+    def release(self, key: str | None) -> None:
+        self.open -= 1
+        if key is not None:
+            self.by_address[key] -= 1
+            if not self.by_address[key]:
+                del self.by_address[key]
+
+
 class BoundedHeadProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, with `bounds` on how long a connection may wait for a
-    request head (see the module's docstring)."""
+    request head and `budget` on how many connections the listener holds (see the module's
+    docstring)."""
 
     bounds: ClassVar[HeadBounds]
+    budget: ClassVar[ConnectionBudget]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._timer: asyncio.TimerHandle | None = None
         # loop.time() of the first byte of a request whose head is not whole yet.
         self._head_began: float | None = None
+        # Counted in the listener's budget, under this address key (None: the total only).
+        self._counted = False
+        self._address_key: str | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        key, refusal = self.budget.admit(self.client[0] if self.client else "")
+        if refusal is not None:
+            self._answer_and_close(refusal, self.loop.time())
+            return
+        self._counted, self._address_key = True, key
         self._arm(self.loop.time() + self.bounds.idle_seconds, self._idle_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._counted:
+            self.budget.release(self._address_key)
+            self._counted = False
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -109,13 +206,18 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             # go out before that answer, so the connection closes after it instead.
             self.cycle.keep_alive = False
             return
-        request_id = uuid.uuid4().hex
         error = EdgeError(
             408,
             "DEADLINE_EXCEEDED",
             f"the request head did not arrive within {self.bounds.header_seconds:g} seconds",
             "HEADER_TIMEOUT",
         )
+        self._answer_and_close(error, self._head_began or self.loop.time())
+
+    def _answer_and_close(self, error: EdgeError, since: float) -> None:
+        """Answer `error` with no request read (what comes after must not be read as one),
+        close, and log it as any answered request is."""
+        request_id = uuid.uuid4().hex
         body = error.body(request_id)
         headers = [
             *self.server_state.default_headers,
@@ -123,35 +225,37 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             (b"content-length", str(len(body)).encode()),
             (b"x-request-id", request_id.encode()),
             (b"cache-control", b"no-store"),
-            # The rest of the head may still come: it must not be read as a request.
+            *((k.encode(), v.encode()) for k, v in error.headers.items()),
             (b"connection", b"close"),
         ]
         self.transport.write(
-            b"".join([STATUS_LINE[408], *(n + b": " + v + b"\r\n" for n, v in headers), b"\r\n"])
+            b"".join(
+                [STATUS_LINE[error.status], *(n + b": " + v + b"\r\n" for n, v in headers), b"\r\n"]
+            )
             + body
         )
         self.transport.close()
         if self.bounds.access_log:
-            waited = self.loop.time() - (self._head_began or self.loop.time())
             log.info(
                 "request finished",
                 listener=self.bounds.listener,
                 method="",
                 path="",
                 route="",
-                status=408,
-                reason="HEADER_TIMEOUT",
-                duration_ms=round(waited * 1000, 3),
+                status=error.status,
+                reason=error.reason,
+                duration_ms=round((self.loop.time() - since) * 1000, 3),
                 request_id=request_id,
                 client=self.client[0] if self.client else "",
             )
 
 
-def bounded_protocol(bounds: HeadBounds) -> type[BoundedHeadProtocol]:
+def bounded_protocol(bounds: HeadBounds, budget: ConnectionBudget) -> type[BoundedHeadProtocol]:
     """The protocol class of one listener (uvicorn makes one instance per connection)."""
-    listener_bounds = bounds
+    listener_bounds, listener_budget = bounds, budget
 
     class ListenerProtocol(BoundedHeadProtocol):
         bounds = listener_bounds
+        budget = listener_budget
 
     return ListenerProtocol

@@ -171,6 +171,8 @@ def edge_config(
     operator_key_dir: Path | None = None,
     header_timeout: float | None = None,
     idle_timeout: float | None = None,
+    max_connections: int | None = None,
+    max_connections_per_address: int | None = None,
 ) -> Path:
     """An edge config: every listener on a free loopback port; the admin listener only for
     `admin_networks` (loopback is not among them), believing X-Forwarded-For only from
@@ -179,7 +181,8 @@ def edge_config(
     `limits` says otherwise) so routing tests are never limited; operators' tokens from the
     keys of `operator_key_dir` (none: the admin listener authenticates no one); every
     listener's request-head and idle-connection bounds from `header_timeout` and
-    `idle_timeout` (None: the edge's defaults)."""
+    `idle_timeout`, and its connection limits from `max_connections` and
+    `max_connections_per_address` (None: the edge's defaults)."""
     upstream_tables = "".join(
         f'[upstreams.{name}]\ntarget = "127.0.0.1:{port}"\nservice = "{service}"\n'
         for name, (port, service) in upstreams.items()
@@ -192,6 +195,8 @@ def edge_config(
         for key, value in (
             ("header_timeout_seconds", header_timeout),
             ("idle_timeout_seconds", idle_timeout),
+            ("max_connections", max_connections),
+            ("max_connections_per_address", max_connections_per_address),
         )
         if value is not None
     )

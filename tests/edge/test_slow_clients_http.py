@@ -17,6 +17,7 @@ from edge.process import EdgeProcess
 from services.runtime.process import ServiceProcess
 from tests.conftest import Pki
 from tests.edge.conftest import TokenMinter, start_edge_for
+from tests.support.raw_http import exchange, parse_answer, read_until_closed
 
 HEADER_TIMEOUT = 0.5
 IDLE_TIMEOUT = 2.0
@@ -44,29 +45,8 @@ def guarded_edge(
     process.terminate()
 
 
-async def _read_until_closed(reader: asyncio.StreamReader, timeout: float) -> bytes:
-    """Everything the edge sends until it closes the connection (a reset after its answer
-    counts as closed: a client still writing may get one), failing after `timeout` s."""
-    received = bytearray()
-
-    async def drain() -> None:
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := await reader.read(65536):
-                received.extend(chunk)
-
-    await asyncio.wait_for(drain(), timeout)
-    return bytes(received)
-
-
-def _parse(answer: bytes) -> tuple[str, dict[str, str], bytes]:
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
-    return status_line, headers, body
-
-
 def _assert_header_timeout(answer: bytes) -> None:
-    status_line, headers, body = _parse(answer)
+    status_line, headers, body = parse_answer(answer)
     assert status_line.startswith("HTTP/1.1 408"), answer
     assert headers["connection"] == "close"
     assert headers["content-type"] == "application/json"
@@ -74,18 +54,6 @@ def _assert_header_timeout(answer: bytes) -> None:
     error = json.loads(body)
     assert (error["code"], error["reason"]) == ("DEADLINE_EXCEEDED", "HEADER_TIMEOUT")
     assert error["requestId"] == headers["x-request-id"]
-
-
-async def _exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> tuple[str, dict[str, str], bytes]:
-    """One request and its answer on a kept-alive connection."""
-    writer.write(request)
-    await writer.drain()
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), SLACK)
-    status_line, headers, _ = _parse(head)
-    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), SLACK)
-    return status_line, headers, body
 
 
 @pytest.mark.parametrize("listener", ["public", "webhooks", "admin"])
@@ -96,7 +64,7 @@ async def test_half_a_request_line_gets_408_and_the_connection_closed(
     try:
         writer.write(b"GET /v1/pi")
         await writer.drain()
-        answer = await _read_until_closed(reader, HEADER_TIMEOUT + SLACK)
+        answer = await read_until_closed(reader, HEADER_TIMEOUT + SLACK)
     finally:
         writer.close()
     _assert_header_timeout(answer)
@@ -119,7 +87,7 @@ async def test_a_head_dribbled_a_byte_at_a_time_is_cut_at_the_bound(
 
     dribbler = asyncio.create_task(dribble())
     try:
-        answer = await _read_until_closed(reader, HEADER_TIMEOUT + SLACK)
+        answer = await read_until_closed(reader, HEADER_TIMEOUT + SLACK)
     finally:
         dribbler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -135,7 +103,7 @@ async def test_a_connection_that_sends_nothing_is_closed(
     reader, writer = await asyncio.open_connection("127.0.0.1", guarded_edge.ports[listener])
     try:
         # Nothing was asked, so nothing is answered: the edge just closes.
-        assert await _read_until_closed(reader, IDLE_TIMEOUT + SLACK) == b""
+        assert await read_until_closed(reader, IDLE_TIMEOUT + SLACK) == b""
     finally:
         writer.close()
 
@@ -145,19 +113,19 @@ async def test_a_keep_alive_client_pausing_between_requests_is_served(
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", guarded_edge.ports["public"])
     try:
-        status, headers, _ = await _exchange(reader, writer, PING)
+        status, headers, _ = await exchange(reader, writer, PING, SLACK)
         assert status.startswith("HTTP/1.1 200"), status
         assert headers.get("connection") != "close"
         # Longer than the head bound, shorter than the idle one: the head's clock starts at
         # its first byte, not when the connection went idle.
         await asyncio.sleep(HEADER_TIMEOUT * 2)
-        status, _, _ = await _exchange(reader, writer, PING)
+        status, _, _ = await exchange(reader, writer, PING, SLACK)
         assert status.startswith("HTTP/1.1 200"), status
         # A head in pieces is fine as long as it is whole within the bound.
         writer.write(PING[:10])
         await writer.drain()
         await asyncio.sleep(HEADER_TIMEOUT / 5)
-        status, _, body = await _exchange(reader, writer, PING[10:])
+        status, _, body = await exchange(reader, writer, PING[10:], SLACK)
         assert status.startswith("HTTP/1.1 200"), status
         assert json.loads(body) is not None
     finally:

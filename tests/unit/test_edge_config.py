@@ -34,6 +34,22 @@ def test_a_listener_network_that_is_not_a_cidr_is_refused() -> None:
         settings(listeners={"admin": {"allowed_networks": ["10.0.0.0/33"]}})
 
 
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"max_connections": 0},
+        {"max_connections_per_address": 0},
+        {"max_connections": 100, "max_connections_per_address": 101},
+    ],
+)
+def test_connection_limits_must_be_positive_and_per_address_within_the_total(
+    limits: dict[str, int],
+) -> None:
+    admin = {"allowed_networks": ["10.0.0.0/8"]}
+    with pytest.raises(ConfigError, match="max_connections"):
+        settings(listeners={"admin": admin, "public": limits})
+
+
 def test_operator_tokens_are_a_realm_of_their_own() -> None:
     # Players' and operators' tokens must never pass for one another: another key directory,
     # issuer and audience, or the edge does not start.

@@ -164,6 +164,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     header_timeout_seconds of its first byte (408; the edge closes the connection). Metadata:
     none.
     """
+    TOO_MANY_CONNECTIONS: _ErrorReason.ValueType  # 458
+    """The listener already holds as many connections as it allows: from the client's address
+    (429), or from all clients (503). The edge answers at once, reads no request and closes
+    the connection; Retry-After says when to try again. Metadata: none.
+    """
     ROUND_NOT_FOUND: _ErrorReason.ValueType  # 500
     """RNG (500-509).
     No round has this id. Metadata: round_id.
@@ -366,6 +371,11 @@ HEADER_TIMEOUT: ErrorReason.ValueType  # 457
 """The request head (request line and headers) did not arrive within the listener's
 header_timeout_seconds of its first byte (408; the edge closes the connection). Metadata:
 none.
+"""
+TOO_MANY_CONNECTIONS: ErrorReason.ValueType  # 458
+"""The listener already holds as many connections as it allows: from the client's address
+(429), or from all clients (503). The edge answers at once, reads no request and closes
+the connection; Retry-After says when to try again. Metadata: none.
 """
 ROUND_NOT_FOUND: ErrorReason.ValueType  # 500
 """RNG (500-509).
