@@ -32,14 +32,14 @@ Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 @pytest.fixture(scope="module")
-def limited_edge(
+def capped_edge(
     tmp_path_factory: pytest.TempPathFactory,
     pki: Pki,
     tokens: TokenMinter,
     edge_services: dict[str, ServiceProcess],
 ) -> Iterator[EdgeProcess]:
     process = start_edge_for(
-        tmp_path_factory.mktemp("limited-edge"),
+        tmp_path_factory.mktemp("capped-edge"),
         pki,
         tokens,
         edge_services,
@@ -90,12 +90,12 @@ async def _refused(edge: EdgeProcess, listener: str, source: str) -> tuple[int, 
 
 
 async def test_past_the_per_address_limit_a_connection_gets_429_and_the_rest_are_served(
-    limited_edge: EdgeProcess, held: list[Connection]
+    capped_edge: EdgeProcess, held: list[Connection]
 ) -> None:
     for _ in range(PER_ADDRESS):
-        await _hold(limited_edge, held, "public", "127.0.0.2")
+        await _hold(capped_edge, held, "public", "127.0.0.2")
 
-    status, headers, error = await _refused(limited_edge, "public", "127.0.0.2")
+    status, headers, error = await _refused(capped_edge, "public", "127.0.0.2")
 
     assert status == 429
     assert (error["code"], error["reason"]) == ("RESOURCE_EXHAUSTED", "TOO_MANY_CONNECTIONS")
@@ -106,48 +106,48 @@ async def test_past_the_per_address_limit_a_connection_gets_429_and_the_rest_are
     reader, writer = held[0]
     status_line, _, body = await exchange(reader, writer, PING, SLACK)
     assert status_line.startswith("HTTP/1.1 200"), body
-    await _hold(limited_edge, held, "public", "127.0.0.3")
+    await _hold(capped_edge, held, "public", "127.0.0.3")
 
 
 async def test_a_closed_connection_gives_its_slot_back(
-    limited_edge: EdgeProcess, held: list[Connection]
+    capped_edge: EdgeProcess, held: list[Connection]
 ) -> None:
     for _ in range(PER_ADDRESS):
-        await _hold(limited_edge, held, "public", "127.0.0.4")
+        await _hold(capped_edge, held, "public", "127.0.0.4")
     reader, writer = held.pop()
     writer.close()
     await writer.wait_closed()
     await asyncio.sleep(0.3)
 
-    await _hold(limited_edge, held, "public", "127.0.0.4")
+    await _hold(capped_edge, held, "public", "127.0.0.4")
 
 
 async def test_past_the_listener_limit_a_connection_gets_503_and_other_listeners_serve(
-    limited_edge: EdgeProcess, held: list[Connection]
+    capped_edge: EdgeProcess, held: list[Connection]
 ) -> None:
     for source in ("127.0.0.5", "127.0.0.6"):
         for _ in range(PER_ADDRESS):
-            await _hold(limited_edge, held, "public", source)
+            await _hold(capped_edge, held, "public", source)
 
-    status, headers, error = await _refused(limited_edge, "public", "127.0.0.7")
+    status, headers, error = await _refused(capped_edge, "public", "127.0.0.7")
 
     assert status == 503
     assert (error["code"], error["reason"]) == ("UNAVAILABLE", "TOO_MANY_CONNECTIONS")
     assert headers["retry-after"] == "1"
     # A flood of connections on the public listener leaves the others theirs.
     for listener in ("webhooks", "admin"):
-        await _hold(limited_edge, held, listener, "127.0.0.7")
+        await _hold(capped_edge, held, listener, "127.0.0.7")
 
 
 async def test_a_trusted_proxy_is_held_only_to_the_listener_total(
-    limited_edge: EdgeProcess, held: list[Connection]
+    capped_edge: EdgeProcess, held: list[Connection]
 ) -> None:
     # The admin listener believes 127.0.0.1 as its load balancer: its connections carry many
     # clients, so its address has no per-address limit, only the listener's.
     for _ in range(TOTAL):
-        await _hold(limited_edge, held, "admin", "127.0.0.1")
+        await _hold(capped_edge, held, "admin", "127.0.0.1")
 
-    status, _, error = await _refused(limited_edge, "admin", "127.0.0.1")
+    status, _, error = await _refused(capped_edge, "admin", "127.0.0.1")
 
     assert (status, error["reason"]) == (503, "TOO_MANY_CONNECTIONS")
 
