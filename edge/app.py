@@ -734,6 +734,7 @@ class Edge:
                 name,
                 listen.header_timeout_seconds,
                 listen.idle_timeout_seconds,
+                listen.proxy_idle_timeout_seconds,
                 access_log=self.config.telemetry.access_log,
             )
             budget = ConnectionBudget(

@@ -84,6 +84,10 @@ class ListenerConfig:
     # A connection with no request under way (before its first, between kept-alive ones) is
     # closed after this many seconds.
     idle_timeout_seconds: float = 5.0
+    # The idle bound of a trusted proxy's connection: keep it above the load balancer's own
+    # idle timeout (60 s on common ones), so the edge never closes a connection the balancer
+    # is sending a request on at that moment (its client would get a 502).
+    proxy_idle_timeout_seconds: float = 75.0
     # Connections held at once, in all and from one client address; past either, a new
     # connection is answered at once (503 / 429 TOO_MANY_CONNECTIONS) and closed unread
     # (edge.connections). The trusted_proxies' own addresses count only to the total. Every
@@ -92,9 +96,17 @@ class ListenerConfig:
     max_connections_per_address: int = 256
 
     def __post_init__(self) -> None:
-        if not (self.header_timeout_seconds > 0 and self.idle_timeout_seconds > 0):
+        if (
+            not min(
+                self.header_timeout_seconds,
+                self.idle_timeout_seconds,
+                self.proxy_idle_timeout_seconds,
+            )
+            > 0
+        ):
             raise ConfigError(
-                "edge.listeners: header_timeout_seconds and idle_timeout_seconds must be > 0"
+                "edge.listeners: header_timeout_seconds, idle_timeout_seconds and"
+                " proxy_idle_timeout_seconds must be > 0"
             )
         if not 0 < self.max_connections_per_address <= self.max_connections:
             raise ConfigError(

@@ -7,7 +7,8 @@ open for good (its keep-alive timer is armed only after a response), and any byt
 CRLF or one byte of a head, cancels that timer. Here one timer per connection covers the time
 no request is under way (`idle_timeout_seconds`: the connection is closed; nothing was asked,
 so nothing is answered) and the time from a request's first byte until its head is whole
-(`header_timeout_seconds`: 408 HEADER_TIMEOUT, then closed). The body has its own bound in the
+(`header_timeout_seconds`: 408 HEADER_TIMEOUT, then closed); a trusted proxy's connection
+has its own, longer idle bound (`proxy_idle_timeout_seconds`). The body has its own bound in the
 app (408 BODY_TIMEOUT), so a request is bounded from its first byte to its answer.
 
 Each listener also counts the connections it holds (`ConnectionBudget`): past its
@@ -47,6 +48,10 @@ class HeadBounds:
     listener: str
     header_seconds: float
     idle_seconds: float
+    # Idle bound of a trusted proxy's connection (a load balancer's): longer than the
+    # proxy's own, or the edge may close a connection just as the proxy sends a request on
+    # it, and the proxy answers its client 502.
+    proxy_idle_seconds: float
     # One "request finished" line for a head that timed out, as for any answered request.
     access_log: bool = True
 
@@ -137,6 +142,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         # Counted in the listener's budget, under this address key (None: the total only).
         self._counted = False
         self._address_key: str | None = None
+        self._idle_seconds = self.bounds.idle_seconds
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -145,7 +151,11 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             self._answer_and_close(refusal, self.loop.time())
             return
         self._counted, self._address_key = True, key
-        self._arm(self.loop.time() + self.bounds.idle_seconds, self._idle_timed_out)
+        # A connection counted under no address is a trusted proxy's.
+        self._idle_seconds = (
+            self.bounds.proxy_idle_seconds if key is None else self.bounds.idle_seconds
+        )
+        self._arm(self.loop.time() + self._idle_seconds, self._idle_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -181,7 +191,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             # idle bound instead (unless the next head has begun: its own bound runs).
             self._unset_keepalive_if_required()
             if self._head_began is None:
-                self._arm(self.loop.time() + self.bounds.idle_seconds, self._idle_timed_out)
+                self._arm(self.loop.time() + self._idle_seconds, self._idle_timed_out)
 
     def _arm(self, when: float, callback: Callable[[], None]) -> None:
         self._disarm()

@@ -171,6 +171,7 @@ def edge_config(
     operator_key_dir: Path | None = None,
     header_timeout: float | None = None,
     idle_timeout: float | None = None,
+    proxy_idle_timeout: float | None = None,
     max_connections: int | None = None,
     max_connections_per_address: int | None = None,
 ) -> Path:
@@ -180,8 +181,8 @@ def edge_config(
     rate-limit key prefix of its own so runs never share budgets; high limits (unless
     `limits` says otherwise) so routing tests are never limited; operators' tokens from the
     keys of `operator_key_dir` (none: the admin listener authenticates no one); every
-    listener's request-head and idle-connection bounds from `header_timeout` and
-    `idle_timeout`, and its connection limits from `max_connections` and
+    listener's request-head and idle-connection bounds from `header_timeout`, `idle_timeout`
+    and `proxy_idle_timeout`, and its connection limits from `max_connections` and
     `max_connections_per_address` (None: the edge's defaults)."""
     upstream_tables = "".join(
         f'[upstreams.{name}]\ntarget = "127.0.0.1:{port}"\nservice = "{service}"\n'
@@ -195,6 +196,7 @@ def edge_config(
         for key, value in (
             ("header_timeout_seconds", header_timeout),
             ("idle_timeout_seconds", idle_timeout),
+            ("proxy_idle_timeout_seconds", proxy_idle_timeout),
             ("max_connections", max_connections),
             ("max_connections_per_address", max_connections_per_address),
         )

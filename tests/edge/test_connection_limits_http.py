@@ -65,9 +65,7 @@ async def held() -> AsyncIterator[list[Connection]]:
 
 
 async def _connect(edge: EdgeProcess, listener: str, source: str) -> Connection:
-    return await asyncio.open_connection(
-        "127.0.0.1", edge.ports[listener], local_addr=(source, 0)
-    )
+    return await asyncio.open_connection("127.0.0.1", edge.ports[listener], local_addr=(source, 0))
 
 
 async def _hold(edge: EdgeProcess, held: list[Connection], listener: str, source: str) -> None:
@@ -114,7 +112,7 @@ async def test_a_closed_connection_gives_its_slot_back(
 ) -> None:
     for _ in range(PER_ADDRESS):
         await _hold(capped_edge, held, "public", "127.0.0.4")
-    reader, writer = held.pop()
+    _, writer = held.pop()
     writer.close()
     await writer.wait_closed()
     await asyncio.sleep(0.3)

@@ -1,8 +1,9 @@
 """Clients that hold connections without finishing a request (slowloris): on every listener a
 request head (request line and headers) must arrive within a bound of its first byte, else
 408 `HEADER_TIMEOUT` and the connection closed; a connection with no request under way is
-closed after an idle bound; a keep-alive client pausing between requests is served as before.
-Raw sockets against a running edge with short bounds (0.5 s for a head, 2 s idle)."""
+closed after an idle bound (a trusted load balancer's after a longer one); a keep-alive client
+pausing between requests is served as before. Raw sockets against a running edge with short
+bounds (0.5 s for a head, 2 s idle, 8 s idle for a trusted proxy)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.support.raw_http import exchange, parse_answer, read_until_closed
 
 HEADER_TIMEOUT = 0.5
 IDLE_TIMEOUT = 2.0
+PROXY_IDLE_TIMEOUT = 8.0
 # What "within the bound" allows on a slow machine: the bound plus this.
 SLACK = 5.0
 PING = b"GET /v1/ping HTTP/1.1\r\nHost: edge\r\n\r\n"
@@ -40,6 +42,7 @@ def guarded_edge(
         edge_services,
         header_timeout=HEADER_TIMEOUT,
         idle_timeout=IDLE_TIMEOUT,
+        proxy_idle_timeout=PROXY_IDLE_TIMEOUT,
     )
     yield process
     process.terminate()
@@ -100,7 +103,10 @@ async def test_a_head_dribbled_a_byte_at_a_time_is_cut_at_the_bound(
 async def test_a_connection_that_sends_nothing_is_closed(
     guarded_edge: EdgeProcess, listener: str
 ) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", guarded_edge.ports[listener])
+    # Not from 127.0.0.1, the admin listener's trusted proxy (its bound is the proxy one).
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", guarded_edge.ports[listener], local_addr=("127.0.0.2", 0)
+    )
     try:
         # Nothing was asked, so nothing is answered: the edge just closes.
         assert await read_until_closed(reader, IDLE_TIMEOUT + SLACK) == b""
@@ -130,3 +136,28 @@ async def test_a_keep_alive_client_pausing_between_requests_is_served(
         assert json.loads(body) is not None
     finally:
         writer.close()
+
+
+async def test_a_trusted_proxys_idle_connection_outlives_the_client_idle_bound(
+    guarded_edge: EdgeProcess,
+) -> None:
+    # The admin listener believes 127.0.0.1 as its load balancer. A balancer reuses its idle
+    # connections for its clients' requests: closed under it at the client bound, a request
+    # it is sending at that moment would fail (the balancer answers 502). Its connection is
+    # kept for the proxy bound; another address's is not.
+    proxy = await asyncio.open_connection(
+        "127.0.0.1", guarded_edge.ports["admin"], local_addr=("127.0.0.1", 0)
+    )
+    client = await asyncio.open_connection(
+        "127.0.0.1", guarded_edge.ports["admin"], local_addr=("127.0.0.2", 0)
+    )
+    try:
+        assert await read_until_closed(client[0], IDLE_TIMEOUT + SLACK) == b""
+        await asyncio.sleep(1.0)  # past the client bound, well within the proxy's
+        status, _, _ = await exchange(*proxy, b"GET /livez HTTP/1.1\r\nHost: edge\r\n\r\n", SLACK)
+        assert status.startswith("HTTP/1.1 200"), status
+        # Bounded all the same: idle again, it is closed after the proxy bound.
+        assert await read_until_closed(proxy[0], PROXY_IDLE_TIMEOUT + SLACK) == b""
+    finally:
+        proxy[1].close()
+        client[1].close()
