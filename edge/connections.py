@@ -11,6 +11,10 @@ so nothing is answered) and the time from a request's first byte until its head 
 has its own, longer idle bound (`proxy_idle_timeout_seconds`). The body has its own bound in the
 app (408 BODY_TIMEOUT), so a request is bounded from its first byte to its answer.
 
+A request that is not well-formed HTTP/1.1 (bad framing or header syntax, no Host header or
+several, a transfer coding other than chunked) gets the edge's JSON error like any refusal,
+not uvicorn's plain text, and the connection is closed.
+
 Each listener also counts the connections it holds (`ConnectionBudget`): past its
 `max_connections`, or past `max_connections_per_address` from one client address, a new
 connection is answered at once (503 or 429 TOO_MANY_CONNECTIONS, with Retry-After) and closed
@@ -143,6 +147,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._counted = False
         self._address_key: str | None = None
         self._idle_seconds = self.bounds.idle_seconds
+        # Why the request whose head just ended is refused (see `_framing_refusal`).
+        self._refusal: EdgeError | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -182,7 +188,20 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_began = None
         self._disarm()
+        self._refusal = _framing_refusal(self.parser.get_http_version(), self.headers)
+        if self._refusal is not None:
+            # httptools turns this into a parser error: uvicorn then answers through
+            # send_400_response (below) and reads nothing more of the connection.
+            raise ValueError(self._refusal.message)
         super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """A request uvicorn's parser (or `_framing_refusal`) found malformed: the edge's JSON
+        error, with a request id and an access-log line, not uvicorn's plain text."""
+        error = self._refusal or EdgeError(
+            400, "INVALID_ARGUMENT", "the request is not well-formed HTTP/1.1", "MALFORMED_REQUEST"
+        )
+        self._answer_and_close(error, self._head_began or self.loop.time())
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -258,6 +277,30 @@ class BoundedHeadProtocol(HttpToolsProtocol):
                 request_id=request_id,
                 client=self.client[0] if self.client else "",
             )
+
+
+def _framing_refusal(http_version: str, headers: list[tuple[bytes, bytes]]) -> EdgeError | None:
+    """What the parser lets through and HTTP/1.1 (RFC 9112) does not: an HTTP/1.1 request
+    with no Host header, any request with several (a proxy in front may route by one and
+    the edge see another), and a body in a transfer coding the edge cannot decode (it would
+    read gzip as JSON). Header names come lower-cased."""
+    hosts = sum(1 for name, _ in headers if name == b"host")
+    if hosts > 1 or (hosts == 0 and http_version == "1.1"):
+        return EdgeError(
+            400,
+            "INVALID_ARGUMENT",
+            "an HTTP/1.1 request has exactly one Host header",
+            "MALFORMED_REQUEST",
+        )
+    codings = [value for name, value in headers if name == b"transfer-encoding"]
+    if codings and [c.strip().lower() for c in codings] != [b"chunked"]:
+        return EdgeError(
+            501,
+            "UNIMPLEMENTED",
+            "the edge accepts request bodies with no transfer coding or chunked alone",
+            "UNSUPPORTED_TRANSFER_CODING",
+        )
+    return None
 
 
 def bounded_protocol(bounds: HeadBounds, budget: ConnectionBudget) -> type[BoundedHeadProtocol]:

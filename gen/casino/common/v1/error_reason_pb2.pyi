@@ -169,6 +169,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     (429), or from all clients (503). The edge answers at once, reads no request and closes
     the connection; Retry-After says when to try again. Metadata: none.
     """
+    MALFORMED_REQUEST: _ErrorReason.ValueType  # 459
+    """The request is not well-formed HTTP/1.1 (400): its framing or header syntax is invalid,
+    or it has no Host header, or more than one. The edge closes the connection, since what
+    follows cannot be told apart from the request. Metadata: none.
+    """
+    UNSUPPORTED_TRANSFER_CODING: _ErrorReason.ValueType  # 460
+    """The request's body has a transfer coding other than chunked (501); the edge closes the
+    connection. Metadata: none.
+    """
     ROUND_NOT_FOUND: _ErrorReason.ValueType  # 500
     """RNG (500-509).
     No round has this id. Metadata: round_id.
@@ -376,6 +385,15 @@ TOO_MANY_CONNECTIONS: ErrorReason.ValueType  # 458
 """The listener already holds as many connections as it allows: from the client's address
 (429), or from all clients (503). The edge answers at once, reads no request and closes
 the connection; Retry-After says when to try again. Metadata: none.
+"""
+MALFORMED_REQUEST: ErrorReason.ValueType  # 459
+"""The request is not well-formed HTTP/1.1 (400): its framing or header syntax is invalid,
+or it has no Host header, or more than one. The edge closes the connection, since what
+follows cannot be told apart from the request. Metadata: none.
+"""
+UNSUPPORTED_TRANSFER_CODING: ErrorReason.ValueType  # 460
+"""The request's body has a transfer coding other than chunked (501); the edge closes the
+connection. Metadata: none.
 """
 ROUND_NOT_FOUND: ErrorReason.ValueType  # 500
 """RNG (500-509).
