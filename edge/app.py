@@ -735,6 +735,7 @@ class Edge:
                 listen.header_timeout_seconds,
                 listen.idle_timeout_seconds,
                 listen.proxy_idle_timeout_seconds,
+                listen.max_head_bytes,
                 access_log=self.config.telemetry.access_log,
             )
             budget = ConnectionBudget(

@@ -88,6 +88,9 @@ class ListenerConfig:
     # idle timeout (60 s on common ones), so the edge never closes a connection the balancer
     # is sending a request on at that moment (its client would get a 502).
     proxy_idle_timeout_seconds: float = 75.0
+    # A request head (request line and headers) larger than this is refused with 431 and
+    # the connection closed (Envoy's default is 60 KiB, nginx's 4 lines of 8 KiB).
+    max_head_bytes: int = 32 * 1024
     # Connections held at once, in all and from one client address; past either, a new
     # connection is answered at once (503 / 429 TOO_MANY_CONNECTIONS) and closed unread
     # (edge.connections). The trusted_proxies' own addresses count only to the total. Every
@@ -108,6 +111,8 @@ class ListenerConfig:
                 "edge.listeners: header_timeout_seconds, idle_timeout_seconds and"
                 " proxy_idle_timeout_seconds must be > 0"
             )
+        if self.max_head_bytes < 1024:
+            raise ConfigError("edge.listeners: max_head_bytes must be at least 1024")
         if not 0 < self.max_connections_per_address <= self.max_connections:
             raise ConfigError(
                 "edge.listeners: need 0 < max_connections_per_address <= max_connections"

@@ -1,15 +1,18 @@
 """The edge's HTTP/1.1 connections: uvicorn's httptools protocol with the bounds it lacks, so
-that a client cannot hold a connection by sending slowly (slowloris), nor hold more
-connections than a listener allows it.
+that a client cannot hold a connection by sending slowly (slowloris), grow a request head
+without end, nor hold more connections than a listener allows it.
 
 uvicorn bounds nothing before a request's head is whole: a connection that sends nothing stays
 open for good (its keep-alive timer is armed only after a response), and any byte, even a lone
 CRLF or one byte of a head, cancels that timer. Here one timer per connection covers the time
 no request is under way (`idle_timeout_seconds`: the connection is closed; nothing was asked,
-so nothing is answered) and the time from a request's first byte until its head is whole
-(`header_timeout_seconds`: 408 HEADER_TIMEOUT, then closed); a trusted proxy's connection
-has its own, longer idle bound (`proxy_idle_timeout_seconds`). The body has its own bound in the
-app (408 BODY_TIMEOUT), so a request is bounded from its first byte to its answer.
+so nothing is answered; a trusted proxy's connection has its own, longer
+`proxy_idle_timeout_seconds`) and the time from a request's first byte until its head is
+whole (`header_timeout_seconds`: 408 HEADER_TIMEOUT, then closed). Nor does httptools bound a
+head's size (it buffers a header whatever its length: 160 MB in 5 s from one connection):
+past `max_head_bytes`, 431 HEAD_TOO_LARGE, then closed. The body has its own bounds in the app
+(400 REQUEST_TOO_LARGE, 408 BODY_TIMEOUT), so a request is bounded from its first byte to its
+answer.
 
 A request that is not well-formed HTTP/1.1 (bad framing or header syntax, no Host header or
 several, a transfer coding other than chunked) gets the edge's JSON error like any refusal,
@@ -56,9 +59,15 @@ class HeadBounds:
     # proxy's own, or the edge may close a connection just as the proxy sends a request on
     # it, and the proxy answers its client 502.
     proxy_idle_seconds: float
+    # A head larger than this is refused (431 HEAD_TOO_LARGE).
+    max_head_bytes: int
     # One "request finished" line for a head that timed out, as for any answered request.
     access_log: bool = True
 
+
+# How long a connection answered mid-request is read (and what is read dropped) before it is
+# closed, so that the answer is not lost to a reset (see BoundedHeadProtocol._answer_and_close).
+LINGER_SECONDS = 2.0
 
 # Descriptors the edge holds besides its listeners' connections: the listening sockets, the
 # upstream channels, the Redis pool, logs, the interpreter's own files.
@@ -141,12 +150,16 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._timer: asyncio.TimerHandle | None = None
-        # loop.time() of the first byte of a request whose head is not whole yet.
+        # loop.time() of the first byte of a request whose head is not whole yet, and the
+        # bytes read of it so far.
         self._head_began: float | None = None
+        self._head_bytes = 0
         # Counted in the listener's budget, under this address key (None: the total only).
         self._counted = False
         self._address_key: str | None = None
         self._idle_seconds = self.bounds.idle_seconds
+        # Answered and closing: reading only to drop (see `_answer_and_close`).
+        self._lingering = False
         # Why the request whose head just ended is refused (see `_framing_refusal`).
         self._refusal: EdgeError | None = None
 
@@ -154,7 +167,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         key, refusal = self.budget.admit(self.client[0] if self.client else "")
         if refusal is not None:
-            self._answer_and_close(refusal, self.loop.time())
+            self._answer_and_close(refusal, self.loop.time(), linger=False)
             return
         self._counted, self._address_key = True, key
         # A connection counted under no address is a trusted proxy's.
@@ -171,11 +184,23 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # answered and closing: what the client still sends is dropped
         super().data_received(data)
+        began = self._head_began
+        if began is None or self._lingering or self.transport.is_closing():
+            return
+        # The head is still incomplete after this read: all of it was head (but for a
+        # pipelined request's tail before it). httptools buffers a head whatever its size,
+        # so one still growing is counted here and refused past the bound, at most one read
+        # over it; one that came whole is measured in on_headers_complete.
+        self._head_bytes += len(data)
+        if self._head_bytes > self.bounds.max_head_bytes:
+            self._answer_and_close(self._head_too_large(), began)
+            return
         # Armed here, not when the head begins: a head that comes whole in one read (nearly
         # every one) costs no timer at all.
-        began = self._head_began
-        if began is not None and self._timer is None and not self.transport.is_closing():
+        if self._timer is None:
             self._arm(began + self.bounds.header_seconds, self._head_timed_out)
 
     def on_message_begin(self) -> None:
@@ -184,16 +209,30 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         # the unread rest of an answered request's body, do not keep a connection open).
         self._disarm()
         self._head_began = self.loop.time()
+        self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
         self._head_began = None
         self._disarm()
-        self._refusal = _framing_refusal(self.parser.get_http_version(), self.headers)
+        # A head that came whole within reads was not counted as it grew: its size here.
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.bounds.max_head_bytes:
+            self._refusal = self._head_too_large()
+        else:
+            self._refusal = _framing_refusal(self.parser.get_http_version(), self.headers)
         if self._refusal is not None:
             # httptools turns this into a parser error: uvicorn then answers through
             # send_400_response (below) and reads nothing more of the connection.
             raise ValueError(self._refusal.message)
         super().on_headers_complete()
+
+    def _head_too_large(self) -> EdgeError:
+        return EdgeError(
+            431,
+            "INVALID_ARGUMENT",
+            f"the request head is larger than {self.bounds.max_head_bytes} bytes",
+            "HEAD_TOO_LARGE",
+        )
 
     def send_400_response(self, msg: str) -> None:
         """A request uvicorn's parser (or `_framing_refusal`) found malformed: the edge's JSON
@@ -243,9 +282,17 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         )
         self._answer_and_close(error, self._head_began or self.loop.time())
 
-    def _answer_and_close(self, error: EdgeError, since: float) -> None:
+    def _answer_and_close(self, error: EdgeError, since: float, *, linger: bool = True) -> None:
         """Answer `error` with no request read (what comes after must not be read as one),
-        close, and log it as any answered request is."""
+        close, and log it as any answered request is.
+
+        A client cut off mid-request is still sending: closed at once with its bytes unread,
+        the connection would be reset, and a reset can reach the client before it reads the
+        answer (it then sees only "connection reset"). So, lingering: the answer goes out
+        with a FIN (write_eof), what the client still sends is read and dropped, and the
+        connection is closed when the client closes it or after LINGER_SECONDS, whichever
+        comes first. Not for a connection refused on arrival (`linger=False`): it was never
+        counted in the listener's budget, so it must not stay open at all."""
         request_id = uuid.uuid4().hex
         body = error.body(request_id)
         headers = [
@@ -263,7 +310,12 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             )
             + body
         )
-        self.transport.close()
+        if linger and self.transport.can_write_eof():
+            self._lingering = True
+            self.transport.write_eof()
+            self._arm(self.loop.time() + LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
         if self.bounds.access_log:
             log.info(
                 "request finished",

@@ -178,6 +178,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The request's body has a transfer coding other than chunked (501); the edge closes the
     connection. Metadata: none.
     """
+    HEAD_TOO_LARGE: _ErrorReason.ValueType  # 461
+    """The request head (request line and headers) is larger than the listener's
+    max_head_bytes (431); the edge closes the connection. Metadata: none.
+    """
     ROUND_NOT_FOUND: _ErrorReason.ValueType  # 500
     """RNG (500-509).
     No round has this id. Metadata: round_id.
@@ -394,6 +398,10 @@ follows cannot be told apart from the request. Metadata: none.
 UNSUPPORTED_TRANSFER_CODING: ErrorReason.ValueType  # 460
 """The request's body has a transfer coding other than chunked (501); the edge closes the
 connection. Metadata: none.
+"""
+HEAD_TOO_LARGE: ErrorReason.ValueType  # 461
+"""The request head (request line and headers) is larger than the listener's
+max_head_bytes (431); the edge closes the connection. Metadata: none.
 """
 ROUND_NOT_FOUND: ErrorReason.ValueType  # 500
 """RNG (500-509).
