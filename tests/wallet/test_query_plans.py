@@ -57,17 +57,15 @@ def test_locking_a_batch_of_accounts_uses_the_whole_primary_key(wallet: ServiceP
 
 
 def test_moving_a_batch_of_accounts_uses_the_whole_primary_key(wallet: ServiceProcess) -> None:
-    params: dict[str, Any] = {"expected": 0}
-    params.update({f"t_{name}": [] for name, _ in store._TX_ARRAY_TYPES})
-    params.update({f"e_{name}": [] for name, _ in store._ENTRY_ARRAY_TYPES})
-    params.update(
-        {
-            "a_players": ["p-1"],
-            "a_currencies": ["EUR"],
-            "a_posted": [1],
-            "a_reserved": [0],
-            "a_sequences": [1],
-            "a_hashes": [b"\x00" * 32],
-        }
-    )
+    params = {
+        "expected": 0,
+        "txs": "[]",
+        "entries": "[]",
+        "a_players": ["p-1"],
+        "a_currencies": ["EUR"],
+        "a_posted": [1],
+        "a_reserved": [0],
+        "a_sequences": [1],
+        "a_hashes": [b"\x00" * 32],
+    }
     _assert_whole_key(_accounts_scans(store._WRITE_POSTINGS, params))
