@@ -2,7 +2,8 @@
 describe, then published to RabbitMQ by a relay, at least once.
 
 A service's migration creates `<schema>.outbox` with `outbox_ddl`; its store calls
-`enqueue` inside the posting transaction; `OutboxRelay` runs beside the server and moves
+`enqueue` inside the posting transaction (or writes `insert_events` as part of its own
+statement); `OutboxRelay` runs beside the server and moves
 rows to the `casino.events` topic exchange (persistent messages, publisher confirms,
 mandatory routing), marking them published only after the broker confirmed. A relay killed
 at any point loses nothing: unconfirmed rows are published again, and consumers
@@ -15,8 +16,11 @@ service role can delete only published rows, and only through it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
+import functools
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import Counter, Gauge
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.runtime.broker import Broker
@@ -94,27 +98,47 @@ class Event:
     event_id: uuid.UUID
 
 
+def insert_events(schema: str, param: str, where: str = "") -> str:
+    """SQL inserting the events of the JSON document bound to `param` (`events_document`)
+    into `schema`.outbox, in the document's order (a player's events are published in the
+    order written), with an optional condition: a statement of its own (`enqueue`), or a
+    CTE of a writer's statement, so that a batch's events cost no round trip of their own."""
+    return (
+        f"INSERT INTO {schema}.outbox (shard_key, event_id, routing_key, message_type, payload)"
+        " SELECT v.shard_key, v.event_id, v.routing_key, v.message_type,"
+        " decode(v.payload, 'base64')"
+        f" FROM jsonb_to_recordset(CAST(:{param} AS jsonb)) AS v(shard_key text, event_id uuid,"
+        " routing_key text, message_type text, payload text)" + (f" WHERE {where}" if where else "")
+    )
+
+
+def events_document(events: Sequence[Event]) -> str:
+    """The events as the JSON document `insert_events` reads."""
+    return json.dumps(
+        [
+            {
+                "shard_key": e.shard_key,
+                "event_id": str(e.event_id),
+                "routing_key": e.routing_key,
+                "message_type": e.message_type,
+                "payload": base64.b64encode(e.payload).decode("ascii"),
+            }
+            for e in events
+        ]
+    )
+
+
 async def enqueue(conn: AsyncConnection, schema: str, events: Sequence[Event]) -> None:
     """Write the events in the caller's transaction: each exists if and only if the change
     it describes does."""
     if not events:
         return
-    await conn.execute(
-        text(
-            f"INSERT INTO {schema}.outbox"
-            " (shard_key, event_id, routing_key, message_type, payload)"
-            " SELECT * FROM unnest(CAST(:shard_keys AS text[]), CAST(:event_ids AS uuid[]),"
-            " CAST(:routing_keys AS text[]), CAST(:message_types AS text[]),"
-            " CAST(:payloads AS bytea[]))"
-        ),
-        {
-            "shard_keys": [e.shard_key for e in events],
-            "event_ids": [e.event_id for e in events],
-            "routing_keys": [e.routing_key for e in events],
-            "message_types": [e.message_type for e in events],
-            "payloads": [e.payload for e in events],
-        },
-    )
+    await conn.execute(_enqueue_statement(schema), {"events": events_document(events)})
+
+
+@functools.cache
+def _enqueue_statement(schema: str) -> TextClause:
+    return text(insert_events(schema, "events"))
 
 
 async def declare_events_exchange(

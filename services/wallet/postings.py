@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.runtime import db, failpoints
 from services.runtime.errors import DomainError, IdempotencyMismatch
 from services.runtime.logs import get_logger
-from services.runtime.outbox import Event, enqueue
+from services.runtime.outbox import Event
 from services.wallet import store
 from services.wallet.cache import BalanceCache
 from services.wallet.ledger import (
@@ -260,11 +260,11 @@ class Postings:
                 fresh.append(tx)
                 outcomes[i] = refusal.error() if refusal else PostingResult(tx, replayed=False)
             if fresh:
-                if not await store.write_postings(conn, fresh, entries):
+                events = [self._event(tx) for tx in fresh if not tx.refusal]
+                if not await store.write_postings(conn, fresh, entries, events):
                     # A key expected to be new exists: a concurrent request under another
                     # account's lock (same player, other currency) took it first.
                     raise _KeyRaced
-                await enqueue(conn, "wallet", [self._event(tx) for tx in fresh if not tx.refusal])
         # Committed. Only now are the results true, and only now may anything see them.
         failpoints.reached("wallet.after_commit")
         assert all(o is not None for o in outcomes)

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.runtime.outbox import Event, events_document, insert_events
 from services.wallet.ledger import (
     AccountState,
     Effect,
@@ -437,7 +438,8 @@ _WRITE_POSTINGS = text(
     " CAST(:a_sequences AS bigint[]), CAST(:a_hashes AS bytea[]))"
     " AS v(player_id, currency, posted, reserved, sequence, hash)"
     " WHERE a.player_id = v.player_id AND a.currency = v.currency"
-    " AND (SELECT all_new FROM go) RETURNING 1)"
+    " AND (SELECT all_new FROM go) RETURNING 1),"
+    f" events AS ({insert_events('wallet', 'events', where='(SELECT all_new FROM go)')})"
     " SELECT (SELECT all_new FROM go) AS all_new"
 )
 
@@ -478,11 +480,14 @@ def _legs(e: Entry) -> list[dict[str, Any]]:
 
 
 async def write_postings(
-    conn: AsyncConnection, txs: Sequence[StoredTransaction], entries: Sequence[Entry]
+    conn: AsyncConnection,
+    txs: Sequence[StoredTransaction],
+    entries: Sequence[Entry],
+    events: Sequence[Event],
 ) -> bool:
-    """Record every outcome and, if all their keys were new, both legs of each entry and
-    each account moved to its entry's balances. False (nothing usable written: roll back)
-    when some key existed already."""
+    """Record every outcome and, if all their keys were new, both legs of each entry, each
+    account moved to its entry's balances and the events to the outbox, in one statement.
+    False (nothing usable written: roll back) when some key existed already."""
     # Each account moves once, to its last entry's balances (an UPDATE ... FROM joining one
     # row to several source rows would apply an arbitrary one of them).
     moves = list({(e.player_id, e.currency): e for e in entries}.values())
@@ -490,6 +495,7 @@ async def write_postings(
         "expected": len(txs),
         "txs": json.dumps([_tx_values(tx) for tx in txs]),
         "entries": json.dumps([leg for e in entries for leg in _legs(e)]),
+        "events": events_document(events),
         "a_players": [e.player_id for e in moves],
         "a_currencies": [e.currency for e in moves],
         "a_posted": [e.balance_after for e in moves],

@@ -61,6 +61,7 @@ def test_moving_a_batch_of_accounts_uses_the_whole_primary_key(wallet: ServicePr
         "expected": 0,
         "txs": "[]",
         "entries": "[]",
+        "events": "[]",
         "a_players": ["p-1"],
         "a_currencies": ["EUR"],
         "a_posted": [1],
