@@ -50,7 +50,7 @@ log = get_logger()
 
 @dataclass(frozen=True)
 class HeadBounds:
-    """One listener's bounds, in seconds."""
+    """One listener's bounds on its connections' idle time and request heads."""
 
     listener: str
     header_seconds: float
@@ -61,7 +61,7 @@ class HeadBounds:
     proxy_idle_seconds: float
     # A head larger than this is refused (431 HEAD_TOO_LARGE).
     max_head_bytes: int
-    # One "request finished" line for a head that timed out, as for any answered request.
+    # One "request finished" line for each refusal here, as for any answered request.
     access_log: bool = True
 
 
