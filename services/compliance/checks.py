@@ -440,11 +440,12 @@ class ActionChecks:
                 decisions.append(decision)
                 pending.append(verdict)
             replayed = {i: await _original(conn, record) for i, record in replays.items()}
-            if checked:
-                await store.record_checks(conn, checked, counted, now)
             for player_id in cdd_players:
                 await store.require_cdd(conn, player_id, now)
-            stored = await verdict_log.append_many(conn, SCHEMA, pending)
+            # The checks are recorded by the statement appending their verdicts.
+            stored = await verdict_log.append_many(
+                conn, SCHEMA, pending, also=store.record_checks(checked, counted, now)
+            )
         answered = [Checked(v, d) for v, d in zip(stored, decisions, strict=True)]
         results: list[Checked | DomainError] = []
         position = 0

@@ -26,6 +26,7 @@ from services.compliance.rules import (
     Window,
     cdd_linked_since,
 )
+from services.runtime import verdict_log
 
 # The columns of a player's compliance state (each a PlayerState field).
 _STATE_COLUMNS = (
@@ -349,21 +350,25 @@ _LOCK_VERSIONS = text(
     " CAST(:key_requests AS text[])) AS k(player_id, request_id)"
     " ON c.player_id = k.player_id AND c.request_id = k.request_id"
 )
-# A check's request and, for an allowed deposit or stake, its counted usage: one statement.
-# The request is inserted without ON CONFLICT: a concurrent check with the same key that
-# committed after the batch's lookup fails this batch (unique violation), which is then
-# decided again and answered from that check's record.
-_RECORD_CHECKS = text(
-    "WITH requests AS (INSERT INTO compliance.check_requests (player_id, request_id, action,"
+# A check's request and, for an allowed deposit or stake, its counted usage: written by the
+# statement appending the checks' verdicts (services.runtime.verdict_log.Writes), so a batch
+# of checks is recorded in one round trip. The request is inserted without ON CONFLICT: a
+# concurrent check with the same key that committed after the batch's lookup fails this batch
+# (unique violation), which is then decided again and answered from that check's record.
+# Rows travel as JSON documents (decoded by PostgreSQL, not dumped column by column).
+_RECORD_CHECKS = (
+    "requests AS (INSERT INTO compliance.check_requests (player_id, request_id, action,"
     " amount_minor, currency, verdict_id, request_country, slots, caller, at)"
-    " SELECT p, r, a, m, c, v, rc, sl, cl, :at FROM unnest(CAST(:cp AS text[]),"
-    " CAST(:cr AS text[]), CAST(:ca AS text[]), CAST(:cm AS bigint[]), CAST(:cc AS text[]),"
-    " CAST(:cv AS uuid[]), CAST(:crc AS text[]), CAST(:csl AS boolean[]),"
-    " CAST(:ccl AS text[])) AS k(p, r, a, m, c, v, rc, sl, cl))"
-    " INSERT INTO compliance.usage (player_id, request_id, action, amount_minor, at)"
-    " SELECT p, r, a, m, :at FROM unnest(CAST(:p AS text[]), CAST(:r AS text[]),"
-    " CAST(:a AS text[]), CAST(:m AS bigint[])) AS u(p, r, a, m)"
-    " ON CONFLICT DO NOTHING"
+    " SELECT k.player_id, k.request_id, k.action, k.amount_minor, k.currency, k.verdict_id,"
+    " k.request_country, k.slots, k.caller, CAST(:checked_at AS timestamptz)"
+    " FROM jsonb_to_recordset(CAST(:checks AS jsonb)) AS k(player_id text, request_id text,"
+    " action text, amount_minor bigint, currency text, verdict_id uuid, request_country text,"
+    " slots boolean, caller text)),"
+    " counted AS (INSERT INTO compliance.usage (player_id, request_id, action, amount_minor, at)"
+    " SELECT u.player_id, u.request_id, u.action, u.amount_minor, CAST(:checked_at AS timestamptz)"
+    " FROM jsonb_to_recordset(CAST(:usages AS jsonb)) AS u(player_id text, request_id text,"
+    " action text, amount_minor bigint)"
+    " ON CONFLICT DO NOTHING)"
 )
 CHECK_REQUESTS_KEY = "check_requests_pkey"
 
@@ -439,33 +444,35 @@ async def limits_of(conn: AsyncConnection, player_ids: list[str]) -> dict[str, l
     return found
 
 
-async def record_checks(
-    conn: AsyncConnection,
+def record_checks(
     requests: list[tuple[str, str, CheckRecord]],
     usages: list[tuple[str, str, str, int]],
     at: dt.datetime,
-) -> None:
-    """Record decided checks, (player_id, request_id, record) each (a duplicate key raises
-    IntegrityError on CHECK_REQUESTS_KEY), and count allowed deposits and stakes,
-    (player_id, request_id, action, amount_minor) each, once per request_id."""
-    await conn.execute(
-        _RECORD_CHECKS,
+) -> verdict_log.Writes:
+    """The rows recording decided checks, (player_id, request_id, record) each (a duplicate
+    key raises IntegrityError on CHECK_REQUESTS_KEY), and counting allowed deposits and
+    stakes, (player_id, request_id, action, amount_minor) each, once per request_id: for the
+    statement appending their verdicts."""
+    checks = [
         {
-            "cp": [e[0] for e in requests],
-            "cr": [e[1] for e in requests],
-            "ca": [e[2].action for e in requests],
-            "cm": [e[2].amount_minor for e in requests],
-            "cc": [e[2].currency for e in requests],
-            "cv": [e[2].verdict_id for e in requests],
-            "crc": [e[2].request_country for e in requests],
-            "csl": [e[2].slots for e in requests],
-            "ccl": [e[2].caller for e in requests],
-            "p": [e[0] for e in usages],
-            "r": [e[1] for e in usages],
-            "a": [e[2] for e in usages],
-            "m": [e[3] for e in usages],
-            "at": at,
-        },
+            "player_id": player_id,
+            "request_id": request_id,
+            "action": record.action,
+            "amount_minor": record.amount_minor,
+            "currency": record.currency,
+            "verdict_id": str(record.verdict_id),
+            "request_country": record.request_country,
+            "slots": record.slots,
+            "caller": record.caller,
+        }
+        for player_id, request_id, record in requests
+    ]
+    counted = [
+        {"player_id": p, "request_id": r, "action": a, "amount_minor": m} for p, r, a, m in usages
+    ]
+    return verdict_log.Writes(
+        _RECORD_CHECKS,
+        {"checks": json.dumps(checks), "usages": json.dumps(counted), "checked_at": at},
     )
 
 

@@ -445,8 +445,21 @@ async def append(conn: AsyncConnection, schema: str, verdict: Verdict) -> Stored
     return stored
 
 
+class Writes(NamedTuple):
+    """Other rows the caller writes in the append's statement (its round trip): CTEs, e.g.
+    ``"requests AS (INSERT INTO ...)"`` (several separated by commas), and their bound
+    parameters (any name but ``rows``). The SQL should be a constant: a statement is built
+    once per schema and SQL."""
+
+    ctes: str
+    params: Mapping[str, Any]
+
+
 async def append_many(
-    conn: AsyncConnection, schema: str, verdicts: Sequence[Verdict]
+    conn: AsyncConnection,
+    schema: str,
+    verdicts: Sequence[Verdict],
+    also: Writes | None = None,
 ) -> list[StoredVerdict]:
     """Append ``verdicts``, in order, in the caller's transaction (which the caller commits;
     the rows exist if and only if that transaction commits), in one round trip whatever
@@ -456,7 +469,8 @@ async def append_many(
     the caller must retry.
 
     Raises ValueError for a malformed verdict, before touching the database; a duplicate
-    ``verdict_id`` raises IntegrityError (unique violation) from the database.
+    ``verdict_id`` raises IntegrityError (unique violation) from the database. `also`'s rows
+    are written by the same statement, so they exist if and only if the verdicts do.
 
     The returned verdicts carry ``reasons`` and ``inputs`` as jsonb normalised them, i.e.
     exactly what :func:`get` returns and what the hash covers."""
@@ -464,7 +478,7 @@ async def append_many(
         return []
     for verdict in verdicts:
         _validate(verdict)
-    statements = _append_statements(_ident(schema))
+    statements = _append_statements(_ident(schema), also.ctes if also else "")
     if all(_jsonb_stable(v.inputs) for v in verdicts):
         # What jsonb hands back equals what goes in (no floats, no non-string keys, no
         # tuples): hash the values as they are.
@@ -506,9 +520,8 @@ async def append_many(
         }
         for ord_, v in enumerate(normalised, 1)
     ]
-    chained = sorted(
-        (await conn.execute(statements.insert, {"rows": _json_text(batch, "verdicts")})).all()
-    )
+    params = {**(also.params if also else {}), "rows": _json_text(batch, "verdicts")}
+    chained = sorted((await conn.execute(statements.insert, params)).all())
     if len(chained) != len(normalised):
         raise RuntimeError(f"{schema}.verdict_head has no row: the verdict log was not migrated")
     return [
@@ -523,8 +536,8 @@ class _AppendStatements(NamedTuple):
 
 
 @functools.cache
-def _append_statements(s: str) -> _AppendStatements:
-    """Built once per schema (building a text clause parses it)."""
+def _append_statements(s: str, also: str) -> _AppendStatements:
+    """Built once per schema and `also` (building a text clause parses it)."""
     return _AppendStatements(
         normalise=text(
             "SELECT CAST(n.r AS jsonb), CAST(n.i AS jsonb) FROM"
@@ -532,7 +545,8 @@ def _append_statements(s: str) -> _AppendStatements:
             " WITH ORDINALITY AS n(r, i, ord) ORDER BY n.ord"
         ),
         insert=text(
-            "WITH RECURSIVE r AS MATERIALIZED (SELECT * FROM"  # noqa: S608
+            f"WITH RECURSIVE {also + ', ' if also else ''}"  # noqa: S608
+            "r AS MATERIALIZED (SELECT * FROM"
             " jsonb_to_recordset(CAST(:rows AS jsonb)) AS x(ord int, verdict_id uuid,"
             " player_id text, action text, decision text, reasons jsonb, inputs jsonb,"
             " rule_version text, config_version text, caller text, create_time timestamptz,"
