@@ -70,6 +70,7 @@ from bench.harness import (  # noqa: E402
     purge_unrouted_events,
     start_service,
     start_services,
+    vacuum,
 )
 from casino.common.v1.money_pb2 import Money  # noqa: E402
 from casino.echo.v1 import echo_pb2, echo_pb2_grpc  # noqa: E402
@@ -277,7 +278,7 @@ async def measure_wallet(
             )
             for n in concurrency:
                 for label, pool in (("mixed", players), ("hot", hot)):
-                    await vacuum_wallet()
+                    await vacuum("wallet")
                     load = BetsAndWins(games, pool)
                     cpu = CpuSplit(_cpu_groups(pids))
                     cpu.start()
@@ -294,19 +295,6 @@ async def measure_wallet(
         for wallet in wallets:
             report_log(wallet, wallet.terminate())
     return results
-
-
-async def vacuum_wallet() -> None:
-    """What autovacuum would have done by now on a production server (this one runs without
-    it): without it each measurement inherits the dead row versions of the ones before (the
-    accounts every posting moves, the outbox rows the relay marks), and PostgreSQL's CPU per
-    posting grew from one measurement to the next (0.79 ms at 8 clients, 1.5 ms at 32)."""
-    async with await psycopg.AsyncConnection.connect(
-        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=DATABASE, autocommit=True
-    ) as conn:
-        await conn.execute(
-            "VACUUM (ANALYZE) wallet.accounts, wallet.transactions, wallet.entries, wallet.outbox"
-        )
 
 
 async def wait_for_relay(limit_seconds: float = 120.0) -> None:
