@@ -284,15 +284,28 @@ def edge(
 ) -> Iterator[EdgeProcess]:
     """The edge in front of the real echo and wallet, authenticating `operators` on its admin
     listener."""
-    process = start_edge_for(
+    yield from serve_edge(
         tmp_path_factory.mktemp("edge"),
         pki,
         tokens,
         edge_services,
         operator_key_dir=operators.key_dir,
     )
-    yield process
-    process.terminate()
+
+
+def serve_edge(
+    tmp: Path,
+    pki: Pki,
+    tokens: TokenMinter,
+    edge_services: dict[str, ServiceProcess],
+    **config: Any,
+) -> Iterator[EdgeProcess]:
+    """An edge as start_edge_for starts it, for a fixture to `yield from`: stopped after."""
+    process = start_edge_for(tmp, pki, tokens, edge_services, **config)
+    try:
+        yield process
+    finally:
+        process.terminate()
 
 
 def start_edge_for(

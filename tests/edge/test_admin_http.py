@@ -34,7 +34,7 @@ from tests.edge.conftest import (
     REDIS_URL,
     OperatorMinter,
     TokenMinter,
-    start_edge_for,
+    serve_edge,
 )
 from tests.support.tcp_proxy import TcpProxy
 
@@ -299,7 +299,7 @@ def strict_admin_edge(
     operators: OperatorMinter,
     edge_services: dict[str, ServiceProcess],
 ) -> Iterator[EdgeProcess]:
-    process = start_edge_for(
+    yield from serve_edge(
         tmp_path_factory.mktemp("strict-admin-edge"),
         pki,
         tokens,
@@ -307,8 +307,6 @@ def strict_admin_edge(
         operator_key_dir=operators.key_dir,
         limits=ADMIN_LIMITS,
     )
-    yield process
-    process.terminate()
 
 
 async def test_each_operator_spends_their_own_admin_budget(
@@ -389,7 +387,7 @@ def admin_edge_behind_cuttable_redis(
     edge_services: dict[str, ServiceProcess],
     redis_proxy: TcpProxy,
 ) -> Iterator[EdgeProcess]:
-    process = start_edge_for(
+    yield from serve_edge(
         tmp_path_factory.mktemp("cuttable-admin-edge"),
         pki,
         tokens,
@@ -397,8 +395,6 @@ def admin_edge_behind_cuttable_redis(
         operator_key_dir=operators.key_dir,
         redis_url=f"redis://127.0.0.1:{redis_proxy.port}/0",
     )
-    yield process
-    process.terminate()
 
 
 async def test_with_redis_down_admin_requests_fail_closed(

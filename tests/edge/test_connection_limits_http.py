@@ -20,7 +20,7 @@ import pytest
 from edge.process import EdgeProcess
 from services.runtime.process import ServiceProcess
 from tests.conftest import Pki
-from tests.edge.conftest import TokenMinter, start_edge_for
+from tests.edge.conftest import TokenMinter, serve_edge
 from tests.support.raw_http import exchange, parse_answer, read_until_closed
 
 TOTAL, PER_ADDRESS = 6, 3
@@ -38,7 +38,7 @@ def capped_edge(
     tokens: TokenMinter,
     edge_services: dict[str, ServiceProcess],
 ) -> Iterator[EdgeProcess]:
-    process = start_edge_for(
+    yield from serve_edge(
         tmp_path_factory.mktemp("capped-edge"),
         pki,
         tokens,
@@ -48,8 +48,6 @@ def capped_edge(
         max_connections=TOTAL,
         max_connections_per_address=PER_ADDRESS,
     )
-    yield process
-    process.terminate()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from edge.process import EdgeProcess
 from services.runtime.client import secure_channel
 from services.runtime.process import ServiceProcess
 from tests.conftest import Pki
-from tests.edge.conftest import TokenMinter, start_edge_for
+from tests.edge.conftest import TokenMinter, serve_edge
 from tests.support.tcp_proxy import TcpProxy
 
 WALLET_RATE = 50  # the PLAYER_WALLET default, per player per second
@@ -35,15 +35,13 @@ def limited_edge(
     # The default limits, and a Redis timeout no stall of this shared machine reaches: a
     # rate-limit call past its timeout fails a money read closed (503), which is the Redis
     # tests' subject (edge_behind_cuttable_redis), not this module's arithmetic.
-    process = start_edge_for(
+    yield from serve_edge(
         tmp_path_factory.mktemp("limited-edge"),
         pki,
         tokens,
         edge_services,
         limits="redis_timeout_ms = 2000",
     )
-    yield process
-    process.terminate()
 
 
 # Small budgets, so that a flood is met within a few requests.
@@ -64,11 +62,9 @@ def strict_edge(
     tokens: TokenMinter,
     edge_services: dict[str, ServiceProcess],
 ) -> Iterator[EdgeProcess]:
-    process = start_edge_for(
+    yield from serve_edge(
         tmp_path_factory.mktemp("strict-edge"), pki, tokens, edge_services, limits=STRICT_LIMITS
     )
-    yield process
-    process.terminate()
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +75,7 @@ def edge_behind_cuttable_redis(
     edge_services: dict[str, ServiceProcess],
     redis_proxy: TcpProxy,
 ) -> Iterator[EdgeProcess]:
-    process = start_edge_for(
+    yield from serve_edge(
         tmp_path_factory.mktemp("cuttable-edge"),
         pki,
         tokens,
@@ -87,8 +83,6 @@ def edge_behind_cuttable_redis(
         limits="",  # the defaults
         redis_url=f"redis://127.0.0.1:{redis_proxy.port}/0",
     )
-    yield process
-    process.terminate()
 
 
 async def open_account(edge_services: dict[str, ServiceProcess], pki: Pki) -> str:

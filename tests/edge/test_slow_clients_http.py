@@ -17,7 +17,7 @@ import pytest
 from edge.process import EdgeProcess
 from services.runtime.process import ServiceProcess
 from tests.conftest import Pki
-from tests.edge.conftest import TokenMinter, start_edge_for
+from tests.edge.conftest import TokenMinter, serve_edge
 from tests.support.raw_http import exchange, parse_answer, read_until_closed
 
 HEADER_TIMEOUT = 0.5
@@ -35,7 +35,7 @@ def guarded_edge(
     tokens: TokenMinter,
     edge_services: dict[str, ServiceProcess],
 ) -> Iterator[EdgeProcess]:
-    process = start_edge_for(
+    yield from serve_edge(
         tmp_path_factory.mktemp("guarded-edge"),
         pki,
         tokens,
@@ -44,8 +44,6 @@ def guarded_edge(
         idle_timeout=IDLE_TIMEOUT,
         proxy_idle_timeout=PROXY_IDLE_TIMEOUT,
     )
-    yield process
-    process.terminate()
 
 
 def _assert_header_timeout(answer: bytes) -> None:
