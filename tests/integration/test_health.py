@@ -7,6 +7,7 @@ import urllib.request
 import uuid
 
 import grpc
+import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -15,6 +16,7 @@ from services.runtime.client import secure_channel
 from tests.conftest import Pki
 from tests.support.clients import echo_client
 from tests.support.tcp_proxy import TcpProxy
+from tests.wallet.conftest import admin_dsn
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -125,3 +127,25 @@ async def test_reflection_lists_the_services_to_an_authenticated_client(launch, 
         responses = [r async for r in stub.ServerReflectionInfo(iter([request]), timeout=5)]
     names = {s.name for s in responses[0].list_services_response.service}
     assert {"casino.echo.v1.EchoService", "grpc.health.v1.Health"} <= names
+
+
+async def test_a_service_says_at_start_when_its_database_runs_without_autovacuum(
+    launch,
+) -> None:
+    # Whatever this machine's server does, the service tells it as it is: a warning exactly
+    # when autovacuum is off (the dev machine's image turns it off).
+    async with await psycopg.AsyncConnection.connect(admin_dsn()) as conn:
+        setting = (await (await conn.execute("SHOW autovacuum")).fetchone() or ("",))[0]
+    echo = launch()
+    await echo.wait_health(health_pb2.HealthCheckResponse.SERVING)
+
+    warnings = [
+        line
+        for line in echo.log_lines()
+        if line.get("event") == "database server runs without autovacuum"
+    ]
+    if setting == "on":
+        assert warnings == []
+    else:
+        (warning,) = warnings
+        assert (warning["level"], warning["autovacuum"]) == ("warning", setting)
