@@ -9,6 +9,11 @@ connections kept losing their prepared statements and the money path's statement
 parsed and planned again on nearly every execution. Committing a read-only transaction
 writes nothing and costs the same round trip as rolling it back.
 
+Sessions plan every execution of a prepared statement for its values
+(`plan_cache_mode = force_custom_plan`): a generic plan is costed for the table as it was
+when first made and can scan a table that has since grown a thousandfold
+(tests/integration/test_prepared_statements.py).
+
 A unit of work that is one statement (a single-row read, say) runs instead on
 :func:`autocommit`'s engine, the same pool without psycopg's transaction: PostgreSQL runs a
 lone statement as its own transaction (atomic, one snapshot), so it costs one round trip
@@ -50,6 +55,13 @@ def create_engine(config: DatabaseConfig, application_name: str) -> AsyncEngine:
         connect_args={
             "connect_timeout": max(1, round(config.connect_timeout_seconds)),
             "application_name": application_name,
+            # Plan each execution of a prepared statement for its values. PostgreSQL may
+            # otherwise settle on one generic plan, costed for a table as it was when the
+            # statement was prepared: prepared while the wallet's transactions were few, the
+            # read of a batch's keys went on scanning the whole table as it grew (844 ms a
+            # batch at 300,000 rows) until an ANALYZE replanned it. Planning costs far less
+            # than that; psycopg's preparing still saves the parse.
+            "options": "-c plan_cache_mode=force_custom_plan",
         },
     )
 
