@@ -38,9 +38,10 @@ def fresh_database() -> None:
 async def vacuum(schema: str) -> None:
     """VACUUM (ANALYZE) every table of `schema` in the bench database: what autovacuum would
     have done by now on a production server (this one runs without it). Run between
-    measurements: without it each inherits the dead row versions and the unvacuumed pages of
-    the ones before, and the wallet's PostgreSQL CPU per posting doubled from 8 to 32 clients
-    (postings/s at 16 and 32 clients 497 and 428 without, 732 and 748 with)."""
+    measurements, so that none inherits the dead row versions and stale statistics of the
+    ones before. (It once hid a real fault: the wallet's PostgreSQL CPU per posting doubled
+    from 8 to 32 clients without it, a generic plan cached while the tables were small and
+    replanned only by an ANALYZE; the runtime now plans every execution, services/runtime/db.py.)"""
     import psycopg
 
     async with await psycopg.AsyncConnection.connect(
