@@ -9,10 +9,16 @@ connections kept losing their prepared statements and the money path's statement
 parsed and planned again on nearly every execution. Committing a read-only transaction
 writes nothing and costs the same round trip as rolling it back.
 
-Sessions plan every execution of a prepared statement for its values
-(`plan_cache_mode = force_custom_plan`): a generic plan is costed for the table as it was
-when first made and can scan a table that has since grown a thousandfold
-(tests/integration/test_prepared_statements.py).
+A generic plan is a hazard where statements join arrays of keys to a growing table:
+PostgreSQL, after five executions of a prepared statement, may settle on one plan costed for
+the table as it was, and for a table that was small then, that plan scans it whole and keeps
+doing so as it grows, until an ANALYZE replans it (on a server without autovacuum, never):
+the wallet's read of a batch's keys took 844 ms at 300,000 transactions. An engine built with
+`custom_plans` has its sessions plan every execution for its values (`plan_cache_mode =
+force_custom_plan`; tests/integration/test_prepared_statements.py). It costs a planning per
+execution: the wallet, whose batches share it, takes it; the compliance check, one planning
+of several complex statements per check at low load, measured 1-1.5 ms slower with it and
+relies on autovacuum's analyses instead (services warn at start when it is off).
 
 A unit of work that is one statement (a single-row read, say) runs instead on
 :func:`autocommit`'s engine, the same pool without psycopg's transaction: PostgreSQL runs a
@@ -38,7 +44,13 @@ def database_url(config: DatabaseConfig) -> URL:
     return url
 
 
-def create_engine(config: DatabaseConfig, application_name: str) -> AsyncEngine:
+def create_engine(
+    config: DatabaseConfig, application_name: str, *, custom_plans: bool = False
+) -> AsyncEngine:
+    """`custom_plans`: the sessions plan every execution of a prepared statement for its
+    values (see the module's docstring): for a service whose statements join key arrays to
+    tables that grow under them, at the cost of a planning per execution."""
+    options = {"options": "-c plan_cache_mode=force_custom_plan"} if custom_plans else {}
     return create_async_engine(
         database_url(config),
         pool_size=config.pool_size,
@@ -55,13 +67,7 @@ def create_engine(config: DatabaseConfig, application_name: str) -> AsyncEngine:
         connect_args={
             "connect_timeout": max(1, round(config.connect_timeout_seconds)),
             "application_name": application_name,
-            # Plan each execution of a prepared statement for its values. PostgreSQL may
-            # otherwise settle on one generic plan, costed for a table as it was when the
-            # statement was prepared: prepared while the wallet's transactions were few, the
-            # read of a batch's keys went on scanning the whole table as it grew (844 ms a
-            # batch at 300,000 rows) until an ANALYZE replanned it. Planning costs far less
-            # than that; psycopg's preparing still saves the parse.
-            "options": "-c plan_cache_mode=force_custom_plan",
+            **options,
         },
     )
 

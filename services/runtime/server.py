@@ -79,11 +79,15 @@ class ServiceRuntime:
 
     # Dependencies. Each one declared here is also a readiness probe.
 
-    def database(self) -> AsyncEngine:
+    def database(self, *, custom_plans: bool = False) -> AsyncEngine:
+        """The service's engine, built at the first call (which decides `custom_plans`: see
+        services.runtime.db)."""
         if self._engine is None:
             if not self.config.database.url:
                 raise RuntimeError(f"{self.config.name}: [database] url is not configured")
-            self._engine = db.create_engine(self.config.database, self.config.name)
+            self._engine = db.create_engine(
+                self.config.database, self.config.name, custom_plans=custom_plans
+            )
             engine = self._engine
             self.readiness.add_probe("database", lambda: db.ping(engine))
         return self._engine

@@ -447,7 +447,9 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
 
 async def build(runtime: ServiceRuntime) -> None:
     config = domain_config(runtime.config, WalletConfig)
-    engine = runtime.database()
+    # Every posting batch joins its keys to the growing ledger: planned for its values each
+    # time, never by a generic plan costed for the ledger as it once was (services.runtime.db).
+    engine = runtime.database(custom_plans=True)
     redis = runtime.redis(required=False) if runtime.config.redis.url else None
     postings = Postings(
         engine,
