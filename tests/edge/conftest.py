@@ -293,6 +293,33 @@ def edge(
     )
 
 
+@dataclass
+class EdgeKit:
+    """What every edge a test module starts needs: a place for its files, the PKI, the
+    players' token keys and the real services it fronts."""
+
+    tmp_path_factory: pytest.TempPathFactory
+    pki: Pki
+    tokens: TokenMinter
+    services: dict[str, ServiceProcess]
+
+    def serve(self, name: str, **config: Any) -> Iterator[EdgeProcess]:
+        """An edge with `config` (as for edge_config), for a fixture to `yield from`."""
+        yield from serve_edge(
+            self.tmp_path_factory.mktemp(name), self.pki, self.tokens, self.services, **config
+        )
+
+
+@pytest.fixture(scope="session")
+def edge_kit(
+    tmp_path_factory: pytest.TempPathFactory,
+    pki: Pki,
+    tokens: TokenMinter,
+    edge_services: dict[str, ServiceProcess],
+) -> EdgeKit:
+    return EdgeKit(tmp_path_factory, pki, tokens, edge_services)
+
+
 def serve_edge(
     tmp: Path,
     pki: Pki,

@@ -32,9 +32,9 @@ from tests.conftest import ROOT, Pki
 from tests.edge.conftest import (
     BACK_OFFICE,
     REDIS_URL,
+    EdgeKit,
     OperatorMinter,
     TokenMinter,
-    serve_edge,
 )
 from tests.support.tcp_proxy import TcpProxy
 
@@ -293,17 +293,11 @@ burst = 3
 
 @pytest.fixture(scope="module")
 def strict_admin_edge(
-    tmp_path_factory: pytest.TempPathFactory,
-    pki: Pki,
-    tokens: TokenMinter,
+    edge_kit: EdgeKit,
     operators: OperatorMinter,
-    edge_services: dict[str, ServiceProcess],
 ) -> Iterator[EdgeProcess]:
-    yield from serve_edge(
-        tmp_path_factory.mktemp("strict-admin-edge"),
-        pki,
-        tokens,
-        edge_services,
+    yield from edge_kit.serve(
+        "strict-admin-edge",
         operator_key_dir=operators.key_dir,
         limits=ADMIN_LIMITS,
     )
@@ -380,18 +374,12 @@ async def test_a_revoked_operators_token_is_refused_at_once_and_a_later_one_work
 
 @pytest.fixture(scope="module")
 def admin_edge_behind_cuttable_redis(
-    tmp_path_factory: pytest.TempPathFactory,
-    pki: Pki,
-    tokens: TokenMinter,
+    edge_kit: EdgeKit,
     operators: OperatorMinter,
-    edge_services: dict[str, ServiceProcess],
     redis_proxy: TcpProxy,
 ) -> Iterator[EdgeProcess]:
-    yield from serve_edge(
-        tmp_path_factory.mktemp("cuttable-admin-edge"),
-        pki,
-        tokens,
-        edge_services,
+    yield from edge_kit.serve(
+        "cuttable-admin-edge",
         operator_key_dir=operators.key_dir,
         redis_url=f"redis://127.0.0.1:{redis_proxy.port}/0",
     )

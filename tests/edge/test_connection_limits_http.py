@@ -18,9 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from edge.process import EdgeProcess
-from services.runtime.process import ServiceProcess
-from tests.conftest import Pki
-from tests.edge.conftest import TokenMinter, serve_edge
+from tests.edge.conftest import EdgeKit
 from tests.support.raw_http import exchange, parse_answer, read_until_closed
 
 TOTAL, PER_ADDRESS = 6, 3
@@ -33,16 +31,10 @@ Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 @pytest.fixture(scope="module")
 def capped_edge(
-    tmp_path_factory: pytest.TempPathFactory,
-    pki: Pki,
-    tokens: TokenMinter,
-    edge_services: dict[str, ServiceProcess],
+    edge_kit: EdgeKit,
 ) -> Iterator[EdgeProcess]:
-    yield from serve_edge(
-        tmp_path_factory.mktemp("capped-edge"),
-        pki,
-        tokens,
-        edge_services,
+    yield from edge_kit.serve(
+        "capped-edge",
         # Held connections must outlive the test, not the idle bound.
         idle_timeout=60.0,
         max_connections=TOTAL,

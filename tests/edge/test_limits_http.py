@@ -19,7 +19,7 @@ from edge.process import EdgeProcess
 from services.runtime.client import secure_channel
 from services.runtime.process import ServiceProcess
 from tests.conftest import Pki
-from tests.edge.conftest import TokenMinter, serve_edge
+from tests.edge.conftest import EdgeKit, TokenMinter
 from tests.support.tcp_proxy import TcpProxy
 
 WALLET_RATE = 50  # the PLAYER_WALLET default, per player per second
@@ -27,19 +27,13 @@ WALLET_RATE = 50  # the PLAYER_WALLET default, per player per second
 
 @pytest.fixture(scope="module")
 def limited_edge(
-    tmp_path_factory: pytest.TempPathFactory,
-    pki: Pki,
-    tokens: TokenMinter,
-    edge_services: dict[str, ServiceProcess],
+    edge_kit: EdgeKit,
 ) -> Iterator[EdgeProcess]:
     # The default limits, and a Redis timeout no stall of this shared machine reaches: a
     # rate-limit call past its timeout fails a money read closed (503), which is the Redis
     # tests' subject (edge_behind_cuttable_redis), not this module's arithmetic.
-    yield from serve_edge(
-        tmp_path_factory.mktemp("limited-edge"),
-        pki,
-        tokens,
-        edge_services,
+    yield from edge_kit.serve(
+        "limited-edge",
         limits="redis_timeout_ms = 2000",
     )
 
@@ -56,30 +50,17 @@ burst = 5
 
 
 @pytest.fixture(scope="module")
-def strict_edge(
-    tmp_path_factory: pytest.TempPathFactory,
-    pki: Pki,
-    tokens: TokenMinter,
-    edge_services: dict[str, ServiceProcess],
-) -> Iterator[EdgeProcess]:
-    yield from serve_edge(
-        tmp_path_factory.mktemp("strict-edge"), pki, tokens, edge_services, limits=STRICT_LIMITS
-    )
+def strict_edge(edge_kit: EdgeKit) -> Iterator[EdgeProcess]:
+    yield from edge_kit.serve("strict-edge", limits=STRICT_LIMITS)
 
 
 @pytest.fixture(scope="module")
 def edge_behind_cuttable_redis(
-    tmp_path_factory: pytest.TempPathFactory,
-    pki: Pki,
-    tokens: TokenMinter,
-    edge_services: dict[str, ServiceProcess],
+    edge_kit: EdgeKit,
     redis_proxy: TcpProxy,
 ) -> Iterator[EdgeProcess]:
-    yield from serve_edge(
-        tmp_path_factory.mktemp("cuttable-edge"),
-        pki,
-        tokens,
-        edge_services,
+    yield from edge_kit.serve(
+        "cuttable-edge",
         limits="",  # the defaults
         redis_url=f"redis://127.0.0.1:{redis_proxy.port}/0",
     )

@@ -15,9 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from edge.process import EdgeProcess
-from services.runtime.process import ServiceProcess
-from tests.conftest import Pki
-from tests.edge.conftest import TokenMinter, serve_edge
+from tests.edge.conftest import EdgeKit
 from tests.support.raw_http import exchange, parse_answer, read_until_closed
 
 HEADER_TIMEOUT = 0.5
@@ -30,16 +28,10 @@ PING = b"GET /v1/ping HTTP/1.1\r\nHost: edge\r\n\r\n"
 
 @pytest.fixture(scope="module")
 def guarded_edge(
-    tmp_path_factory: pytest.TempPathFactory,
-    pki: Pki,
-    tokens: TokenMinter,
-    edge_services: dict[str, ServiceProcess],
+    edge_kit: EdgeKit,
 ) -> Iterator[EdgeProcess]:
-    yield from serve_edge(
-        tmp_path_factory.mktemp("guarded-edge"),
-        pki,
-        tokens,
-        edge_services,
+    yield from edge_kit.serve(
+        "guarded-edge",
         header_timeout=HEADER_TIMEOUT,
         idle_timeout=IDLE_TIMEOUT,
         proxy_idle_timeout=PROXY_IDLE_TIMEOUT,
