@@ -26,7 +26,7 @@ from services.compliance.rules import (
     Window,
     cdd_linked_since,
 )
-from services.runtime import verdict_log
+from services.runtime import db, verdict_log
 
 # The columns of a player's compliance state (each a PlayerState field).
 _STATE_COLUMNS = (
@@ -355,20 +355,31 @@ _LOCK_VERSIONS = text(
 # of checks is recorded in one round trip. The request is inserted without ON CONFLICT: a
 # concurrent check with the same key that committed after the batch's lookup fails this batch
 # (unique violation), which is then decided again and answered from that check's record.
-# Rows travel as JSON documents (decoded by PostgreSQL, not dumped column by column).
+# Rows travel as JSON documents (db.json_rows).
+_CHECK_COLUMNS = (
+    ("player_id", "text"),
+    ("request_id", "text"),
+    ("action", "text"),
+    ("amount_minor", "bigint"),
+    ("currency", "text"),
+    ("verdict_id", "uuid"),
+    ("request_country", "text"),
+    ("slots", "boolean"),
+    ("caller", "text"),
+)
+_USAGE_COLUMNS = (
+    ("player_id", "text"),
+    ("request_id", "text"),
+    ("action", "text"),
+    ("amount_minor", "bigint"),
+)
 _RECORD_CHECKS = (
-    "requests AS (INSERT INTO compliance.check_requests (player_id, request_id, action,"
-    " amount_minor, currency, verdict_id, request_country, slots, caller, at)"
-    " SELECT k.player_id, k.request_id, k.action, k.amount_minor, k.currency, k.verdict_id,"
-    " k.request_country, k.slots, k.caller, CAST(:checked_at AS timestamptz)"
-    " FROM jsonb_to_recordset(CAST(:checks AS jsonb)) AS k(player_id text, request_id text,"
-    " action text, amount_minor bigint, currency text, verdict_id uuid, request_country text,"
-    " slots boolean, caller text)),"
-    " counted AS (INSERT INTO compliance.usage (player_id, request_id, action, amount_minor, at)"
-    " SELECT u.player_id, u.request_id, u.action, u.amount_minor, CAST(:checked_at AS timestamptz)"
-    " FROM jsonb_to_recordset(CAST(:usages AS jsonb)) AS u(player_id text, request_id text,"
-    " action text, amount_minor bigint)"
-    " ON CONFLICT DO NOTHING)"
+    f"requests AS (INSERT INTO compliance.check_requests ({db.column_names(_CHECK_COLUMNS)}, at)"
+    f" SELECT {db.json_row_values(_CHECK_COLUMNS)}, CAST(:checked_at AS timestamptz)"
+    f" FROM {db.json_rows('checks', _CHECK_COLUMNS)}),"
+    f" counted AS (INSERT INTO compliance.usage ({db.column_names(_USAGE_COLUMNS)}, at)"
+    f" SELECT {db.json_row_values(_USAGE_COLUMNS)}, CAST(:checked_at AS timestamptz)"
+    f" FROM {db.json_rows('usages', _USAGE_COLUMNS)} ON CONFLICT DO NOTHING)"
 )
 CHECK_REQUESTS_KEY = "check_requests_pkey"
 

@@ -27,6 +27,8 @@ where BEGIN, the statement and COMMIT cost three, and nothing is rolled back."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -42,6 +44,30 @@ def database_url(config: DatabaseConfig) -> URL:
     if config.password_file is not None:
         url = url.set(password=read_secret(config.password_file))
     return url
+
+
+# Rows a statement writes in bulk travel as one JSON document (a list of objects keyed by
+# column): encoded by the json module in C and decoded by PostgreSQL, where a list per column
+# would be dumped by the driver element by element. `columns` are (name, SQL type); bytea
+# travels as hex text.
+Columns = Sequence[tuple[str, str]]
+
+
+def json_rows(param: str, columns: Columns) -> str:
+    """The FROM item reading the document bound to `param` as rows aliased `v`."""
+    typed = ", ".join(f"{name} {'text' if kind == 'bytea' else kind}" for name, kind in columns)
+    return f"jsonb_to_recordset(CAST(:{param} AS jsonb)) AS v({typed})"
+
+
+def json_row_values(columns: Columns) -> str:
+    """The select list giving `json_rows`' columns as their table takes them."""
+    return ", ".join(
+        f"decode(v.{name}, 'hex')" if kind == "bytea" else f"v.{name}" for name, kind in columns
+    )
+
+
+def column_names(columns: Columns) -> str:
+    return ", ".join(name for name, _ in columns)
 
 
 def create_engine(

@@ -16,7 +16,6 @@ service role can delete only published rows, and only through it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime as dt
 import functools
@@ -31,6 +30,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.runtime import db
 from services.runtime.broker import Broker
 from services.runtime.logs import get_logger
 from services.runtime.retention import Pruner, prune_function_ddl
@@ -98,17 +98,24 @@ class Event:
     event_id: uuid.UUID
 
 
+_EVENT_COLUMNS = (
+    ("shard_key", "text"),
+    ("event_id", "uuid"),
+    ("routing_key", "text"),
+    ("message_type", "text"),
+    ("payload", "bytea"),
+)
+
+
 def insert_events(schema: str, param: str, where: str = "") -> str:
     """SQL inserting the events of the JSON document bound to `param` (`events_document`)
     into `schema`.outbox, in the document's order (a player's events are published in the
     order written), with an optional condition: a statement of its own (`enqueue`), or a
     CTE of a writer's statement, so that a batch's events cost no round trip of their own."""
     return (
-        f"INSERT INTO {schema}.outbox (shard_key, event_id, routing_key, message_type, payload)"
-        " SELECT v.shard_key, v.event_id, v.routing_key, v.message_type,"
-        " decode(v.payload, 'base64')"
-        f" FROM jsonb_to_recordset(CAST(:{param} AS jsonb)) AS v(shard_key text, event_id uuid,"
-        " routing_key text, message_type text, payload text)" + (f" WHERE {where}" if where else "")
+        f"INSERT INTO {schema}.outbox ({db.column_names(_EVENT_COLUMNS)})"
+        f" SELECT {db.json_row_values(_EVENT_COLUMNS)} FROM {db.json_rows(param, _EVENT_COLUMNS)}"
+        + (f" WHERE {where}" if where else "")
     )
 
 
@@ -121,7 +128,7 @@ def events_document(events: Sequence[Event]) -> str:
                 "event_id": str(e.event_id),
                 "routing_key": e.routing_key,
                 "message_type": e.message_type,
-                "payload": base64.b64encode(e.payload).decode("ascii"),
+                "payload": e.payload.hex(),
             }
             for e in events
         ]

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.runtime import db
 from services.runtime.outbox import Event, events_document, insert_events
 from services.wallet.ledger import (
     AccountState,
@@ -100,12 +101,36 @@ def new_transaction(
     )
 
 
-_TX_COLUMNS = (
-    "player_id, request_id, kind, currency, amount, reserved_delta, fingerprint, outcome,"
-    " refusal_reason, refusal_metadata, nothing_to_undo, sequence, posted_after,"
-    " reserved_after, sequence_after, round_id, game_id, provider, bet_request_id,"
-    " withdrawal_id, payment_id, reason, operator_id, caller, create_time, payment_instrument"
+# The journal's columns with their types (the batch write types its JSON rows by them).
+_TX_TYPES = (
+    ("player_id", "text"),
+    ("request_id", "text"),
+    ("kind", "text"),
+    ("currency", "text"),
+    ("amount", "bigint"),
+    ("reserved_delta", "bigint"),
+    ("fingerprint", "bytea"),
+    ("outcome", "text"),
+    ("refusal_reason", "text"),
+    ("refusal_metadata", "jsonb"),
+    ("nothing_to_undo", "boolean"),
+    ("sequence", "bigint"),
+    ("posted_after", "bigint"),
+    ("reserved_after", "bigint"),
+    ("sequence_after", "bigint"),
+    ("round_id", "text"),
+    ("game_id", "text"),
+    ("provider", "text"),
+    ("bet_request_id", "text"),
+    ("withdrawal_id", "text"),
+    ("payment_id", "text"),
+    ("reason", "text"),
+    ("operator_id", "text"),
+    ("caller", "text"),
+    ("create_time", "timestamptz"),
+    ("payment_instrument", "text"),
 )
+_TX_COLUMNS = db.column_names(_TX_TYPES)
 
 
 def _stored(row: Any) -> StoredTransaction:
@@ -319,36 +344,6 @@ async def read_known(conn: AsyncConnection, requests: Sequence[Request]) -> Know
     return Known(existing, facts, related)
 
 
-_TX_ARRAY_TYPES = (
-    ("player_id", "text"),
-    ("request_id", "text"),
-    ("kind", "text"),
-    ("currency", "text"),
-    ("amount", "bigint"),
-    ("reserved_delta", "bigint"),
-    ("fingerprint", "bytea"),
-    ("outcome", "text"),
-    ("refusal_reason", "text"),
-    ("refusal_metadata", "jsonb"),
-    ("nothing_to_undo", "boolean"),
-    ("sequence", "bigint"),
-    ("posted_after", "bigint"),
-    ("reserved_after", "bigint"),
-    ("sequence_after", "bigint"),
-    ("round_id", "text"),
-    ("game_id", "text"),
-    ("provider", "text"),
-    ("bet_request_id", "text"),
-    ("withdrawal_id", "text"),
-    ("payment_id", "text"),
-    ("reason", "text"),
-    ("operator_id", "text"),
-    ("caller", "text"),
-    ("create_time", "timestamptz"),
-    ("payment_instrument", "text"),
-)
-
-
 def _tx_values(tx: StoredTransaction) -> dict[str, Any]:
     refusal = tx.refusal
     return {
@@ -383,7 +378,7 @@ def _tx_values(tx: StoredTransaction) -> dict[str, Any]:
     }
 
 
-_ENTRY_ARRAY_TYPES = (
+_ENTRY_TYPES = (
     ("player_id", "text"),
     ("currency", "text"),
     ("sequence", "bigint"),
@@ -401,35 +396,18 @@ _ENTRY_ARRAY_TYPES = (
 )
 
 
-def _recordset(types: Sequence[tuple[str, str]], param: str) -> str:
-    """A batch's rows as one JSON document (`param`), its columns typed by `types`; bytea
-    travels as hex text (see `_columns`)."""
-    columns = ", ".join(f"{name} {'text' if kind == 'bytea' else kind}" for name, kind in types)
-    return f"jsonb_to_recordset(CAST(:{param} AS jsonb)) AS v({columns})"
-
-
-def _columns(types: Sequence[tuple[str, str]]) -> str:
-    """The recordset's columns as the table takes them."""
-    return ", ".join(
-        f"decode(v.{name}, 'hex')" if kind == "bytea" else f"v.{name}" for name, kind in types
-    )
-
-
-# The batch's transactions and entries travel as two JSON documents: encoded by the json
-# module in C and decoded by PostgreSQL, where a list per column was dumped element by element
-# by the driver (40 lists per batch, a tenth of a posting's CPU). The account moves stay
+# The batch's transactions and entries travel as two JSON documents (db.json_rows: 40 lists
+# per batch had cost a tenth of a posting's CPU in the driver). The account moves stay
 # arrays: the planner knows an array's length but guesses 100 rows for a JSON recordset, and
 # the UPDATE must reach each account by its key (tests/wallet/test_query_plans.py), never by
 # hashing the whole table against the guess.
-_TX_NAMES = ", ".join(name for name, _ in _TX_ARRAY_TYPES)
 _WRITE_POSTINGS = text(
-    f"WITH tx AS (INSERT INTO wallet.transactions ({_TX_NAMES})"
-    f" SELECT {_columns(_TX_ARRAY_TYPES)} FROM {_recordset(_TX_ARRAY_TYPES, 'txs')}"
+    f"WITH tx AS (INSERT INTO wallet.transactions ({_TX_COLUMNS})"
+    f" SELECT {db.json_row_values(_TX_TYPES)} FROM {db.json_rows('txs', _TX_TYPES)}"
     " ON CONFLICT (player_id, request_id) DO NOTHING RETURNING 1),"
     " go AS (SELECT count(*) = :expected AS all_new FROM tx),"
-    " entries AS (INSERT INTO wallet.entries"
-    f" ({', '.join(name for name, _ in _ENTRY_ARRAY_TYPES)})"
-    f" SELECT {_columns(_ENTRY_ARRAY_TYPES)} FROM {_recordset(_ENTRY_ARRAY_TYPES, 'entries')}"
+    f" entries AS (INSERT INTO wallet.entries ({db.column_names(_ENTRY_TYPES)})"
+    f" SELECT {db.json_row_values(_ENTRY_TYPES)} FROM {db.json_rows('entries', _ENTRY_TYPES)}"
     " WHERE (SELECT all_new FROM go)),"
     " moved AS (UPDATE wallet.accounts a SET posted = v.posted, reserved = v.reserved,"
     " last_sequence = v.sequence, last_hash = v.hash"
