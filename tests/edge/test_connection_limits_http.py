@@ -179,3 +179,29 @@ def test_the_edge_refuses_to_start_when_its_listeners_cannot_fit() -> None:
     """)
     assert "max_connections sum to 4608" in done.stdout, done.stderr
     assert "may open 1024" in done.stdout
+
+
+async def test_a_refused_client_that_already_sent_its_request_reads_the_answer(
+    capped_edge: EdgeProcess, held: list[Connection]
+) -> None:
+    # Clients send their request as soon as they connect, so a refused connection is closed
+    # with the request unread, and such a close is a reset, not a FIN. The answer is
+    # written before it and must reach the client all the same (the reset ends the stream
+    # after the answer, it does not replace it).
+    for _ in range(PER_ADDRESS):
+        await _hold(capped_edge, held, "public", "127.0.0.8")
+    body = b"{" + b" " * 60_000 + b"}"
+    request = (
+        b"POST /v1/echo HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    answers = []
+    for _ in range(30):
+        reader, writer = await _connect(capped_edge, "public", "127.0.0.8")
+        writer.write(request)
+        try:
+            answers.append(await read_until_closed(reader, SLACK))
+        finally:
+            writer.close()
+    statuses = [parse_answer(a)[0] if a else "reset before the answer" for a in answers]
+    assert all(s.startswith("HTTP/1.1 429") for s in statuses), statuses
