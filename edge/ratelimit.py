@@ -9,7 +9,10 @@ then one per interval, and the state is a single key that expires when the clien
 
 Redis holds the state so every edge replica shares one budget per player: one EVALSHA per
 request (the script is loaded once per process and reloaded on NOSCRIPT after a Redis
-restart), the clock is Redis's own TIME so replicas with skewed clocks agree. Redis slow or
+restart), the clock is Redis's own TIME so replicas with skewed clocks agree. The checks that
+arrive in one turn of the event loop (a busy edge reads several requests per turn) go to
+Redis as one pipeline: one write and one read for all of them, each still its own atomic
+script call. Redis slow or
 unreachable (a short timeout behind a circuit breaker): each replica limits locally with
 rate and burst divided by `fallback_divisor`, never unlimited, and says so in the
 RateLimit-Policy header; the breaker half-opens after `breaker_reset_seconds` and the limiter
@@ -24,10 +27,12 @@ The fallback policy is named "<class>-local" with its reduced quota.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import redis.exceptions
 from redis.asyncio import Redis
@@ -234,6 +239,15 @@ class LocalGcra:
             del self._tats[next(iter(self._tats))]
 
 
+class _Call(NamedTuple):
+    """One script call waiting for its turn's pipeline."""
+
+    keys: Sequence[str]
+    interval_us: int
+    burst: int
+    reply: asyncio.Future[Any] | None  # None: the call that sends the pipeline
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -253,6 +267,8 @@ class RateLimiter:
             call_timeout=self.config.redis_timeout_ms / 1000,
         )
         self._sha: str | None = None
+        # The calls gathering in this loop turn, led by the first (None: none gathering).
+        self._gathering: list[_Call] | None = None
 
     @property
     def breaker_state(self) -> str:
@@ -296,17 +312,70 @@ class RateLimiter:
     ) -> tuple[_Verdict, bytes | str | None]:
         interval_us = max(1, round(1_000_000 / rate))
         keys = [redis_key] if read_key is None else [redis_key, read_key]
-        if self._sha is None:
-            self._sha = await self._redis.script_load(_GCRA_LUA)
-        try:
-            reply = await self._redis.evalsha(self._sha, len(keys), *keys, interval_us, burst)
-        except redis.exceptions.NoScriptError:
-            # Redis restarted (or flushed its script cache) since the script was loaded.
-            self._sha = await self._redis.script_load(_GCRA_LUA)
-            reply = await self._redis.evalsha(self._sha, len(keys), *keys, interval_us, burst)
+        reply = await self._script_call(keys, interval_us, burst)
         allowed, remaining, reset_us, retry_us = (int(v) for v in reply[:4])
         value = reply[4]  # Lua false (no read key, or the key absent) comes back as None
         return _Verdict(bool(allowed), remaining, reset_us / 1e6, retry_us / 1e6), value
+
+    async def _script_call(self, keys: Sequence[str], interval_us: int, burst: int) -> Any:
+        """The script's reply for `keys`. The first call of a loop turn yields once, so the
+        calls the same turn makes join it, then sends them all in one pipeline and hands
+        each its reply (or its error)."""
+        if self._gathering is not None:
+            reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._gathering.append(_Call(keys, interval_us, burst, reply))
+            return await reply
+        calls = self._gathering = [_Call(keys, interval_us, burst, None)]
+        try:
+            try:
+                await asyncio.sleep(0)
+            finally:
+                self._gathering = None
+            replies = await self._send(calls)
+        except BaseException as exc:
+            # The sender's failure (or its caller giving up: a timeout, a cancellation) is
+            # every joined call's: each then decides locally, as it would have alone.
+            failure = exc if isinstance(exc, Exception) else redis.exceptions.ConnectionError()
+            for call in calls[1:]:
+                if call.reply is not None and not call.reply.done():
+                    call.reply.set_exception(failure)
+            raise
+        for call, answer in zip(calls[1:], replies[1:], strict=True):
+            if call.reply is not None and not call.reply.done():
+                if isinstance(answer, Exception):
+                    call.reply.set_exception(answer)
+                else:
+                    call.reply.set_result(answer)
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        return replies[0]
+
+    async def _send(self, calls: list[_Call]) -> list[Any]:
+        """The replies to `calls` (an exception in the place of a call that failed alone)."""
+        if self._sha is None:
+            self._sha = await self._redis.script_load(_GCRA_LUA)
+        replies = await self._evalsha(calls)
+        if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+            # Redis restarted (or flushed its script cache) since the script was loaded.
+            self._sha = await self._redis.script_load(_GCRA_LUA)
+            replies = await self._evalsha(calls)
+        return replies
+
+    async def _evalsha(self, calls: list[_Call]) -> list[Any]:
+        assert self._sha is not None
+        if len(calls) == 1:  # alone in its turn: a plain call costs less than a pipeline
+            (call,) = calls
+            try:
+                reply = await self._redis.evalsha(
+                    self._sha, len(call.keys), *call.keys, call.interval_us, call.burst
+                )
+            except redis.exceptions.ResponseError as exc:
+                return [exc]
+            return [reply]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for call in calls:
+                pipe.evalsha(self._sha, len(call.keys), *call.keys, call.interval_us, call.burst)
+            return list(await pipe.execute(raise_on_error=False))
 
 
 def _decision(verdict: _Verdict, burst: int, rate: float, policy: str, *, local: bool) -> Decision:

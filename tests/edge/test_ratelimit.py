@@ -114,6 +114,55 @@ async def test_script_reloaded_after_redis_forgets_it(redis_client: Redis) -> No
     assert decision.remaining == 3  # the second request of the same key: state kept
 
 
+class _CountingRedis(Redis):
+    """The real client, counting the pipelines it opens."""
+
+    pipelines = 0
+
+    def pipeline(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        self.pipelines += 1
+        return super().pipeline(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_checks_of_one_loop_turn_go_in_one_pipeline_and_count_exactly() -> None:
+    client = _CountingRedis.from_url(REDIS_URL, socket_timeout=1)
+    limiter = RateLimiter(client, _config())
+    try:
+        started = time.perf_counter()
+        decisions = await asyncio.gather(
+            *(limiter.check("PAYMENT", "player-a") for _ in range(30)),
+            *(limiter.check("PAYMENT", "player-b") for _ in range(3)),
+        )
+        elapsed = time.perf_counter() - started
+
+        assert client.pipelines == 1
+        a, b = decisions[:30], decisions[30:]
+        # 10/s, burst 10: the first ten of the turn, in order, then refusals (GCRA refills
+        # one per 100 ms, so a slow machine may let one more through).
+        allowed = [d.allowed for d in a]
+        assert allowed[:10] == [True] * 10
+        assert 10 <= allowed.count(True) <= 10 + int(elapsed * 10)
+        assert [d.remaining for d in a[:10]] == list(range(9, -1, -1))
+        assert all(d.headers["Retry-After"] == "1" for d in a if not d.allowed)
+        assert all(d.allowed for d in b) and [d.remaining for d in b] == [9, 8, 7]
+        assert not any(d.local for d in decisions)
+    finally:
+        await client.aclose()
+
+
+async def test_a_turns_pipeline_reloads_the_script_after_redis_forgets_it(
+    redis_client: Redis,
+) -> None:
+    limiter = RateLimiter(redis_client, _config())
+    assert (await limiter.check("AUTH", "client-a")).allowed
+    await redis_client.script_flush()  # as after a Redis restart
+
+    decisions = await asyncio.gather(*(limiter.check("AUTH", "client-a") for _ in range(3)))
+
+    assert all(d.allowed and not d.local for d in decisions)
+    assert [d.remaining for d in decisions] == [3, 2, 1]  # state kept, each counted once
+
+
 async def test_redis_down_stricter_local_limits_apply_then_redis_again(
     redis_proxy: TcpProxy,
 ) -> None:
@@ -125,6 +174,13 @@ async def test_redis_down_stricter_local_limits_apply_then_redis_again(
         assert not (await limiter.check("PLAYER_WALLET", "player-a")).local
 
         redis_proxy.cut()
+        # The checks of one loop turn share a pipeline, which fails: they fall back
+        # together, each counted locally.
+        gathered = await asyncio.gather(
+            *(limiter.check("PLAYER_WALLET", "player-d") for _ in range(15))
+        )
+        assert all(d.local for d in gathered)
+        assert [d.allowed for d in gathered].count(True) == 12
         started = time.perf_counter()
         decisions, _ = await _burst(limiter, "PLAYER_WALLET", "player-a", 20)
         # Never unlimited: 50/s burst 50 divided by 4 -> burst 12, and the headers say so.
