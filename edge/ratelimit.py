@@ -335,7 +335,11 @@ class RateLimiter:
         except BaseException as exc:
             # The sender's failure (or its caller giving up: a timeout, a cancellation) is
             # every joined call's: each then decides locally, as it would have alone.
-            failure = exc if isinstance(exc, Exception) else redis.exceptions.ConnectionError()
+            failure = (
+                exc
+                if isinstance(exc, Exception)
+                else redis.exceptions.ConnectionError("the check sending this pipeline gave up")
+            )
             for call in calls[1:]:
                 if call.reply is not None and not call.reply.done():
                     call.reply.set_exception(failure)
@@ -355,10 +359,18 @@ class RateLimiter:
         if self._sha is None:
             self._sha = await self._redis.script_load(_GCRA_LUA)
         replies = await self._evalsha(calls)
-        if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-            # Redis restarted (or flushed its script cache) since the script was loaded.
+        forgotten = [
+            i
+            for i, reply in enumerate(replies)
+            if isinstance(reply, redis.exceptions.NoScriptError)
+        ]
+        if forgotten:
+            # Redis restarted (or flushed its script cache) since the script was loaded: those
+            # calls again (only those: the others were counted).
             self._sha = await self._redis.script_load(_GCRA_LUA)
-            replies = await self._evalsha(calls)
+            again = await self._evalsha([calls[i] for i in forgotten])
+            for i, reply in zip(forgotten, again, strict=True):
+                replies[i] = reply
         return replies
 
     async def _evalsha(self, calls: list[_Call]) -> list[Any]:
