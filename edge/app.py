@@ -719,6 +719,7 @@ class Edge:
         self.ports: dict[str, int] = {}
 
     async def serve(self, stop: asyncio.Event) -> None:
+        await self.limiter.load_script()
         servers, tasks = [], []
         for name, app in self.apps.items():
             listen = self.settings.listener(name)

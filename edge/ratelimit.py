@@ -274,6 +274,16 @@ class RateLimiter:
     def breaker_state(self) -> str:
         return self._breaker.state
 
+    async def load_script(self, timeout: float = 1.0) -> None:
+        """Connect to Redis and load the script before the first request: otherwise the first
+        checks spend their time budget (`redis_timeout_ms`) on both and, on a busy machine,
+        fall back to the local limiter. Redis away: logged, and the first check loads it."""
+        try:
+            async with asyncio.timeout(timeout):
+                self._sha = await self._redis.script_load(_GCRA_LUA)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.warning("rate limit script not loaded at start", error=repr(exc))
+
     async def check(self, endpoint_class: str | int, key: str) -> Decision:
         """Count one request of `key` against `endpoint_class`'s limit."""
         decision, _ = await self.check_and_read(endpoint_class, key, None)

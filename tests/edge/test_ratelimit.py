@@ -46,10 +46,17 @@ async def _burst(
     return decisions, time.perf_counter() - started
 
 
+async def _started(limiter: RateLimiter) -> RateLimiter:
+    """As the edge starts it: connected, its script loaded, so the first checks are not
+    timed out by the connecting and loading (on a busy machine they were)."""
+    await limiter.load_script()
+    return limiter
+
+
 async def test_51st_wallet_request_within_a_second_is_refused_with_retry_after(
     redis_client: Redis,
 ) -> None:
-    limiter = RateLimiter(redis_client, _config())
+    limiter = await _started(RateLimiter(redis_client, _config()))
     # Until the first refusal: on a slow machine the burst takes longer and GCRA refills one
     # request per 20 ms of it, so the refusal may come a little after the 51st.
     started = time.perf_counter()
@@ -73,7 +80,7 @@ async def test_51st_wallet_request_within_a_second_is_refused_with_retry_after(
 
 
 async def test_another_player_and_catalog_traffic_are_unaffected(redis_client: Redis) -> None:
-    limiter = RateLimiter(redis_client, _config())
+    limiter = await _started(RateLimiter(redis_client, _config()))
     await _burst(limiter, "PLAYER_WALLET", "player-a", 60)
     assert not (await limiter.check("PLAYER_WALLET", "player-a")).allowed
 
@@ -86,13 +93,14 @@ async def test_another_player_and_catalog_traffic_are_unaffected(redis_client: R
 
 async def test_replicas_share_one_budget_in_redis(redis_client: Redis) -> None:
     config = _config()
-    first, second = RateLimiter(redis_client, config), RateLimiter(redis_client, config)
+    first = await _started(RateLimiter(redis_client, config))
+    second = await _started(RateLimiter(redis_client, config))
     await _burst(first, "PAYMENT", "player-a", 10)
     assert not (await second.check("PAYMENT", "player-a")).allowed
 
 
 async def test_budget_refills_at_the_configured_rate(redis_client: Redis) -> None:
-    limiter = RateLimiter(redis_client, _config())
+    limiter = await _started(RateLimiter(redis_client, _config()))
     await _burst(limiter, "AUTH", "198.51.100.7", 6)  # 5/s per IP
     refused = await limiter.check("AUTH", "198.51.100.7")
     assert not refused.allowed
@@ -106,7 +114,7 @@ async def test_budget_refills_at_the_configured_rate(redis_client: Redis) -> Non
 async def test_script_reloaded_after_redis_forgets_it(redis_client: Redis) -> None:
     # AUTH's 5/s: a token comes back every 200 ms, far longer than this test's two calls
     # (GAMEPLAY's 200/s refilled one within the 5 ms a reload can take).
-    limiter = RateLimiter(redis_client, _config())
+    limiter = await _started(RateLimiter(redis_client, _config()))
     assert (await limiter.check("AUTH", "client-a")).allowed
     await redis_client.script_flush()  # as after a Redis restart
     decision = await limiter.check("AUTH", "client-a")
@@ -126,7 +134,7 @@ class _CountingRedis(Redis):
 
 async def test_checks_of_one_loop_turn_go_in_one_pipeline_and_count_exactly() -> None:
     client = _CountingRedis.from_url(REDIS_URL, socket_timeout=1)
-    limiter = RateLimiter(client, _config())
+    limiter = await _started(RateLimiter(client, _config()))
     try:
         started = time.perf_counter()
         decisions = await asyncio.gather(
@@ -153,7 +161,7 @@ async def test_checks_of_one_loop_turn_go_in_one_pipeline_and_count_exactly() ->
 async def test_a_turns_pipeline_reloads_the_script_after_redis_forgets_it(
     redis_client: Redis,
 ) -> None:
-    limiter = RateLimiter(redis_client, _config())
+    limiter = await _started(RateLimiter(redis_client, _config()))
     assert (await limiter.check("AUTH", "client-a")).allowed
     await redis_client.script_flush()  # as after a Redis restart
 
@@ -163,13 +171,28 @@ async def test_a_turns_pipeline_reloads_the_script_after_redis_forgets_it(
     assert [d.remaining for d in decisions] == [3, 2, 1]  # state kept, each counted once
 
 
+async def test_an_edge_starting_without_redis_starts_and_limits_locally(
+    redis_proxy: TcpProxy,
+) -> None:
+    redis_proxy.cut()
+    client = Redis.from_url(f"redis://127.0.0.1:{redis_proxy.port}/0", socket_connect_timeout=0.05)
+    limiter = RateLimiter(client, _config())
+    try:
+        await limiter.load_script(timeout=0.2)  # logged, not raised
+
+        decision = await limiter.check("PLAYER_WALLET", "player-a")
+        assert decision.allowed and decision.local
+    finally:
+        await client.aclose()
+
+
 async def test_redis_down_stricter_local_limits_apply_then_redis_again(
     redis_proxy: TcpProxy,
 ) -> None:
     client = Redis.from_url(
         f"redis://127.0.0.1:{redis_proxy.port}/0", socket_timeout=0.05, socket_connect_timeout=0.05
     )
-    limiter = RateLimiter(client, _config(breaker_reset_seconds=0.2))
+    limiter = await _started(RateLimiter(client, _config(breaker_reset_seconds=0.2)))
     try:
         assert not (await limiter.check("PLAYER_WALLET", "player-a")).local
 
