@@ -634,6 +634,35 @@ async def test_a_signed_checkpoint_verifies(
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
+async def test_a_scan_leaves_the_event_loop_free_while_it_checks(
+    log: str, service: AsyncEngine
+) -> None:
+    # A service's periodic checkpoint scans every row since the last one on the loop its
+    # calls run on: checked there, a batch of 1,000 rows held every call for its length.
+    async with service.begin() as conn:
+        for start in range(0, 3000, 500):
+            await append_many(conn, SCHEMA, [make_verdict(i) for i in range(start, start + 500)])
+    report = VerifyReport()
+    held: list[int] = []  # rows checked between two turns of the loop
+    scanning = True
+
+    async def loop_turns() -> None:
+        seen = 0
+        while scanning:
+            await asyncio.sleep(0.0005)
+            held.append(report.rows_checked - seen)
+            seen = report.rows_checked
+
+    turns = asyncio.create_task(loop_turns())
+    async with service.connect() as conn:
+        last_seq, _, _ = await vl._scan(conn, SCHEMA, (0, GENESIS_HASH), None, report)
+    scanning = False
+    await turns
+
+    assert (last_seq, report.rows_checked, report.ok) == (3000, 3000, True)
+    assert max(held) < vl._STREAM_BATCH // 4, held
+
+
 @pytest.mark.parametrize("forgery", ["signature", "hash", "seq", "time", "garbage", "other-key"])
 async def test_a_modified_checkpoint_has_a_bad_signature(
     log: str,
