@@ -280,7 +280,7 @@ class RateLimiter:
         fall back to the local limiter. Redis away: logged, and the first check loads it."""
         try:
             async with asyncio.timeout(timeout):
-                self._sha = await self._redis.script_load(_GCRA_LUA)
+                await self._load()
         except (redis.exceptions.RedisError, OSError) as exc:
             log.warning("rate limit script not loaded at start", error=repr(exc))
 
@@ -366,9 +366,7 @@ class RateLimiter:
 
     async def _send(self, calls: list[_Call]) -> list[Any]:
         """The replies to `calls` (an exception in the place of a call that failed alone)."""
-        if self._sha is None:
-            self._sha = await self._redis.script_load(_GCRA_LUA)
-        replies = await self._evalsha(calls)
+        replies = await self._evalsha(self._sha or await self._load(), calls)
         forgotten = [
             i
             for i, reply in enumerate(replies)
@@ -377,26 +375,28 @@ class RateLimiter:
         if forgotten:
             # Redis restarted (or flushed its script cache) since the script was loaded: those
             # calls again (only those: the others were counted).
-            self._sha = await self._redis.script_load(_GCRA_LUA)
-            again = await self._evalsha([calls[i] for i in forgotten])
+            again = await self._evalsha(await self._load(), [calls[i] for i in forgotten])
             for i, reply in zip(forgotten, again, strict=True):
                 replies[i] = reply
         return replies
 
-    async def _evalsha(self, calls: list[_Call]) -> list[Any]:
-        assert self._sha is not None
+    async def _load(self) -> str:
+        self._sha = await self._redis.script_load(_GCRA_LUA)
+        return self._sha
+
+    async def _evalsha(self, sha: str, calls: list[_Call]) -> list[Any]:
         if len(calls) == 1:  # alone in its turn: a plain call costs less than a pipeline
             (call,) = calls
             try:
                 reply = await self._redis.evalsha(
-                    self._sha, len(call.keys), *call.keys, call.interval_us, call.burst
+                    sha, len(call.keys), *call.keys, call.interval_us, call.burst
                 )
             except redis.exceptions.ResponseError as exc:
                 return [exc]
             return [reply]
         async with self._redis.pipeline(transaction=False) as pipe:
             for call in calls:
-                pipe.evalsha(self._sha, len(call.keys), *call.keys, call.interval_us, call.burst)
+                pipe.evalsha(sha, len(call.keys), *call.keys, call.interval_us, call.burst)
             return list(await pipe.execute(raise_on_error=False))
 
 
