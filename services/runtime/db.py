@@ -23,15 +23,26 @@ relies on autovacuum's analyses instead (services warn at start when it is off).
 A unit of work that is one statement (a single-row read, say) runs instead on
 :func:`autocommit`'s engine, the same pool without psycopg's transaction: PostgreSQL runs a
 lone statement as its own transaction (atomic, one snapshot), so it costs one round trip
-where BEGIN, the statement and COMMIT cost three, and nothing is rolled back."""
+where BEGIN, the statement and COMMIT cost three, and nothing is rolled back.
+
+A unit of work on the money path whose statements need not wait for each other's results
+one by one (lock, then read, then write) runs as a :func:`pipelined_transaction` on that
+same pool: the statements go out in psycopg's pipeline mode, two round trips in all."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import text
+import psycopg
+from psycopg.rows import namedtuple_row
+from sqlalchemy import TextClause, text
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from services.runtime.config import DatabaseConfig
 from services.runtime.secrets import read_secret
@@ -108,3 +119,98 @@ def autocommit(engine: AsyncEngine) -> AsyncEngine:
 async def ping(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.execute(text("SELECT 1"))
+
+
+# Pipelined transactions: the money path's unit of work in two round trips.
+
+T = TypeVar("T")
+
+
+class Queued(Generic[T]):
+    """A statement sent in a pipelined transaction, its result not yet read."""
+
+    def __init__(self, cursor: psycopg.AsyncCursor[Any], parse: Callable[[list[Any]], T]):
+        self._cursor, self._parse = cursor, parse
+
+    async def result(self) -> T:
+        """The parsed rows. The first read of a round waits for every statement queued
+        before it (one flush, one round trip); later reads find their rows already here."""
+        return self._parse(await self._cursor.fetchall())
+
+
+class Pipeline:
+    """The statements of one pipelined transaction (`pipelined_transaction`)."""
+
+    def __init__(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        self._connection = connection
+
+    async def queue(
+        self,
+        statement: TextClause,
+        params: dict[str, Any],
+        parse: Callable[[list[Any]], T],
+    ) -> Queued[T]:
+        """Send `statement` (SQLAlchemy's `text`, `:name` parameters) without waiting for
+        it; `parse` makes its result of the rows (attribute access, as SQLAlchemy's)."""
+        cursor = self._connection.cursor(row_factory=namedtuple_row)
+        await cursor.execute(_driver_sql(statement), params)
+        return Queued(cursor, parse)
+
+
+@functools.cache
+def _driver_sql(statement: TextClause) -> str:
+    return statement.compile(dialect=_DIALECT).string
+
+
+_DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
+
+
+@contextlib.asynccontextmanager
+async def pipelined_transaction(engine: AsyncEngine) -> AsyncIterator[Pipeline]:
+    """One transaction on the driver's connection in pipeline mode, from `autocommit`'s
+    engine. BEGIN goes out with the first statements; reading a result sends everything
+    queued and waits once for all of it; COMMIT is queued behind the last statement and sent
+    with the closing Sync. So lock-then-read-then-write costs two round trips where
+    SQLAlchemy's transaction costs five (BEGIN, each statement, COMMIT), and each round trip
+    of a busy service's batch also waits for its event loop to come round again.
+
+    Statements still run one after another on the server, each with its own snapshot
+    (READ COMMITTED): one queued after a `FOR UPDATE` sees what was committed before the
+    lock was granted. A failed statement fails the transaction: nothing commits, and the
+    error is raised on leaving the block, as SQLAlchemy's DBAPIError (so it is classified
+    like any other database error), with the connection discarded if it broke."""
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert isinstance(driver, psycopg.AsyncConnection) and driver.autocommit, (
+            "pipelined_transaction needs autocommit(engine)"
+        )
+        try:
+            async with driver.pipeline():
+                await driver.execute("BEGIN")
+                yield Pipeline(driver)
+                await driver.execute("COMMIT")
+        except BaseException as exc:
+            await _end_failed(conn, driver)
+            if isinstance(exc, psycopg.Error):
+                raise DBAPIError.instance(
+                    None,
+                    None,
+                    exc,
+                    psycopg.Error,
+                    hide_parameters=True,
+                    connection_invalidated=driver.broken,
+                ) from exc
+            raise
+
+
+async def _end_failed(conn: AsyncConnection, driver: psycopg.AsyncConnection[Any]) -> None:
+    """Roll back what a failed pipelined transaction left open, or discard the connection
+    when its state is unknown (it broke, or the block was cancelled mid-round)."""
+    status = driver.info.transaction_status
+    if driver.broken or status == psycopg.pq.TransactionStatus.ACTIVE:
+        await conn.invalidate()
+    elif status != psycopg.pq.TransactionStatus.IDLE:
+        try:
+            await driver.execute("ROLLBACK")
+        except psycopg.Error:
+            await conn.invalidate()

@@ -107,15 +107,14 @@ _EVENT_COLUMNS = (
 )
 
 
-def insert_events(schema: str, param: str, where: str = "") -> str:
+def insert_events(schema: str, param: str) -> str:
     """SQL inserting the events of the JSON document bound to `param` (`events_document`)
     into `schema`.outbox, in the document's order (a player's events are published in the
-    order written), with an optional condition: a statement of its own (`enqueue`), or a
-    CTE of a writer's statement, so that a batch's events cost no round trip of their own."""
+    order written): a statement of its own (`enqueue`), or the last part of a writer's
+    statement, so that a batch's events cost no round trip of their own."""
     return (
         f"INSERT INTO {schema}.outbox ({db.column_names(_EVENT_COLUMNS)})"
         f" SELECT {db.json_row_values(_EVENT_COLUMNS)} FROM {db.json_rows(param, _EVENT_COLUMNS)}"
-        + (f" WHERE {where}" if where else "")
     )
 
 

@@ -24,6 +24,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import psycopg
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.runtime import db, failpoints
@@ -205,71 +207,91 @@ class Postings:
         """Post the batch in one transaction; the outcomes, and each moved account's
         balances for the display cache, once committed."""
         outcomes: list[Outcome | None] = [None] * len(requests)
-        fresh: list[StoredTransaction] = []
         entries: list[Entry] = []
-        # Rounds a win of this batch settled: the facts were read before the batch was
-        # decided, so a later rollback in the round learns of the win here (a rollback need
-        # not name its round, so the scheduler cannot keep the two apart).
-        settled: set[tuple[str, str]] = set()
-        async with self._engine.begin() as conn:
-            accounts = await store.lock_accounts(
-                conn, sorted({(r.player_id, r.currency) for r in requests})
-            )
-            # Taken under the accounts' locks: a batch that waited for another replica's on
-            # the same account is stamped after the one it followed.
-            batch_time = dt.datetime.now(dt.UTC)
-            known = await store.read_known(conn, requests)
-            for i, (r, facts) in enumerate(zip(requests, known.facts, strict=True)):
-                # Each request a microsecond after the one decided before it: the history,
-                # newest first by time, lists a batch in the order it was decided.
-                now = batch_time + dt.timedelta(microseconds=i)
-                account = accounts.get((r.player_id, r.currency))
-                if account is None:
-                    outcomes[i] = AccountNotFound(r.player_id, r.currency)
-                    continue
-                if (found := known.existing.get((r.player_id, r.request_id))) is not None:
-                    outcomes[i] = _replay(r, found)
-                    continue
-                if facts.bet is not None and (r.player_id, facts.bet.round_id) in settled:
-                    facts = dataclasses.replace(facts, round_settled=True)
-                decision = decide(r, account, facts)
-                if r.kind is Kind.WIN and isinstance(decision, Effect):
-                    settled.add((r.player_id, r.round_id))
-                if isinstance(decision, ReplayOf):
-                    original = known.related[(r.player_id, decision.request_id)]
-                    outcomes[i] = PostingResult(original, replayed=True)
-                    continue
-                refusal = decision if isinstance(decision, Refusal) else None
-                effect = decision if isinstance(decision, Effect) else Effect(0)
-                entry = next_entry(r, account, effect, now) if effect.writes_entry else None
-                after = account
-                if entry is not None:
-                    after = _after(entry)
-                    entries.append(entry)
-                    # The player's next request in this batch sees this one's balance.
-                    accounts[(r.player_id, r.currency)] = after
-                tx = store.new_transaction(
-                    r,
-                    caller=callers[i],
-                    effect=effect,
-                    refusal=refusal,
-                    sequence=entry.sequence if entry else None,
-                    after=after,
-                    create_time=now,
-                )
-                fresh.append(tx)
-                outcomes[i] = refusal.error() if refusal else PostingResult(tx, replayed=False)
-            if fresh:
-                events = [self._event(tx) for tx in fresh if not tx.refusal]
-                if not await store.write_postings(conn, fresh, entries, events):
-                    # A key expected to be new exists: a concurrent request under another
-                    # account's lock (same player, other currency) took it first.
-                    raise _KeyRaced
+        try:
+            async with db.pipelined_transaction(self._one_statement) as pipeline:
+                await self._decide_and_write(pipeline, requests, callers, outcomes, entries)
+        except DBAPIError as exc:
+            if _key_taken(exc):
+                # A key expected to be new exists: a concurrent request under another
+                # account's lock (same player, other currency) took it first.
+                raise _KeyRaced from exc
+            raise
         # Committed. Only now are the results true, and only now may anything see them.
         failpoints.reached("wallet.after_commit")
         assert all(o is not None for o in outcomes)
         balances = {(e.player_id, e.currency): _after(e) for e in entries}
         return outcomes, balances  # type: ignore[return-value]
+
+    async def _decide_and_write(
+        self,
+        pipeline: db.Pipeline,
+        requests: list[Request],
+        callers: list[str],
+        outcomes: list[Outcome | None],
+        entries: list[Entry],
+    ) -> None:
+        """Inside the batch's transaction: lock, read, decide each request (filling
+        `outcomes` and `entries`) and queue the write. Two round trips: the lock and the
+        read go out together (the read, queued behind the lock, sees what was committed
+        before the lock was granted), and the write goes out with the COMMIT."""
+        fresh: list[StoredTransaction] = []
+        # Rounds a win of this batch settled: the facts were read before the batch was
+        # decided, so a later rollback in the round learns of the win here (a rollback need
+        # not name its round, so the scheduler cannot keep the two apart).
+        settled: set[tuple[str, str]] = set()
+        locked = await store.lock_accounts(
+            pipeline, sorted({(r.player_id, r.currency) for r in requests})
+        )
+        reading = await store.read_known(pipeline, requests)
+        accounts = await locked.result()
+        # Taken under the accounts' locks: a batch that waited for another replica's on
+        # the same account is stamped after the one it followed.
+        batch_time = dt.datetime.now(dt.UTC)
+        known = await reading.result()
+        for i, (r, facts) in enumerate(zip(requests, known.facts, strict=True)):
+            # Each request a microsecond after the one decided before it: the history,
+            # newest first by time, lists a batch in the order it was decided.
+            now = batch_time + dt.timedelta(microseconds=i)
+            account = accounts.get((r.player_id, r.currency))
+            if account is None:
+                outcomes[i] = AccountNotFound(r.player_id, r.currency)
+                continue
+            if (found := known.existing.get((r.player_id, r.request_id))) is not None:
+                outcomes[i] = _replay(r, found)
+                continue
+            if facts.bet is not None and (r.player_id, facts.bet.round_id) in settled:
+                facts = dataclasses.replace(facts, round_settled=True)
+            decision = decide(r, account, facts)
+            if r.kind is Kind.WIN and isinstance(decision, Effect):
+                settled.add((r.player_id, r.round_id))
+            if isinstance(decision, ReplayOf):
+                original = known.related[(r.player_id, decision.request_id)]
+                outcomes[i] = PostingResult(original, replayed=True)
+                continue
+            refusal = decision if isinstance(decision, Refusal) else None
+            effect = decision if isinstance(decision, Effect) else Effect(0)
+            entry = next_entry(r, account, effect, now) if effect.writes_entry else None
+            after = account
+            if entry is not None:
+                after = _after(entry)
+                entries.append(entry)
+                # The player's next request in this batch sees this one's balance.
+                accounts[(r.player_id, r.currency)] = after
+            tx = store.new_transaction(
+                r,
+                caller=callers[i],
+                effect=effect,
+                refusal=refusal,
+                sequence=entry.sequence if entry else None,
+                after=after,
+                create_time=now,
+            )
+            fresh.append(tx)
+            outcomes[i] = refusal.error() if refusal else PostingResult(tx, replayed=False)
+        if fresh:
+            events = [self._event(tx) for tx in fresh if not tx.refusal]
+            await store.write_postings(pipeline, fresh, entries, events)
 
     def _event(self, tx: StoredTransaction) -> Event:
         event_id = uuid.uuid4()
@@ -323,6 +345,15 @@ def _references(request: Request) -> set[tuple[str, str, str]]:
     if request.withdrawal_id:
         names.add(("withdrawal", request.withdrawal_id))
     return {(player, kind, name) for kind, name in names}
+
+
+def _key_taken(exc: DBAPIError) -> bool:
+    diag = getattr(exc.orig, "diag", None)
+    return (
+        isinstance(exc.orig, psycopg.errors.UniqueViolation)
+        and diag is not None
+        and diag.constraint_name == store.KEY_CONSTRAINT
+    )
 
 
 def _after(entry: Entry) -> AccountState:

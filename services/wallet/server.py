@@ -44,9 +44,10 @@ class WalletConfig:
     currencies: list[str] = field(default_factory=lambda: ["EUR", "GBP", "USD"])
     balance_cache_ttl_seconds: float = 5.0
     # Postings coalesced into one transaction at most, and batches in flight at once. One:
-    # a second batch in flight halves the batches, and the per-batch cost (six round trips
-    # through the driver) is most of a posting's CPU; on 2 cores one worker posts 35-50%
-    # more at 8-32 clients, with a lower P99 (bench/wallet_load.py).
+    # a second batch in flight halves the batches, and the per-batch cost (the driver's
+    # work for three statements and two round trips) is much of a posting's CPU; on 2
+    # cores one worker posted 35-50% more at 8-32 clients, with a lower P99, when a batch
+    # took six round trips (bench/wallet_load.py).
     max_batch: int = 64
     batch_workers: int = 1
     # Publish the outbox from this process (one relay per deployment is enough; several

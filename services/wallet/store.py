@@ -223,22 +223,26 @@ _LOCK_ACCOUNTS = text(
 
 
 async def lock_accounts(
-    conn: AsyncConnection, keys: Sequence[tuple[str, str]]
-) -> dict[tuple[str, str], AccountState]:
+    pipeline: db.Pipeline, keys: Sequence[tuple[str, str]]
+) -> db.Queued[dict[tuple[str, str], AccountState]]:
     """Lock the accounts' rows FOR UPDATE, in key order (so two transactions locking
     overlapping sets never deadlock): every posting to an account serialises here. A
-    statement of its own: what is read after it sees everything committed before the lock
+    statement of its own: what is queued after it sees everything committed before the lock
     was granted."""
-    rows = await conn.execute(
+
+    def parse(rows: list[Any]) -> dict[tuple[str, str], AccountState]:
+        return {
+            (r.player_id, r.currency): AccountState(
+                r.posted, r.reserved, r.last_sequence, bytes(r.last_hash)
+            )
+            for r in rows
+        }
+
+    return await pipeline.queue(
         _LOCK_ACCOUNTS,
         {"players": [k[0] for k in keys], "currencies": [k[1] for k in keys]},
+        parse,
     )
-    return {
-        (r.player_id, r.currency): AccountState(
-            r.posted, r.reserved, r.last_sequence, bytes(r.last_hash)
-        )
-        for r in rows
-    }
 
 
 # Everything a batch of decisions reads, in one statement: the rows already under the
@@ -283,10 +287,10 @@ def _bet_ref(request: Request) -> str | None:
     return None
 
 
-async def read_known(conn: AsyncConnection, requests: Sequence[Request]) -> Known:
+async def read_known(pipeline: db.Pipeline, requests: Sequence[Request]) -> db.Queued[Known]:
     bets = [(r.player_id, ref) for r in requests if (ref := _bet_ref(r))]
     wds = [(r.player_id, r.withdrawal_id) for r in requests if r.withdrawal_id]
-    rows = await conn.execute(
+    return await pipeline.queue(
         _READ_KNOWN,
         {
             "k_players": [r.player_id for r in requests],
@@ -296,7 +300,11 @@ async def read_known(conn: AsyncConnection, requests: Sequence[Request]) -> Know
             "w_players": [k[0] for k in wds],
             "w_ids": [k[1] for k in wds],
         },
+        lambda rows: _known(requests, rows),
     )
+
+
+def _known(requests: Sequence[Request], rows: list[Any]) -> Known:
     existing: dict[tuple[str, str], StoredTransaction] = {}
     related: dict[tuple[str, str], StoredTransaction] = {}
     found: dict[tuple[str, str, str], list[Prior]] = {}
@@ -401,25 +409,25 @@ _ENTRY_TYPES = (
 # arrays: the planner knows an array's length but guesses 100 rows for a JSON recordset, and
 # the UPDATE must reach each account by its key (tests/wallet/test_query_plans.py), never by
 # hashing the whole table against the guess.
+#
+# The journal's primary key is the idempotency check: a key that exists already (a
+# concurrent request of the player under another currency's lock took it) fails the
+# statement, and the transaction with it (`KEY_CONSTRAINT`).
 _WRITE_POSTINGS = text(
     f"WITH tx AS (INSERT INTO wallet.transactions ({_TX_COLUMNS})"
-    f" SELECT {db.json_row_values(_TX_TYPES)} FROM {db.json_rows('txs', _TX_TYPES)}"
-    " ON CONFLICT (player_id, request_id) DO NOTHING RETURNING 1),"
-    " go AS (SELECT count(*) = :expected AS all_new FROM tx),"
+    f" SELECT {db.json_row_values(_TX_TYPES)} FROM {db.json_rows('txs', _TX_TYPES)}),"
     f" entries AS (INSERT INTO wallet.entries ({db.column_names(_ENTRY_TYPES)})"
-    f" SELECT {db.json_row_values(_ENTRY_TYPES)} FROM {db.json_rows('entries', _ENTRY_TYPES)}"
-    " WHERE (SELECT all_new FROM go)),"
+    f" SELECT {db.json_row_values(_ENTRY_TYPES)} FROM {db.json_rows('entries', _ENTRY_TYPES)}),"
     " moved AS (UPDATE wallet.accounts a SET posted = v.posted, reserved = v.reserved,"
     " last_sequence = v.sequence, last_hash = v.hash"
     " FROM unnest(CAST(:a_players AS text[]), CAST(:a_currencies AS char(3)[]),"
     " CAST(:a_posted AS bigint[]), CAST(:a_reserved AS bigint[]),"
     " CAST(:a_sequences AS bigint[]), CAST(:a_hashes AS bytea[]))"
     " AS v(player_id, currency, posted, reserved, sequence, hash)"
-    " WHERE a.player_id = v.player_id AND a.currency = v.currency"
-    " AND (SELECT all_new FROM go) RETURNING 1),"
-    f" events AS ({insert_events('wallet', 'events', where='(SELECT all_new FROM go)')})"
-    " SELECT (SELECT all_new FROM go) AS all_new"
+    " WHERE a.player_id = v.player_id AND a.currency = v.currency)"
+    f" {insert_events('wallet', 'events')}"
 )
+KEY_CONSTRAINT = "transactions_pkey"
 
 
 def _legs(e: Entry) -> list[dict[str, Any]]:
@@ -458,19 +466,18 @@ def _legs(e: Entry) -> list[dict[str, Any]]:
 
 
 async def write_postings(
-    conn: AsyncConnection,
+    pipeline: db.Pipeline,
     txs: Sequence[StoredTransaction],
     entries: Sequence[Entry],
     events: Sequence[Event],
-) -> bool:
-    """Record every outcome and, if all their keys were new, both legs of each entry, each
-    account moved to its entry's balances and the events to the outbox, in one statement.
-    False (nothing usable written: roll back) when some key existed already."""
+) -> None:
+    """Record every outcome, both legs of each entry, each account moved to its entry's
+    balances and the events to the outbox, in one statement, queued for the commit. A key
+    that exists already fails it (unique violation of `KEY_CONSTRAINT`): nothing commits."""
     # Each account moves once, to its last entry's balances (an UPDATE ... FROM joining one
     # row to several source rows would apply an arbitrary one of them).
     moves = list({(e.player_id, e.currency): e for e in entries}.values())
     params = {
-        "expected": len(txs),
         "txs": json.dumps([_tx_values(tx) for tx in txs]),
         "entries": json.dumps([leg for e in entries for leg in _legs(e)]),
         "events": events_document(events),
@@ -481,7 +488,7 @@ async def write_postings(
         "a_sequences": [e.sequence for e in moves],
         "a_hashes": [e.hash for e in moves],
     }
-    return bool((await conn.execute(_WRITE_POSTINGS, params)).scalar_one())
+    await pipeline.queue(_WRITE_POSTINGS, params, lambda rows: None)
 
 
 async def list_transactions(

@@ -3,6 +3,8 @@ it. Each test works on its own fresh players, so one wallet serves the module.""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -11,9 +13,14 @@ import pytest
 
 from casino.common.v1.money_pb2 import Money
 from casino.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from services.runtime import db
 from services.runtime.client import secure_channel
+from services.runtime.config import DatabaseConfig
 from services.runtime.process import ServiceProcess
-from tests.conftest import Launcher, Pki
+from services.wallet.cache import BalanceCache
+from services.wallet.postings import Postings
+from services.wallet.server import encode_event
+from tests.conftest import SECRETS, Launcher, Pki, database_url
 from tests.support.edge_player import AsEdgePlayer
 
 WALLET_SECTION = """
@@ -124,6 +131,29 @@ def player(clients: WalletClients) -> Callable[..., object]:
         return player_id
 
     return make
+
+
+@pytest.fixture
+async def postings(
+    wallet: ServiceProcess,  # a running wallet: its schema is migrated
+) -> AsyncIterator[Postings]:
+    """The wallet's batch poster in the test process, on the wallet's schema and role (no
+    display cache), for tests that drive it directly."""
+    engine = db.create_engine(
+        DatabaseConfig(
+            url=database_url("wallet"), password_file=SECRETS / "postgres" / "casino_wallet"
+        ),
+        "test",
+    )
+    postings = Postings(engine, BalanceCache(None, 5.0), encode_event)
+    worker = asyncio.create_task(postings.run())
+    try:
+        yield postings
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+        await engine.dispose()
 
 
 def admin_dsn() -> str:

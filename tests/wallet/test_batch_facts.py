@@ -6,47 +6,19 @@ the other; and the history lists a batch in the order it was decided."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
-from services.runtime import db
-from services.runtime.config import DatabaseConfig
 from services.runtime.errors import DomainError
-from services.runtime.process import ServiceProcess
 from services.wallet import store
-from services.wallet.cache import BalanceCache
 from services.wallet.ledger import Kind, Request
 from services.wallet.postings import Postings
-from services.wallet.server import encode_event, transaction_message
-from tests.conftest import SECRETS, database_url
+from services.wallet.server import transaction_message
 
 
 def _id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-async def postings(
-    wallet: ServiceProcess,  # a running wallet: its schema is migrated
-) -> AsyncIterator[Postings]:
-    engine = db.create_engine(
-        DatabaseConfig(
-            url=database_url("wallet"), password_file=SECRETS / "postgres" / "casino_wallet"
-        ),
-        "test",
-    )
-    postings = Postings(engine, BalanceCache(None, 5.0), encode_event)
-    worker = asyncio.create_task(postings.run())
-    try:
-        yield postings
-    finally:
-        worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker
-        await engine.dispose()
 
 
 async def _outcome(postings: Postings, request: Request) -> tuple[str, int]:

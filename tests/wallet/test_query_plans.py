@@ -58,7 +58,6 @@ def test_locking_a_batch_of_accounts_uses_the_whole_primary_key(wallet: ServiceP
 
 def test_moving_a_batch_of_accounts_uses_the_whole_primary_key(wallet: ServiceProcess) -> None:
     params = {
-        "expected": 0,
         "txs": "[]",
         "entries": "[]",
         "events": "[]",
