@@ -7,7 +7,10 @@ concurrent checks are coalesced: one worker takes what has queued up, decides al
 one transaction (player rows locked in id order, their usage read in one query, usage
 recorded in one INSERT, the verdicts appended in one INSERT) and answers each check only
 after that commit. The decisions are exactly those of deciding the checks one after
-another: a player's second stake in a batch sees the first.
+another: a player's second stake in a batch sees the first. The transaction is pipelined
+(`db.pipelined_transaction`): with the players' states cached and no limit to sum usage
+for, it is two round trips, the lock then the append with the COMMIT, so the head stays
+locked for no round trip of its own.
 
 What a check reads is small and mostly cached: the player's state row and limits are kept
 in memory with the row's version; each batch locks the rows and reads only their versions,
@@ -35,12 +38,12 @@ from typing import Any
 import structlog
 from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.compliance import rules, store, verdicts
 from services.compliance.policy import Policy
 from services.compliance.rules import Action, Decision, LimitKind
-from services.runtime import verdict_log
+from services.runtime import db, verdict_log
 from services.runtime.errors import DomainError, IdempotencyMismatch, InvalidArgument
 
 log = structlog.get_logger()
@@ -203,7 +206,7 @@ class ActionChecks:
         cache_capacity: int = 100_000,
         replay_seconds: float = 600.0,
     ) -> None:
-        self._engine = engine
+        self._engine = db.autocommit(engine)  # for pipelined transactions
         # How long a decided check is answered again to a retry of its request_id.
         self._replay = dt.timedelta(seconds=replay_seconds)
         # Batches in flight at once: while one waits for its commit, the next is read and
@@ -279,12 +282,12 @@ class ActionChecks:
                 future.set_result(result)
 
     async def _states(
-        self, conn: AsyncConnection, player_ids: list[str], keys: list[tuple[str, str]]
+        self, pipeline: db.Pipeline, player_ids: list[str], keys: list[tuple[str, str]]
     ) -> tuple[dict[str, CachedState], dict[tuple[str, str], store.CheckRecord]]:
         """Lock the players' rows (in id order: batches in other replicas lock in the same
         order, so they cannot deadlock) and return their states, from the cache where the
         version still matches, with the checks already recorded under `keys`."""
-        versions, records = await store.lock_versions(conn, player_ids, keys)
+        versions, records = await (await store.lock_versions(pipeline, player_ids, keys)).result()
         states: dict[str, CachedState] = {}
         stale = []
         for player_id, version in versions.items():
@@ -294,8 +297,9 @@ class ActionChecks:
             else:
                 states[player_id] = cached
         if stale:
-            loaded = await store.players(conn, stale)
-            limits = await store.limits_of(conn, stale)
+            loading = await store.players(pipeline, stale)
+            limits = await (await store.limits_of(pipeline, stale)).result()
+            loaded = await loading.result()
             for player_id in stale:
                 version, state = loaded[player_id]
                 entry = CachedState.of(version, state, limits.get(player_id, []))
@@ -317,9 +321,11 @@ class ActionChecks:
     async def _decide_once(self, requests: list[CheckRequest]) -> list[Checked | DomainError]:
         now = self._now()
         keys = sorted({(r.player_id, r.request_id) for r in requests})
-        async with self._engine.begin() as conn:
+        # Two round trips when the states are cached and no limit needs usage: the lock with
+        # the versions and records, then the verdicts and records with the COMMIT.
+        async with db.pipelined_transaction(self._engine) as pipeline:
             states, records = await self._states(
-                conn, sorted({r.player_id for r in requests}), keys
+                pipeline, sorted({r.player_id for r in requests}), keys
             )
             wanted = sorted(
                 {
@@ -329,7 +335,11 @@ class ActionChecks:
                 }
             )
             cleared = {p: states[p].state.cdd_cleared_at for p in wanted}
-            usage = await store.usage_totals(conn, wanted, now, cleared) if wanted else {}
+            usage = (
+                await (await store.usage_totals(pipeline, wanted, now, cleared)).result()
+                if wanted
+                else {}
+            )
             counted: list[tuple[str, str, str, int]] = []
             checked: list[tuple[str, str, store.CheckRecord]] = []
             cdd_players: list[str] = []
@@ -439,14 +449,21 @@ class ActionChecks:
                 )
                 decisions.append(decision)
                 pending.append(verdict)
-            replayed = {i: await _original(conn, record) for i, record in replays.items()}
-            for player_id in cdd_players:
-                await store.require_cdd(conn, player_id, now)
+            # Retries read their originals before anything is written (a round trip of its
+            # own, only for a batch with retries): one missing fails the batch uncommitted.
+            originals = {
+                i: await verdict_log.queue_get(pipeline, SCHEMA, record.verdict_id)
+                for i, record in replays.items()
+            }
+            replayed = {i: _original(await q.result(), replays[i]) for i, q in originals.items()}
+            if cdd_players:
+                await store.queue_require_cdd(pipeline, cdd_players, now)
             # The checks are recorded by the statement appending their verdicts.
-            stored = await verdict_log.append_many(
-                conn, SCHEMA, pending, also=store.record_checks(checked, counted, now)
+            appended = await verdict_log.queue_append(
+                pipeline, SCHEMA, pending, also=store.record_checks(checked, counted, now)
             )
-        answered = [Checked(v, d) for v, d in zip(stored, decisions, strict=True)]
+        # Committed: the answers are read now.
+        answered = [Checked(v, d) for v, d in zip(await appended.result(), decisions, strict=True)]
         results: list[Checked | DomainError] = []
         position = 0
         for i in range(len(requests)):
@@ -462,8 +479,7 @@ class ActionChecks:
         return results
 
 
-async def _original(conn: AsyncConnection, record: store.CheckRecord) -> Checked:
-    verdict = await verdict_log.get(conn, SCHEMA, record.verdict_id)
+def _original(verdict: verdict_log.StoredVerdict | None, record: store.CheckRecord) -> Checked:
     if verdict is None:  # the log is append-only: a recorded check's verdict is there
         raise RuntimeError(f"verdict {record.verdict_id} of a recorded check is missing")
     return Checked(verdict, _decision_of(verdict))

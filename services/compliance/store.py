@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,9 +51,14 @@ async def player(
     return None if row is None else _player_state(row)
 
 
+def _columns(row: Any) -> Mapping[str, Any]:
+    """A row's columns by name: SQLAlchemy's rows and a pipeline's named tuples alike."""
+    return row._mapping if hasattr(row, "_mapping") else row._asdict()  # type: ignore[no-any-return]
+
+
 def _player_state(row: Any) -> PlayerState:
     """A players row as state: every selected column that is a PlayerState field."""
-    columns = row._mapping
+    columns = _columns(row)
     return PlayerState(
         **{f.name: columns[f.name] for f in dataclasses.fields(PlayerState) if f.name in columns}
     )
@@ -255,11 +261,11 @@ _USAGE_TOTALS = text(
 
 
 async def usage_totals(
-    conn: AsyncConnection,
+    pipeline: db.Pipeline,
     player_ids: list[str],
     now: dt.datetime,
     cdd_cleared: dict[str, dt.datetime | None] | None = None,
-) -> dict[str, UsageTotals]:
+) -> db.Queued[dict[str, UsageTotals]]:
     """Each player's counted usage summed per action over every limit period, and their
     deposits linked for the CDD threshold (since `cdd_cleared[player]`, their last CDD
     clearance, within the day), in one query (the rows never leave the database)."""
@@ -267,22 +273,27 @@ async def usage_totals(
     params: dict[str, Any] = {f"since_{i}": now - p.length for i, p in enumerate(_PERIODS)}
     longest = max(p.length for p in _PERIODS)
     linked_since = [cdd_linked_since(now, cleared.get(p)) for p in player_ids]
-    rows = await conn.execute(
+
+    def parse(rows: list[Any]) -> dict[str, UsageTotals]:
+        windows: dict[str, dict[tuple[str, Period], Window]] = {p: {} for p in player_ids}
+        linked: dict[str, int] = {}
+        for row in rows:
+            columns = _columns(row)
+            for i, period in enumerate(_PERIODS):
+                total = columns[f"total_{i}"]
+                if total is not None:
+                    windows[row.player_id][(row.action, period)] = Window(
+                        int(total), columns[f"oldest_{i}"]
+                    )
+            if row.action == "DEPOSIT" and row.cdd_linked is not None:
+                linked[row.player_id] = int(row.cdd_linked)
+        return {p: UsageTotals(w, linked.get(p, 0), cleared.get(p)) for p, w in windows.items()}
+
+    return await pipeline.queue(
         _USAGE_TOTALS,
         {**params, "ids": player_ids, "linked_since": linked_since, "longest": now - longest},
+        parse,
     )
-    windows: dict[str, dict[tuple[str, Period], Window]] = {p: {} for p in player_ids}
-    linked: dict[str, int] = {}
-    for row in rows:
-        for i, period in enumerate(_PERIODS):
-            total = row._mapping[f"total_{i}"]
-            if total is not None:
-                windows[row.player_id][(row.action, period)] = Window(
-                    int(total), row._mapping[f"oldest_{i}"]
-                )
-        if row.action == "DEPOSIT" and row.cdd_linked is not None:
-            linked[row.player_id] = int(row.cdd_linked)
-    return {p: UsageTotals(w, linked.get(p, 0), cleared.get(p)) for p, w in windows.items()}
 
 
 async def record_usage(
@@ -401,58 +412,80 @@ class CheckRecord:
 
 
 async def lock_versions(
-    conn: AsyncConnection, player_ids: list[str], keys: list[tuple[str, str]]
-) -> tuple[dict[str, int], dict[tuple[str, str], CheckRecord]]:
+    pipeline: db.Pipeline, player_ids: list[str], keys: list[tuple[str, str]]
+) -> db.Queued[tuple[dict[str, int], dict[tuple[str, str], CheckRecord]]]:
     """Lock the players' rows, in id order, and read only their versions; with the checks
     recorded under `keys` (player_id, request_id), whether those players exist or not."""
-    rows = await conn.execute(
+
+    def parse(rows: list[Any]) -> tuple[dict[str, int], dict[tuple[str, str], CheckRecord]]:
+        versions: dict[str, int] = {}
+        records: dict[tuple[str, str], CheckRecord] = {}
+        for r in rows:
+            if r.request_id is None:
+                versions[r.player_id] = r.version
+            else:
+                records[(r.player_id, r.request_id)] = CheckRecord(
+                    r.action,
+                    r.amount_minor,
+                    r.currency,
+                    r.verdict_id,
+                    r.request_country,
+                    r.slots,
+                    r.caller,
+                    r.at,
+                )
+        return versions, records
+
+    return await pipeline.queue(
         _LOCK_VERSIONS,
         {
             "ids": player_ids,
             "key_players": [k[0] for k in keys],
             "key_requests": [k[1] for k in keys],
         },
+        parse,
     )
-    versions: dict[str, int] = {}
-    records: dict[tuple[str, str], CheckRecord] = {}
-    for r in rows:
-        if r.request_id is None:
-            versions[r.player_id] = r.version
-        else:
-            records[(r.player_id, r.request_id)] = CheckRecord(
-                r.action,
-                r.amount_minor,
-                r.currency,
-                r.verdict_id,
-                r.request_country,
-                r.slots,
-                r.caller,
-                r.at,
-            )
-    return versions, records
 
 
 async def players(
-    conn: AsyncConnection, player_ids: list[str]
-) -> dict[str, tuple[int, PlayerState]]:
+    pipeline: db.Pipeline, player_ids: list[str]
+) -> db.Queued[dict[str, tuple[int, PlayerState]]]:
     """The players' states with their versions (inside the caller's lock)."""
-    rows = await conn.execute(_PLAYERS_WITH_VERSIONS, {"ids": player_ids})
-    return {r.player_id: (r.version, _player_state(r)) for r in rows}
-
-
-async def limits_of(conn: AsyncConnection, player_ids: list[str]) -> dict[str, list[LimitState]]:
-    rows = await conn.execute(
-        text(
-            "SELECT player_id, kind, period, amount_minor, pending_minor, pending_requested_at,"
-            " update_time FROM compliance.limits WHERE player_id = ANY(:ids)"
-            " ORDER BY player_id, kind, period"
-        ),
+    return await pipeline.queue(
+        _PLAYERS_WITH_VERSIONS,
         {"ids": player_ids},
+        lambda rows: {r.player_id: (r.version, _player_state(r)) for r in rows},
     )
-    found: dict[str, list[LimitState]] = {}
-    for r in rows:
-        found.setdefault(r.player_id, []).append(_limit(r))
-    return found
+
+
+_LIMITS_OF = text(
+    "SELECT player_id, kind, period, amount_minor, pending_minor, pending_requested_at,"
+    " update_time FROM compliance.limits WHERE player_id = ANY(:ids)"
+    " ORDER BY player_id, kind, period"
+)
+
+
+async def limits_of(
+    pipeline: db.Pipeline, player_ids: list[str]
+) -> db.Queued[dict[str, list[LimitState]]]:
+    def parse(rows: list[Any]) -> dict[str, list[LimitState]]:
+        found: dict[str, list[LimitState]] = {}
+        for r in rows:
+            found.setdefault(r.player_id, []).append(_limit(r))
+        return found
+
+    return await pipeline.queue(_LIMITS_OF, {"ids": player_ids}, parse)
+
+
+_REQUIRE_CDD_OF = text(
+    "UPDATE compliance.players SET cdd_required = true, update_time = :now,"
+    " version = version + 1 WHERE player_id = ANY(:ids)"
+)
+
+
+async def queue_require_cdd(pipeline: db.Pipeline, player_ids: list[str], now: dt.datetime) -> None:
+    """`require_cdd` for several players, queued in a pipelined transaction."""
+    await pipeline.queue(_REQUIRE_CDD_OF, {"ids": player_ids, "now": now}, lambda rows: None)
 
 
 def record_checks(

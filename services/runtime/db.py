@@ -129,13 +129,21 @@ T = TypeVar("T")
 class Queued(Generic[T]):
     """A statement sent in a pipelined transaction, its result not yet read."""
 
-    def __init__(self, cursor: psycopg.AsyncCursor[Any], parse: Callable[[list[Any]], T]):
+    def __init__(
+        self, cursor: psycopg.AsyncCursor[Any] | None, parse: Callable[[list[Any]], T]
+    ) -> None:
         self._cursor, self._parse = cursor, parse
 
+    @classmethod
+    def of(cls, value: T) -> Queued[T]:
+        """A result known without asking the database."""
+        return cls(None, lambda rows: value)
+
     async def result(self) -> T:
-        """The parsed rows. The first read of a round waits for every statement queued
-        before it (one flush, one round trip); later reads find their rows already here."""
-        return self._parse(await self._cursor.fetchall())
+        """The parsed rows. Inside the transaction, the first read of a round waits for
+        every statement queued before it (one flush, one round trip) and later reads find
+        their rows already here; after it, every result is here (the commit's round)."""
+        return self._parse(await self._cursor.fetchall() if self._cursor else [])
 
 
 class Pipeline:

@@ -93,6 +93,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from services.runtime import db
 from services.runtime.secrets import SecretFileError, read_secret, read_secret_bytes
 
 
@@ -482,58 +483,110 @@ async def append_many(
     exactly what :func:`get` returns and what the hash covers."""
     if not verdicts:
         return []
-    for verdict in verdicts:
-        _validate(verdict)
-    statements = _append_statements(_ident(schema), also.ctes if also else "")
-    if all(_jsonb_stable(v.inputs) for v in verdicts):
+    append = _Append.of(schema, verdicts, also)
+    if append.needs_normalising:
+        normalise, params = append.normalise
+        append = append.normalised((await conn.execute(normalise, params)).all())
+    return append.stored((await conn.execute(append.insert, append.params)).all())
+
+
+async def queue_append(
+    pipeline: db.Pipeline,
+    schema: str,
+    verdicts: Sequence[Verdict],
+    also: Writes | None = None,
+) -> db.Queued[list[StoredVerdict]]:
+    """:func:`append_many` in a pipelined transaction: the append is queued, to go out with
+    the COMMIT (the head's lock is then held for no round trip of its own), and its result
+    read once committed; inputs that need jsonb's normalising cost a round trip first."""
+    if not verdicts:
+        return db.Queued.of([])
+    append = _Append.of(schema, verdicts, also)
+    if append.needs_normalising:
+        normalise, params = append.normalise
+        append = append.normalised(await (await pipeline.queue(normalise, params, list)).result())
+    return await pipeline.queue(append.insert, append.params, append.stored)
+
+
+@dataclass(frozen=True)
+class _Append:
+    """One append's statement and parameters, and the reading of its result."""
+
+    schema: str
+    verdicts: list[Verdict]
+    also: Writes | None
+
+    @classmethod
+    def of(cls, schema: str, verdicts: Sequence[Verdict], also: Writes | None) -> _Append:
+        for verdict in verdicts:
+            _validate(verdict)
+        return cls(schema, list(verdicts), also)
+
+    @property
+    def _statements(self) -> _AppendStatements:
+        return _append_statements(_ident(self.schema), self.also.ctes if self.also else "")
+
+    @property
+    def needs_normalising(self) -> bool:
         # What jsonb hands back equals what goes in (no floats, no non-string keys, no
-        # tuples): hash the values as they are.
-        normalised = list(verdicts)
-    else:
-        # The hash must cover what jsonb will hand back to the verifier (e.g. 1e16 comes
-        # back as an int): let PostgreSQL normalise the JSON first.
-        rows = (
-            await conn.execute(
-                statements.normalise,
-                {
-                    "reasons": [_json_text(v.reasons, "reasons") for v in verdicts],
-                    "inputs": [_json_text(v.inputs, "inputs") for v in verdicts],
-                },
-            )
-        ).all()
-        normalised = [
-            dataclasses.replace(v, reasons=row[0], inputs=row[1])
-            for v, row in zip(verdicts, rows, strict=True)
-        ]
-    # One statement locks the head, links each verdict to the one before it (the same
-    # SHA-256 as leaf_hash, over the canonical bytes computed here) and inserts them all.
-    # The batch travels as one JSON document: encoded by the json module in C and decoded
-    # by PostgreSQL, where a list per column would be dumped element by element.
-    batch = [
-        {
-            "ord": ord_,
-            "verdict_id": str(v.verdict_id),
-            "player_id": v.player_id,
-            "action": v.action,
-            "decision": v.decision,
-            "reasons": v.reasons,
-            "inputs": v.inputs,
-            "rule_version": v.rule_version,
-            "config_version": v.config_version,
-            "caller": v.caller,
-            "create_time": _utc_iso(v.create_time),
-            "canonical": canonical_bytes(v).decode("ascii"),
+        # tuples): the values are hashed as they are. Otherwise the hash must cover what
+        # jsonb will hand back to the verifier (e.g. 1e16 comes back as an int): PostgreSQL
+        # normalises the JSON first.
+        return not all(_jsonb_stable(v.inputs) for v in self.verdicts)
+
+    @property
+    def normalise(self) -> tuple[TextClause, dict[str, Any]]:
+        return self._statements.normalise, {
+            "reasons": [_json_text(v.reasons, "reasons") for v in self.verdicts],
+            "inputs": [_json_text(v.inputs, "inputs") for v in self.verdicts],
         }
-        for ord_, v in enumerate(normalised, 1)
-    ]
-    params = {**(also.params if also else {}), "rows": _json_text(batch, "verdicts")}
-    chained = sorted((await conn.execute(statements.insert, params)).all())
-    if len(chained) != len(normalised):
-        raise RuntimeError(f"{schema}.verdict_head has no row: the verdict log was not migrated")
-    return [
-        StoredVerdict(**_verdict_fields(v), seq=seq, prev_hash=bytes(prev), hash=bytes(digest))
-        for v, (seq, prev, digest) in zip(normalised, chained, strict=True)
-    ]
+
+    def normalised(self, rows: Sequence[Any]) -> _Append:
+        verdicts = [
+            dataclasses.replace(v, reasons=row[0], inputs=row[1])
+            for v, row in zip(self.verdicts, rows, strict=True)
+        ]
+        return dataclasses.replace(self, verdicts=verdicts)
+
+    @property
+    def insert(self) -> TextClause:
+        return self._statements.insert
+
+    @property
+    def params(self) -> dict[str, Any]:
+        # One statement locks the head, links each verdict to the one before it (the same
+        # SHA-256 as leaf_hash, over the canonical bytes computed here) and inserts them
+        # all. The batch travels as one JSON document: encoded by the json module in C and
+        # decoded by PostgreSQL, where a list per column would be dumped element by element.
+        batch = [
+            {
+                "ord": ord_,
+                "verdict_id": str(v.verdict_id),
+                "player_id": v.player_id,
+                "action": v.action,
+                "decision": v.decision,
+                "reasons": v.reasons,
+                "inputs": v.inputs,
+                "rule_version": v.rule_version,
+                "config_version": v.config_version,
+                "caller": v.caller,
+                "create_time": _utc_iso(v.create_time),
+                "canonical": canonical_bytes(v).decode("ascii"),
+            }
+            for ord_, v in enumerate(self.verdicts, 1)
+        ]
+        return {**(self.also.params if self.also else {}), "rows": _json_text(batch, "verdicts")}
+
+    def stored(self, rows: Sequence[Any]) -> list[StoredVerdict]:
+        chained = sorted(tuple(row) for row in rows)
+        if len(chained) != len(self.verdicts):
+            raise RuntimeError(
+                f"{self.schema}.verdict_head has no row: the verdict log was not migrated"
+            )
+        return [
+            StoredVerdict(**_verdict_fields(v), seq=seq, prev_hash=bytes(prev), hash=bytes(digest))
+            for v, (seq, prev, digest) in zip(self.verdicts, chained, strict=True)
+        ]
 
 
 class _AppendStatements(NamedTuple):
@@ -582,13 +635,24 @@ def _jsonb_stable(value: Any) -> bool:
 
 async def get(conn: AsyncConnection, schema: str, verdict_id: uuid.UUID) -> StoredVerdict | None:
     """The stored verdict with this id, or None."""
-    row = (
-        await conn.execute(
-            text(f"SELECT {_COLUMNS} FROM {_ident(schema)}.verdicts WHERE verdict_id = :id"),  # noqa: S608
-            {"id": verdict_id},
-        )
-    ).one_or_none()
+    row = (await conn.execute(_get_statement(_ident(schema)), {"id": verdict_id})).one_or_none()
     return None if row is None else _stored(row)
+
+
+async def queue_get(
+    pipeline: db.Pipeline, schema: str, verdict_id: uuid.UUID
+) -> db.Queued[StoredVerdict | None]:
+    """:func:`get` in a pipelined transaction."""
+    return await pipeline.queue(
+        _get_statement(_ident(schema)),
+        {"id": verdict_id},
+        lambda rows: _stored(rows[0]) if rows else None,
+    )
+
+
+@functools.cache
+def _get_statement(s: str) -> TextClause:
+    return text(f"SELECT {_COLUMNS} FROM {s}.verdicts WHERE verdict_id = :id")  # noqa: S608
 
 
 async def _read_head(conn: AsyncConnection, schema: str) -> tuple[int, bytes] | None:

@@ -26,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from services.runtime import db
 from services.runtime import verdict_log as vl
 from services.runtime.secrets import SecretFileError
 from services.runtime.verdict_log import (
@@ -426,6 +427,34 @@ async def test_values_jsonb_keeps_as_they_are_are_hashed_as_given(
             assert await get(conn, SCHEMA, v.verdict_id) == v
     report = await check(service, public_key)
     assert report.ok, report.render()
+
+
+async def test_pipelined_appends_chain_on_with_the_others(
+    log: str, service: AsyncEngine, public_key: Path
+) -> None:
+    """`queue_append` (the compliance check's batch): queued to go out with the COMMIT,
+    read once committed; inputs jsonb would change (floats) are normalised first, in the
+    same transaction; it links on from, and is linked to by, appends of the other kind."""
+    await append_all(service, 2)
+    pipelined = db.autocommit(service)
+    needs_normalising = [make_verdict(i) for i in range(2, 5)]  # 1e16 comes back an int
+    as_given = [make_verdict(i, inputs={"amount_minor": i}) for i in range(5, 7)]
+    stored: list[StoredVerdict] = []
+    for verdicts in (needs_normalising, as_given):
+        async with db.pipelined_transaction(pipelined) as pipeline:
+            appended = await vl.queue_append(pipeline, SCHEMA, verdicts)
+        stored += await appended.result()
+    stored += await append_all(service, 1)
+    assert [s.seq for s in stored] == list(range(3, 9))
+    assert stored[0].inputs["huge"] == 10**16 and isinstance(stored[0].inputs["huge"], int)
+    for before, after in itertools.pairwise(stored):
+        assert after.prev_hash == before.hash
+    async with db.pipelined_transaction(pipelined) as pipeline:
+        found = await vl.queue_get(pipeline, SCHEMA, stored[1].verdict_id)
+        missing = await vl.queue_get(pipeline, SCHEMA, uuid.uuid4())
+    assert (await found.result(), await missing.result()) == (stored[1], None)
+    report = await check(service, public_key)
+    assert report.ok and report.rows_checked == 8, report.render()
 
 
 async def test_a_batch_with_one_bad_row_appends_nothing(log: str, service: AsyncEngine) -> None:
