@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -69,3 +70,27 @@ async def test_a_returned_event_is_not_marked_published(
     finally:
         await relay.close()
         await admin.close()
+
+
+async def test_a_batch_that_is_not_full_counts_what_is_left(
+    scratch: tuple[AsyncEngine, str],
+) -> None:
+    # The PENDING gauge: after a batch that took everything it could claim, the events still
+    # unpublished, here two that another relay's open transaction holds (SKIP LOCKED).
+    engine, schema = scratch
+    relay = OutboxRelay(engine, schema, amqp_broker(), batch_size=10)
+    async with engine.begin() as conn:
+        events = [Event("test.pending", "test.Event", b"x", "p1", uuid.uuid4()) for _ in range(5)]
+        await enqueue(conn, schema, events)
+    other = await engine.connect()
+    try:
+        await other.execute(text(f"SELECT id FROM {schema}.outbox ORDER BY id LIMIT 2 FOR UPDATE"))
+        assert await relay.publish_batch() == 3
+        assert REGISTRY.get_sample_value("casino_outbox_pending") == 2
+        await other.rollback()
+        assert await relay.publish_batch() == 2
+        assert REGISTRY.get_sample_value("casino_outbox_pending") == 0
+        assert await _unpublished(engine, schema) == 0
+    finally:
+        await other.close()
+        await relay.close()
