@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import pickle
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,23 +111,30 @@ class CachedState:
 
 class StateCache:
     """Players' check state by id, least recently used out first. Entries are only ever
-    trusted against the version read under the batch's row lock."""
+    trusted against the version read under the batch's row lock.
+
+    Entries are kept pickled, as (version, bytes): as live objects, each cached player is
+    five or six objects the cyclic garbage collector walks in every full collection, and
+    at the default capacity (100,000 players) one full collection took 224 ms, every check
+    in flight waiting it out. Bytes and ints are not walked; unpickling an entry costs 6-15
+    us per check."""
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._entries: OrderedDict[str, CachedState] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
 
     def get(self, player_id: str, version: int) -> CachedState | None:
         entry = self._entries.get(player_id)
-        if entry is None or entry.version != version:
+        if entry is None or entry[0] != version:
             STATE_CACHE.labels("miss").inc()
             return None
         self._entries.move_to_end(player_id)
         STATE_CACHE.labels("hit").inc()
-        return entry
+        cached: CachedState = pickle.loads(entry[1])  # noqa: S301 (our own bytes)
+        return cached
 
     def put(self, player_id: str, entry: CachedState) -> None:
-        self._entries[player_id] = entry
+        self._entries[player_id] = (entry.version, pickle.dumps(entry, pickle.HIGHEST_PROTOCOL))
         self._entries.move_to_end(player_id)
         while len(self._entries) > self._capacity:
             self._entries.popitem(last=False)

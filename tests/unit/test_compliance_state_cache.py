@@ -1,0 +1,64 @@
+"""The compliance check's cache of player states: exact by version, least recently used out
+first, and invisible to the cyclic garbage collector (whose full collections walk every
+object it tracks, every check in flight waiting: 224 ms at 100,000 players held as
+objects)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+
+from services.compliance import rules
+from services.compliance.checks import CachedState, StateCache
+from services.compliance.rules import LimitKind, Period
+
+NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+
+
+def _entry(player_id: str, version: int = 1, limited: bool = True) -> CachedState:
+    state = rules.PlayerState(
+        player_id=player_id,
+        birth_date=dt.date(1990, 1, 1),
+        country="GB",
+        name_verified=True,
+        address_verified=True,
+        birth_date_verified=True,
+        cdd_required=False,
+        excluded_until=None,
+        excluded_indefinitely=False,
+        exclusion_kind=None,
+        cdd_cleared_at=NOW,
+    )
+    limits = [rules.LimitState(LimitKind.STAKE, Period.DAY, 500, 1000, NOW, NOW)] if limited else []
+    return CachedState.of(version, state, limits)
+
+
+def test_an_entry_is_returned_for_its_version_only() -> None:
+    cache = StateCache(10)
+    entry = _entry("p-1", version=3)
+    cache.put("p-1", entry)
+    assert cache.get("p-1", 3) == entry
+    assert cache.get("p-1", 4) is None  # the row moved on: reload
+    assert cache.get("p-2", 3) is None
+
+
+def test_the_least_recently_used_player_goes_first() -> None:
+    cache = StateCache(2)
+    cache.put("p-1", _entry("p-1"))
+    cache.put("p-2", _entry("p-2"))
+    assert cache.get("p-1", 1) is not None  # p-1 used: p-2 is now the oldest
+    cache.put("p-3", _entry("p-3"))
+    assert cache.get("p-2", 1) is None
+    assert cache.get("p-1", 1) is not None and cache.get("p-3", 1) is not None
+
+
+def test_cached_players_add_nothing_for_the_collector_to_walk() -> None:
+    cache = StateCache(20_000)
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(10_000):
+        cache.put(f"p-{i}", _entry(f"p-{i}", limited=i % 2 == 0))
+    gc.collect()  # (a tuple of untracked values is untracked by the collection that sees it)
+    # Held as objects, these were about 60,000 tracked objects.
+    assert len(gc.get_objects()) - before < 100
+    assert cache.get("p-9998", 1) == _entry("p-9998")
