@@ -8,9 +8,9 @@ one transaction (player rows locked in id order, their usage read in one query, 
 recorded in one INSERT, the verdicts appended in one INSERT) and answers each check only
 after that commit. The decisions are exactly those of deciding the checks one after
 another: a player's second stake in a batch sees the first. The transaction is pipelined
-(`db.pipelined_transaction`): with the players' states cached and no limit to sum usage
-for, it is two round trips, the lock then the append with the COMMIT, so the head stays
-locked for no round trip of its own.
+(`db.pipelined_transaction`): with the players' states cached it is two round trips, the
+lock (with the usage the cached limits call for, summed behind it) then the append with
+the COMMIT, so the head stays locked for no round trip of its own.
 
 What a check reads is small and mostly cached: the player's state row and limits are kept
 in memory with the row's version; each batch locks the rows and reads only their versions,
@@ -123,21 +123,43 @@ class StateCache:
         self._capacity = capacity
         self._entries: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
 
-    def get(self, player_id: str, version: int) -> CachedState | None:
+    def peek(self, player_id: str) -> CachedState | None:
+        """The player's cached state, whatever its version (not yet to be trusted)."""
         entry = self._entries.get(player_id)
-        if entry is None or entry[0] != version:
+        if entry is None:
+            return None
+        cached: CachedState = pickle.loads(entry[1])  # noqa: S301 (our own bytes)
+        return cached
+
+    def confirm(
+        self, player_id: str, peeked: CachedState | None, version: int
+    ) -> CachedState | None:
+        """`peeked` if it is of `version` (read under the row lock): a hit, and the player
+        becomes the most recently used; None, a miss, otherwise."""
+        if peeked is None or peeked.version != version:
             STATE_CACHE.labels("miss").inc()
             return None
         self._entries.move_to_end(player_id)
         STATE_CACHE.labels("hit").inc()
-        cached: CachedState = pickle.loads(entry[1])  # noqa: S301 (our own bytes)
-        return cached
+        return peeked
 
     def put(self, player_id: str, entry: CachedState) -> None:
         self._entries[player_id] = (entry.version, pickle.dumps(entry, pickle.HIGHEST_PROTOCOL))
         self._entries.move_to_end(player_id)
         while len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
+
+
+def _usage_wanted(
+    requests: list[CheckRequest], states: dict[str, CachedState]
+) -> dict[str, dt.datetime | None]:
+    """The players whose usage the batch's decisions read, with their last CDD clearance
+    (where the CDD threshold's linking starts)."""
+    return {
+        r.player_id: states[r.player_id].state.cdd_cleared_at
+        for r in requests
+        if r.player_id in states and _needs_usage(r, states[r.player_id].limits)
+    }
 
 
 def _needs_usage(request: CheckRequest, limits: list[rules.LimitState]) -> bool:
@@ -290,16 +312,18 @@ class ActionChecks:
                 future.set_result(result)
 
     async def _states(
-        self, pipeline: db.Pipeline, player_ids: list[str], keys: list[tuple[str, str]]
+        self,
+        pipeline: db.Pipeline,
+        locking: db.Queued[tuple[dict[str, int], dict[tuple[str, str], store.CheckRecord]]],
+        peeked: dict[str, CachedState | None],
     ) -> tuple[dict[str, CachedState], dict[tuple[str, str], store.CheckRecord]]:
-        """Lock the players' rows (in id order: batches in other replicas lock in the same
-        order, so they cannot deadlock) and return their states, from the cache where the
-        version still matches, with the checks already recorded under `keys`."""
-        versions, records = await (await store.lock_versions(pipeline, player_ids, keys)).result()
+        """The players' states, from the cache where the version read under the row lock is
+        the cached one, with the checks already recorded under the batch's keys."""
+        versions, records = await locking.result()
         states: dict[str, CachedState] = {}
         stale = []
         for player_id, version in versions.items():
-            cached = self.cache.get(player_id, version)
+            cached = self.cache.confirm(player_id, peeked.get(player_id), version)
             if cached is None:
                 stale.append(player_id)
             else:
@@ -329,25 +353,31 @@ class ActionChecks:
     async def _decide_once(self, requests: list[CheckRequest]) -> list[Checked | DomainError]:
         now = self._now()
         keys = sorted({(r.player_id, r.request_id) for r in requests})
-        # Two round trips when the states are cached and no limit needs usage: the lock with
-        # the versions and records, then the verdicts and records with the COMMIT.
+        players = sorted({r.player_id for r in requests})
+        peeked = {p: self.cache.peek(p) for p in players}
+        # The usage the cached states say the batch needs, summed in the lock's round trip
+        # (queued behind the lock, it sees what committed before the lock was granted); it
+        # is used if the states turn out current, and summed again otherwise.
+        guessed = _usage_wanted(requests, {p: c for p, c in peeked.items() if c is not None})
+        # Two round trips when the states are cached: the lock with the versions, records
+        # and usage, then the verdicts and records with the COMMIT.
         async with db.pipelined_transaction(self._engine) as pipeline:
-            states, records = await self._states(
-                pipeline, sorted({r.player_id for r in requests}), keys
+            locking = await store.lock_versions(pipeline, players, keys)
+            summing = (
+                await store.usage_totals(pipeline, sorted(guessed), now, guessed)
+                if guessed
+                else None
             )
-            wanted = sorted(
-                {
-                    r.player_id
-                    for r in requests
-                    if r.player_id in states and _needs_usage(r, states[r.player_id].limits)
-                }
-            )
-            cleared = {p: states[p].state.cdd_cleared_at for p in wanted}
-            usage = (
-                await (await store.usage_totals(pipeline, wanted, now, cleared)).result()
-                if wanted
-                else {}
-            )
+            states, records = await self._states(pipeline, locking, peeked)
+            wanted = _usage_wanted(requests, states)
+            usage: dict[str, rules.UsageTotals] = {}
+            if summing is not None and wanted.items() <= guessed.items():
+                summed = await summing.result()
+                usage = {p: summed[p] for p in wanted}
+            elif wanted:
+                usage = await (
+                    await store.usage_totals(pipeline, sorted(wanted), now, wanted)
+                ).result()
             counted: list[tuple[str, str, str, int]] = []
             checked: list[tuple[str, str, store.CheckRecord]] = []
             cdd_players: list[str] = []

@@ -97,6 +97,28 @@ async def test_a_change_made_elsewhere_is_seen_by_the_next_check(stubs) -> None:
     assert (await check(stubs, player, pb.ACTION_BET, 100)).decision == ALLOW
 
 
+async def test_usage_is_summed_for_the_state_as_locked_not_as_cached(stubs) -> None:
+    """A batch sums usage in its lock's round trip for the limits its cached states name,
+    and again, after the lock, when a state turned out to have moved: a stake limit set
+    after the player's state was cached counts the stakes made before it."""
+    player = await verified_player(stubs)
+    assert (await check(stubs, player, pb.ACTION_BET, 100)).decision == ALLOW  # cached: no limits
+    await stubs["edge"].SetLimit(
+        pb.SetLimitRequest(
+            player_id=player,
+            kind=pb.LIMIT_KIND_STAKE,
+            period=pb.LIMIT_PERIOD_DAY,
+            amount=gbp(150),
+        )
+    )
+    over = await check(stubs, player, pb.ACTION_BET, 100)  # 100 + 100 > 150
+    assert reasons(over)["LIMIT_EXCEEDED"]["used_minor"] == "100"
+    # The state with its limit is cached now: summed with the lock, from then on.
+    assert (await check(stubs, player, pb.ACTION_BET, 40)).decision == ALLOW  # 140
+    again = await check(stubs, player, pb.ACTION_BET, 20)  # 160 > 150
+    assert reasons(again)["LIMIT_EXCEEDED"]["used_minor"] == "140"
+
+
 async def test_unreachable_state_store_denies_and_says_so(
     stubs, launch, pki, register, tmp_path
 ) -> None:
