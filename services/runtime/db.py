@@ -43,6 +43,7 @@ from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import PoolProxiedConnection
 
 from services.runtime.config import DatabaseConfig
 from services.runtime.secrets import read_secret
@@ -188,7 +189,8 @@ async def pipelined_transaction(engine: AsyncEngine) -> AsyncIterator[Pipeline]:
     error is raised on leaving the block, as SQLAlchemy's DBAPIError (so it is classified
     like any other database error), with the connection discarded if it broke."""
     async with engine.connect() as conn:
-        driver = (await conn.get_raw_connection()).driver_connection
+        pooled = await conn.get_raw_connection()
+        driver = pooled.driver_connection
         assert isinstance(driver, psycopg.AsyncConnection) and driver.autocommit, (
             "pipelined_transaction needs autocommit(engine)"
         )
@@ -198,7 +200,7 @@ async def pipelined_transaction(engine: AsyncEngine) -> AsyncIterator[Pipeline]:
                 yield Pipeline(driver)
                 await driver.execute("COMMIT")
         except BaseException as exc:
-            await _end_failed(conn, driver)
+            await _end_failed(conn, pooled, driver, exc)
             if isinstance(exc, psycopg.Error):
                 raise DBAPIError.instance(
                     None,
@@ -211,10 +213,21 @@ async def pipelined_transaction(engine: AsyncEngine) -> AsyncIterator[Pipeline]:
             raise
 
 
-async def _end_failed(conn: AsyncConnection, driver: psycopg.AsyncConnection[Any]) -> None:
+async def _end_failed(
+    conn: AsyncConnection,
+    pooled: PoolProxiedConnection,
+    driver: psycopg.AsyncConnection[Any],
+    exc: BaseException,
+) -> None:
     """Roll back what a failed pipelined transaction left open, or discard the connection
     when its state is unknown (it broke, or the block was cancelled mid-round)."""
     status = driver.info.transaction_status
+    if driver.broken:
+        # As SQLAlchemy does on a disconnect: the pool's other connections, opened before
+        # this one broke, went with the same server or network, so each is replaced at its
+        # next checkout rather than found dead by the next unit of work (a test: the first
+        # retry after the database is back succeeds).
+        conn.sync_engine.pool._invalidate(pooled, exc, _checkin=False)
     if driver.broken or status == psycopg.pq.TransactionStatus.ACTIVE:
         await conn.invalidate()
     elif status != psycopg.pq.TransactionStatus.IDLE:

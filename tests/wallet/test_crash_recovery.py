@@ -15,6 +15,7 @@ import pytest
 from casino.wallet.v1 import events_pb2
 from casino.wallet.v1 import wallet_pb2 as w
 from services.runtime.outbox import declare_events_exchange
+from services.runtime.status import error_info
 from tests.conftest import Launcher, Pki
 from tests.support.amqp import connect
 from tests.wallet.conftest import WalletClients, admin_dsn, eur, new_id, wallet_extra
@@ -171,3 +172,59 @@ async def test_wallet_keeps_posting_and_serving_with_redis_down(launcher, pki) -
     finally:
         await clients.close()
         redis.close()
+
+
+async def test_database_lost_mid_service_answers_unavailable_and_the_retry_posts_once(
+    launcher, pki
+) -> None:
+    # Every pooled connection dies with the database's network; the first retry after it
+    # is back must find a live one, and the key keeps it to one posting.
+    from tests.support.tcp_proxy import TcpProxy
+
+    database = TcpProxy("127.0.0.1", 5432)
+    database.start()
+    wallet = launcher("wallet", extra=wallet_extra(), db_port=database.port)
+    clients = WalletClients(wallet.ports["port"], pki)
+    try:
+        player = new_id("player")
+        await clients.identity.OpenAccount(
+            w.OpenAccountRequest(player_id=player, currency_code="EUR")
+        )
+        for _ in range(8):
+            await clients.payments.Deposit(
+                w.DepositRequest(request_id=new_id("d"), player_id=player, amount=eur(100))
+            )
+        # Reads at once open several pooled connections: they all die with the cut.
+        read = w.GetBalanceRequest(player_id=player, currency_code="EUR")
+        await asyncio.gather(*(clients.edge.GetBalance(read) for _ in range(16)))
+        assert _connections_through(database.port) >= 2
+        database.cut()
+        deposit = w.DepositRequest(request_id=new_id("d"), player_id=player, amount=eur(500))
+        with pytest.raises(grpc.aio.AioRpcError) as lost:
+            await clients.payments.Deposit(deposit)
+        assert lost.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_info(lost.value).reason == "DEPENDENCY_UNAVAILABLE"
+        database.start()
+        posted = await clients.payments.Deposit(deposit)
+        assert not posted.posting.replayed
+        again = await clients.payments.Deposit(deposit)
+        assert again.posting.replayed and again.posting.balance.posted_minor == 1300
+        with psycopg.connect(admin_dsn()) as conn:
+            (count,) = conn.execute(
+                "SELECT count(*) FROM wallet.transactions WHERE player_id = %s AND request_id = %s",
+                (player, deposit.request_id),
+            ).fetchone()
+        assert count == 1
+    finally:
+        await clients.close()
+        database.close()
+
+
+def _connections_through(port: int) -> int:
+    """The wallet's database sessions that came through the proxy (its client port)."""
+    with psycopg.connect(admin_dsn()) as conn:
+        (count,) = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'casino_wallet'"
+            " AND client_port IS NOT NULL AND backend_type = 'client backend'"
+        ).fetchone()
+    return int(count)
