@@ -27,6 +27,7 @@ from tests.compliance.test_compliance_service import (
     check,
     gbp,
     reasons,
+    set_limit,
     verified_player,
 )
 from tests.conftest import Pki
@@ -36,14 +37,7 @@ from tests.wallet.conftest import admin_dsn
 
 async def test_concurrent_stakes_fit_a_stake_limit_exactly(stubs) -> None:
     player = await verified_player(stubs)
-    await stubs["edge"].SetLimit(
-        pb.SetLimitRequest(
-            player_id=player,
-            kind=pb.LIMIT_KIND_STAKE,
-            period=pb.LIMIT_PERIOD_DAY,
-            amount=gbp(1_000),
-        )
-    )
+    await set_limit(stubs, player, pb.LIMIT_KIND_STAKE, 1_000)
     others = [await verified_player(stubs) for _ in range(3)]
     # 30 stakes of 1.00 against a 10.00 limit, interleaved with other players' checks so
     # they share batches.
@@ -103,14 +97,7 @@ async def test_usage_is_summed_for_the_state_as_locked_not_as_cached(stubs) -> N
     after the player's state was cached counts the stakes made before it."""
     player = await verified_player(stubs)
     assert (await check(stubs, player, pb.ACTION_BET, 100)).decision == ALLOW  # cached: no limits
-    await stubs["edge"].SetLimit(
-        pb.SetLimitRequest(
-            player_id=player,
-            kind=pb.LIMIT_KIND_STAKE,
-            period=pb.LIMIT_PERIOD_DAY,
-            amount=gbp(150),
-        )
-    )
+    await set_limit(stubs, player, pb.LIMIT_KIND_STAKE, 150)
     over = await check(stubs, player, pb.ACTION_BET, 100)  # 100 + 100 > 150
     assert reasons(over)["LIMIT_EXCEEDED"]["used_minor"] == "100"
     # The state with its limit is cached now: summed with the lock, from then on.
@@ -197,14 +184,7 @@ def _recorded(player: str, request_id: str) -> tuple[int, int]:
 
 async def _stake_limited_player(stubs: dict[str, Any], amount: int = 1_000) -> str:
     player = await verified_player(stubs)
-    await stubs["edge"].SetLimit(
-        pb.SetLimitRequest(
-            player_id=player,
-            kind=pb.LIMIT_KIND_STAKE,
-            period=pb.LIMIT_PERIOD_DAY,
-            amount=gbp(amount),
-        )
-    )
+    await set_limit(stubs, player, pb.LIMIT_KIND_STAKE, amount)
     return player
 
 
@@ -225,11 +205,7 @@ async def test_a_retried_check_gets_its_original_verdict_and_counts_once(
     denied_id = uuid.uuid4().hex
     denied = (await stubs["games"].CheckAction(_bet(player, denied_id, 500))).verdict
     assert denied.decision == DENY
-    await stubs["edge"].SetLimit(
-        pb.SetLimitRequest(
-            player_id=player, kind=pb.LIMIT_KIND_STAKE, period=pb.LIMIT_PERIOD_DAY, amount=gbp(1)
-        )
-    )
+    await set_limit(stubs, player, pb.LIMIT_KIND_STAKE, 1)
     assert (await stubs["games"].CheckAction(_bet(player, denied_id, 500))).verdict == denied
     assert _recorded(player, denied_id) == (1, 0)
 

@@ -80,6 +80,14 @@ async def check(
     return reply.verdict
 
 
+async def set_limit(
+    stubs, player_id: str, kind: int, amount: int, period: int = pb.LIMIT_PERIOD_DAY
+) -> pb.SetLimitResponse:
+    return await stubs["edge"].SetLimit(
+        pb.SetLimitRequest(player_id=player_id, kind=kind, period=period, amount=gbp(amount))
+    )
+
+
 # Registration
 
 
@@ -218,14 +226,7 @@ async def test_an_excluded_player_withdrawing_still_meets_kyc_and_cdd(
 
 async def test_deposit_limit_blocks_once_reached_and_says_when_it_resets(stubs) -> None:
     player_id = await verified_player(stubs)
-    await stubs["edge"].SetLimit(
-        pb.SetLimitRequest(
-            player_id=player_id,
-            kind=pb.LIMIT_KIND_DEPOSIT,
-            period=pb.LIMIT_PERIOD_DAY,
-            amount=gbp(10_000),
-        )
-    )
+    await set_limit(stubs, player_id, pb.LIMIT_KIND_DEPOSIT, 10_000)
     assert (await check(stubs, player_id, pb.ACTION_DEPOSIT, 8_000)).decision == ALLOW
     verdict = await check(stubs, player_id, pb.ACTION_DEPOSIT, 3_000)
     detail = reasons(verdict)["LIMIT_EXCEEDED"]

@@ -5,32 +5,16 @@ objects)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import gc
 
-from services.compliance import rules
 from services.compliance.checks import CachedState, StateCache
 from services.compliance.rules import LimitKind, Period
-
-NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+from tests.unit.test_compliance_rules import NOW, limit, player
 
 
 def _entry(player_id: str, version: int = 1, limited: bool = True) -> CachedState:
-    state = rules.PlayerState(
-        player_id=player_id,
-        birth_date=dt.date(1990, 1, 1),
-        country="GB",
-        name_verified=True,
-        address_verified=True,
-        birth_date_verified=True,
-        cdd_required=False,
-        excluded_until=None,
-        excluded_indefinitely=False,
-        exclusion_kind=None,
-        cdd_cleared_at=NOW,
-    )
-    limits = [rules.LimitState(LimitKind.STAKE, Period.DAY, 500, 1000, NOW, NOW)] if limited else []
-    return CachedState.of(version, state, limits)
+    limits = [limit(LimitKind.STAKE, Period.DAY, 500, pending=1000, requested=NOW)]
+    return CachedState.of(version, player(player_id=player_id), limits if limited else [])
 
 
 def _get(cache: StateCache, player_id: str, version: int) -> CachedState | None:
