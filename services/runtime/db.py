@@ -160,7 +160,9 @@ class Pipeline:
         parse: Callable[[list[Any]], T],
     ) -> Queued[T]:
         """Send `statement` (SQLAlchemy's `text`, `:name` parameters) without waiting for
-        it; `parse` makes its result of the rows (attribute access, as SQLAlchemy's)."""
+        it; `parse` makes its result of the rows (attribute access, as SQLAlchemy's). A
+        statement that returns no rows is queued and never read (its failure fails the
+        transaction all the same)."""
         cursor = self._connection.cursor(row_factory=namedtuple_row)
         await cursor.execute(_driver_sql(statement), params)
         return Queued(cursor, parse)

@@ -1,7 +1,8 @@
 """SQL of the wallet. Every statement is explicit; every table is keyed by player first.
 
-Functions take a connection already inside the caller's transaction: the transaction
-boundary belongs to `postings`, which owns the invariants.
+Functions take a connection already inside the caller's transaction, or for the batch's
+three statements its pipeline (`db.pipelined_transaction`), returning what they queued: the
+transaction boundary belongs to `postings`, which owns the invariants.
 """
 
 from __future__ import annotations
