@@ -58,7 +58,16 @@ class TcpProxy:
         """Drop every open connection and refuse new ones."""
         self._call(self._cut())
 
+    async def _finish(self) -> None:
+        # The pipes of aborted connections end on their own, but not before the loop stops:
+        # cancelled and awaited here, none is left pending ("Task was destroyed") at exit.
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def close(self) -> None:
         self.cut()
+        self._call(self._finish())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
