@@ -218,12 +218,6 @@ def _decision_of(verdict: verdict_log.Verdict) -> Decision:
     )
 
 
-def _raced(exc: IntegrityError) -> bool:
-    """Did a check's record collide with one committed after the batch looked it up?"""
-    diag = getattr(exc.orig, "diag", None)
-    return getattr(diag, "constraint_name", None) == store.CHECK_REQUESTS_KEY
-
-
 class ActionChecks:
     def __init__(
         self,
@@ -345,7 +339,10 @@ class ActionChecks:
             try:
                 return await self._decide_once(requests)
             except IntegrityError as exc:
-                if attempt >= _RACED_ATTEMPTS or not _raced(exc):
+                if (
+                    attempt >= _RACED_ATTEMPTS
+                    or db.violated_constraint(exc) != store.CHECK_REQUESTS_KEY
+                ):
                     raise
                 log.info("a retried check raced its original; deciding the batch again")
                 attempt += 1

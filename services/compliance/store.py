@@ -145,15 +145,14 @@ async def update_verification(
     )
 
 
+_REQUIRE_CDD = text(
+    "UPDATE compliance.players SET cdd_required = true, update_time = :now,"
+    " version = version + 1 WHERE player_id = ANY(:ids)"
+)
+
+
 async def require_cdd(conn: AsyncConnection, player_id: str, now: dt.datetime) -> None:
-    await conn.execute(
-        text(
-            "UPDATE compliance.players SET cdd_required = true, update_time = :now,"
-            " version = version + 1"
-            " WHERE player_id = :p"
-        ),
-        {"p": player_id, "now": now},
-    )
+    await conn.execute(_REQUIRE_CDD, {"ids": [player_id], "now": now})
 
 
 async def bump_version(conn: AsyncConnection, player_id: str, now: dt.datetime) -> None:
@@ -477,15 +476,9 @@ async def limits_of(
     return await pipeline.queue(_LIMITS_OF, {"ids": player_ids}, parse)
 
 
-_REQUIRE_CDD_OF = text(
-    "UPDATE compliance.players SET cdd_required = true, update_time = :now,"
-    " version = version + 1 WHERE player_id = ANY(:ids)"
-)
-
-
 async def queue_require_cdd(pipeline: db.Pipeline, player_ids: list[str], now: dt.datetime) -> None:
     """`require_cdd` for several players, queued in a pipelined transaction."""
-    await pipeline.queue(_REQUIRE_CDD_OF, {"ids": player_ids, "now": now}, lambda rows: None)
+    await pipeline.queue(_REQUIRE_CDD, {"ids": player_ids, "now": now}, lambda rows: None)
 
 
 def record_checks(

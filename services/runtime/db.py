@@ -122,6 +122,13 @@ async def ping(engine: AsyncEngine) -> None:
         await conn.execute(text("SELECT 1"))
 
 
+def violated_constraint(exc: DBAPIError) -> str | None:
+    """The constraint a failed statement violated (a unique key raced by a concurrent
+    writer, say), or None."""
+    diag = getattr(exc.orig, "diag", None)
+    return getattr(diag, "constraint_name", None)
+
+
 # Pipelined transactions: the money path's unit of work in two round trips.
 
 T = TypeVar("T")

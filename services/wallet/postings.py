@@ -24,8 +24,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import psycopg
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.runtime import db, failpoints
@@ -211,8 +210,8 @@ class Postings:
         try:
             async with db.pipelined_transaction(self._one_statement) as pipeline:
                 await self._decide_and_write(pipeline, requests, callers, outcomes, entries)
-        except DBAPIError as exc:
-            if _key_taken(exc):
+        except IntegrityError as exc:
+            if db.violated_constraint(exc) == store.KEY_CONSTRAINT:
                 # A key expected to be new exists: a concurrent request under another
                 # account's lock (same player, other currency) took it first.
                 raise _KeyRaced from exc
@@ -345,15 +344,6 @@ def _references(request: Request) -> set[tuple[str, str, str]]:
     if request.withdrawal_id:
         names.add(("withdrawal", request.withdrawal_id))
     return {(player, kind, name) for kind, name in names}
-
-
-def _key_taken(exc: DBAPIError) -> bool:
-    diag = getattr(exc.orig, "diag", None)
-    return (
-        isinstance(exc.orig, psycopg.errors.UniqueViolation)
-        and diag is not None
-        and diag.constraint_name == store.KEY_CONSTRAINT
-    )
 
 
 def _after(entry: Entry) -> AccountState:
