@@ -142,10 +142,10 @@ class ShutdownConfig:
     # Time between reporting NOT_SERVING and refusing new calls, so load balancers and
     # Kubernetes endpoints stop routing here first. 0 in development.
     drain_seconds: float = 0.0
-    # Background workers (relays, consumers, sweepers) get this long to end once cancelled,
-    # and again to close: one stuck in a library call (a broker reconnecting, say) must not
-    # keep the process from releasing its dependencies and exiting before the orchestrator's
-    # SIGKILL.
+    # Background workers (relays, consumers, sweepers) get this long in all to end once
+    # cancelled and to close: one stuck in a library call (a broker reconnecting, say) must
+    # not keep the process from releasing its dependencies and exiting before the
+    # orchestrator's SIGKILL.
     workers_seconds: float = 5.0
 
 

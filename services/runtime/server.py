@@ -243,8 +243,11 @@ class ServiceRuntime:
         self.log.info("stopped")
 
     async def _stop_workers(self, seconds: float) -> None:
-        """Cancel the background workers and close them, each step bounded: a worker that
-        ignores its cancellation, or whose close hangs, is logged and left behind."""
+        """Cancel the background workers and close them, within `seconds` in all: a worker
+        that ignores its cancellation, or whose close hangs, is logged and left behind. (One
+        budget, not one per step: bounded separately, the two steps could take twice it,
+        and a wallet whose broker refused its login once outlasted a 10-second stop in CI.)"""
+        deadline = asyncio.get_running_loop().time() + seconds
         tasks = [t for t in [*self._worker_tasks, self._readiness_task] if t is not None]
         for task in tasks:
             task.cancel()
@@ -261,7 +264,7 @@ class ServiceRuntime:
                     )
         for worker in self._workers:
             try:
-                async with asyncio.timeout(seconds):
+                async with asyncio.timeout_at(deadline):
                     await worker.close()
             except TimeoutError:
                 self.log.warning("background worker did not close", worker=type(worker).__name__)
