@@ -135,12 +135,15 @@ T = TypeVar("T")
 
 
 class Queued(Generic[T]):
-    """A statement sent in a pipelined transaction, its result not yet read."""
+    """A statement queued in a pipelined transaction, its result not yet read."""
 
     def __init__(
-        self, cursor: psycopg.AsyncCursor[Any] | None, parse: Callable[[list[Any]], T]
+        self,
+        cursor: psycopg.AsyncCursor[Any] | None,
+        parse: Callable[[list[Any]], T],
+        pipeline: Pipeline | None = None,
     ) -> None:
-        self._cursor, self._parse = cursor, parse
+        self._cursor, self._parse, self._pipeline = cursor, parse, pipeline
 
     @classmethod
     def of(cls, value: T) -> Queued[T]:
@@ -148,10 +151,14 @@ class Queued(Generic[T]):
         return cls(None, lambda rows: value)
 
     async def result(self) -> T:
-        """The parsed rows. Inside the transaction, the first read of a round waits for
-        every statement queued before it (one flush, one round trip) and later reads find
-        their rows already here; after it, every result is here (the commit's round)."""
-        return self._parse(await self._cursor.fetchall() if self._cursor else [])
+        """The parsed rows. Inside the transaction, the first read of a round sends every
+        statement queued before it in one write and waits once for all of them; later reads
+        find their rows already here; after it, every result is here (the commit's round)."""
+        if self._cursor is None:
+            return self._parse([])
+        if self._pipeline is not None:
+            await self._pipeline.send()
+        return self._parse(await self._cursor.fetchall())
 
 
 class Pipeline:
@@ -162,17 +169,45 @@ class Pipeline:
 
     async def queue(
         self,
-        statement: TextClause,
-        params: dict[str, Any],
+        statement: TextClause | str,
+        params: dict[str, Any] | None,
         parse: Callable[[list[Any]], T],
     ) -> Queued[T]:
-        """Send `statement` (SQLAlchemy's `text`, `:name` parameters) without waiting for
-        it; `parse` makes its result of the rows (attribute access, as SQLAlchemy's). A
-        statement that returns no rows is queued and never read (its failure fails the
-        transaction all the same)."""
+        """Queue `statement` (SQLAlchemy's `text`, `:name` parameters) without sending it;
+        `parse` makes its result of the rows (attribute access, as SQLAlchemy's). It goes
+        out with the next read of a result, or with the COMMIT. A statement that returns no
+        rows is queued and never read (its failure fails the transaction all the same)."""
         cursor = self._connection.cursor(row_factory=namedtuple_row)
-        await cursor.execute(_driver_sql(statement), params)
-        return Queued(cursor, parse)
+        sql = statement if isinstance(statement, str) else _driver_sql(statement)
+        async with self._connection.lock:
+            await self._connection.wait(_queue_gen(cursor, sql, params))
+        return Queued(cursor, parse, self)
+
+    async def send(self) -> None:
+        """Hand every queued statement to libpq, which buffers them in pipeline mode: the
+        read that follows flushes them in one write. (psycopg's own `execute` flushes each
+        statement as it is queued: a zero-timeout poll and a write per statement, system
+        calls that cost more than the statement's Python on a small virtual machine.)"""
+        pipeline = self._connection._pipeline
+        if pipeline is None:  # the transaction is over: every result has been read
+            return
+        async with self._connection.lock:
+            while pipeline.command_queue:
+                pipeline.command_queue.popleft()()
+
+
+def _queue_gen(
+    cursor: psycopg.AsyncCursor[Any], sql: str, params: dict[str, Any] | None
+) -> psycopg.abc.PQGen[None]:
+    """psycopg's `AsyncCursor.execute` in pipeline mode without its last step, which sends
+    the statement at once (`BaseCursor._execute_gen` of psycopg 3.3; pinned in
+    pyproject.toml): the statement is converted, prepared when it is due, and left on the
+    pipeline's queue of commands with its cursor on the queue of results."""
+    yield from cursor._start_query(sql)
+    query = cursor._convert_query(sql, params)
+    yield from cursor._maybe_prepare_gen(query, prepare=None, binary=None)
+    cursor._last_query = sql
+    yield from cursor._conn._prepared.maintain_gen(cursor._conn)
 
 
 @functools.cache
@@ -205,9 +240,11 @@ async def pipelined_transaction(engine: AsyncEngine) -> AsyncIterator[Pipeline]:
         )
         try:
             async with driver.pipeline():
-                await driver.execute("BEGIN")
-                yield Pipeline(driver)
-                await driver.execute("COMMIT")
+                pipeline = Pipeline(driver)
+                await pipeline.queue("BEGIN", None, list)
+                yield pipeline
+                await pipeline.queue("COMMIT", None, list)
+                await pipeline.send()
         except BaseException as exc:
             await _end_failed(conn, pooled, driver, exc)
             if isinstance(exc, psycopg.Error):

@@ -100,6 +100,22 @@ async def test_lock_read_and_write_go_in_two_round_trips(engine: AsyncEngine) ->
     ]
 
 
+async def test_queued_statements_stay_in_the_client_until_a_result_is_read(
+    engine: AsyncEngine,
+) -> None:
+    # A round trip is one write: psycopg's own execute sends each statement as it is queued
+    # (a poll and a write per statement, system calls that cost more than the statement).
+    async with db.pipelined_transaction(engine) as pipeline:
+        (backend,) = await (await pipeline.queue(BACKEND, {}, list)).result()
+        await pipeline.queue(MOVE, {"id": 1, "d": 5}, list)
+        # The server's last statement of the session is still the one read.
+        activity = f"SELECT query FROM pg_stat_activity WHERE pid = {backend.pid}"
+        assert _rows(activity) == [[("SELECT pg_backend_pid() AS pid",)]]
+        locked = await pipeline.queue(LOCK, {"ids": [1]}, list)
+        assert [(r.id, r.v) for r in await locked.result()] == [(1, 5)]
+        assert _rows(activity)[0][0][0].endswith("FOR UPDATE")
+
+
 async def test_a_read_queued_behind_a_lock_sees_what_was_committed_while_it_waited(
     engine: AsyncEngine,
 ) -> None:
