@@ -34,11 +34,22 @@ class Broker:
         url = URL(self.url)
         if self._password:
             url = url.with_password(self._password)
+        # Built here rather than by aio_pika.connect_robust, so that a connect that does not
+        # complete is closed: its reconnecting task otherwise lives on, and once a caller's
+        # cancellation has reached it, it swallows the next one and retries every 5 s, so a
+        # service stopping while a refused login was being retried never finished its loop
+        # (killed after its grace, in a CI run).
+        connection = aio_pika.RobustConnection(url)
         try:
-            return await aio_pika.connect_robust(url, timeout=self._timeout)
-        except Exception as exc:
+            await connection.connect(timeout=self._timeout)
+        except BaseException as exc:
+            await connection.close()
+            if not isinstance(exc, Exception):
+                raise
             text, name = self.describe(exc), type(exc).__name__
             failure = text if text == name else f"{name}: {text}"
+        else:
+            return connection
         # Raised outside the handler, so the library's exception is neither its cause nor
         # its context: a traceback logged later cannot show that text either.
         raise BrokerUnavailable(failure)

@@ -14,9 +14,10 @@ import pytest
 
 from casino.wallet.v1 import events_pb2
 from casino.wallet.v1 import wallet_pb2 as w
+from services.runtime.broker import BrokerUnavailable
 from services.runtime.outbox import declare_events_exchange
 from services.runtime.process import ServiceProcess
-from tests.conftest import TEST_AMQP_URL, Pki
+from tests.conftest import TEST_AMQP_URL, Pki, amqp_broker
 from tests.support.amqp import connect
 from tests.wallet.conftest import WalletClients, eur, new_id, wallet_extra
 
@@ -87,3 +88,33 @@ async def test_a_service_logged_in_with_its_password_file_publishes_its_events(
                         if event.transaction.player_id == player:
                             break
         assert event.transaction.request_id.startswith("d-")
+
+
+async def _tasks_left(seconds: float) -> list[asyncio.Task[object]]:
+    """The tasks of this loop other than the test's still running after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if not left or time.monotonic() > deadline:
+            return left
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3, 5, 8])
+async def test_a_connect_cancelled_while_the_login_is_refused_leaves_nothing_running(
+    tmp_path: Path, turns: int
+) -> None:
+    # What a service's stop does to its relay while it retries a refused login: the cancel
+    # lands somewhere in the attempt (several points of it, by the loop turns before it).
+    # A reconnecting task left behind would swallow the loop's final cancellation and retry
+    # every 5 s: the process would never exit.
+    wrong = tmp_path / "amqp-password"
+    wrong.write_text(f"not-the-broker-s-{uuid.uuid4().hex}")
+    wrong.chmod(0o600)
+    connecting = asyncio.create_task(amqp_broker(wrong).connect())
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    connecting.cancel()
+    with pytest.raises((asyncio.CancelledError, BrokerUnavailable)):
+        await connecting
+    assert await _tasks_left(2.0) == []
