@@ -90,11 +90,11 @@ async def test_a_service_logged_in_with_its_password_file_publishes_its_events(
         assert event.transaction.request_id.startswith("d-")
 
 
-async def _tasks_left(seconds: float) -> list[asyncio.Task[object]]:
-    """The tasks of this loop other than the test's still running after `seconds`."""
+async def _tasks_left(before: set[asyncio.Task[object]], seconds: float) -> list[object]:
+    """The tasks started since `before` still running after `seconds`."""
     deadline = time.monotonic() + seconds
     while True:
-        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        left = [t for t in asyncio.all_tasks() - before if t is not asyncio.current_task()]
         if not left or time.monotonic() > deadline:
             return left
         await asyncio.sleep(0.05)
@@ -111,10 +111,11 @@ async def test_a_connect_cancelled_while_the_login_is_refused_leaves_nothing_run
     wrong = tmp_path / "amqp-password"
     wrong.write_text(f"not-the-broker-s-{uuid.uuid4().hex}")
     wrong.chmod(0o600)
+    before = asyncio.all_tasks()
     connecting = asyncio.create_task(amqp_broker(wrong).connect())
     for _ in range(turns):
         await asyncio.sleep(0)
     connecting.cancel()
     with pytest.raises((asyncio.CancelledError, BrokerUnavailable)):
         await connecting
-    assert await _tasks_left(2.0) == []
+    assert await _tasks_left(before, 2.0) == []

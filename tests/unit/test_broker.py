@@ -37,14 +37,15 @@ def broker(tmp_path: Path) -> Broker:
 def url_quoting_library(monkeypatch: pytest.MonkeyPatch) -> None:
     """aio-pika failing as a library may: its exception quoting the URL, and its cause too."""
 
-    async def connect_robust(url: Any, **_: Any) -> None:
+    async def connect(self: aio_pika.RobustConnection, **_: Any) -> None:
+        url = self.url
         assert url.password == PASSWORD  # the password does reach the login
         try:
             raise OSError(f"no route to {url.host} for {url.password}")
         except OSError as exc:
             raise ConnectionError(f"cannot connect to {url}") from exc
 
-    monkeypatch.setattr(aio_pika, "connect_robust", connect_robust)
+    monkeypatch.setattr(aio_pika.RobustConnection, "connect", connect)
 
 
 def _shown(text: str) -> bool:
