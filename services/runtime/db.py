@@ -173,7 +173,8 @@ class Pipeline:
         params: dict[str, Any] | None,
         parse: Callable[[list[Any]], T],
     ) -> Queued[T]:
-        """Queue `statement` (SQLAlchemy's `text`, `:name` parameters) without sending it;
+        """Queue `statement` (SQLAlchemy's `text`, `:name` parameters; or driver SQL as a
+        string, as BEGIN and COMMIT are) without sending it;
         `parse` makes its result of the rows (attribute access, as SQLAlchemy's). It goes
         out with the next read of a result, or with the COMMIT. A statement that returns no
         rows is queued and never read (its failure fails the transaction all the same)."""
