@@ -13,17 +13,26 @@ from the same client (a minimal keep-alive HTTP/1.1 client):
 - the bare endpoint: GET /bare answering a small JSON body;
 - the same two gRPC calls made directly (as `edge`, over mTLS), which the edge cannot avoid.
 
-Printed per load level: requests/s, P50/P95/P99 and the server's CPU per request, each
-call measured alone. Then the edge's own cost at P50, edge P50 - bare HTTP P50 - direct gRPC
-P50 (what the edge adds beyond an HTTP server that does nothing and the upstream call
+Printed per closed-loop level: requests/s, P50/P95/P99 and the server's CPU per request,
+each call measured alone. Then the edge's own cost at P50, edge P50 - bare HTTP P50 - direct
+gRPC P50 (what the edge adds beyond an HTTP server that does nothing and the upstream call
 itself), from a measurement of its own in which every client calls the three in turn: on a
 shared machine whose speed drifts by half within minutes, P50s taken in different windows
 differ by more than the edge's cost (the same code measured 0.45 and 1.60 ms for the
-balance read, windows apart). Target: under 1 ms. Rate limits are raised so the benchmark is
-not throttled (the limiter still runs one Redis call per request). A benchmark, not a test:
+balance read, windows apart). The same own cost at open-loop rates (`--rates`, per second
+each: the three calls take turns in one stream of arrivals), the way a proxy's overhead is
+usually stated: at a given request rate with the machine not saturated. Each own-cost line
+gives the cores the edge and the whole machine used meanwhile.
+
+Target: under 1 ms, judged on every measurement where the machine was under 90% of its
+cores. A closed loop of 8 clients with no pause saturates these 2 cores (load generator,
+edge, upstream, Redis and PostgreSQL share them): there every process waits for every
+other's CPU and the P50 difference grows with the queue, whatever the edge's own work; those
+lines are printed and named as not judged. Rate limits are raised so the benchmark is not
+throttled (the limiter still runs one Redis call per request). A benchmark, not a test:
 exits 0 either way.
 
-    .venv/bin/python bench/edge_load.py [--concurrency 1 8] [--seconds 5]
+    .venv/bin/python bench/edge_load.py [--concurrency 1 8] [--rates 100 300] [--seconds 5]
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +61,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 
 from bench.harness import (  # noqa: E402
     BenchPki,
+    CpuSplit,
     bench_pki,
     drive,
+    drive_at_rate,
     fresh_database,
     machine_line,
     percentiles,
@@ -276,7 +288,96 @@ async def _interleaved(
     return {name: percentiles(values)[0] for name, values in latencies.items()}
 
 
-async def main(concurrency_levels: list[int], seconds: float) -> None:
+async def _interleaved_at_rate(
+    calls: dict[str, Callable[[], Awaitable[Any]]], rate: float, seconds: float
+) -> dict[str, float]:
+    """P50 in ms of each call at `rate` per second each, open loop: the calls take turns in
+    one evenly spaced stream of arrivals, so each sees the same moments of the machine.
+    Each call's time is counted from its own start, not its scheduled one: the client's
+    timer lag would otherwise be counted once in each of the three P50s, and the own-cost
+    difference would subtract it once too often."""
+    names = list(calls)
+    arrivals = 0
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+
+    async def next_call() -> None:
+        nonlocal arrivals
+        name = names[arrivals % len(names)]
+        arrivals += 1
+        started = time.perf_counter()
+        await calls[name]()
+        latencies[name].append((time.perf_counter() - started) * 1000)
+
+    await drive_at_rate(next_call, rate * len(names), seconds)
+    return {name: percentiles(values)[0] for name, values in latencies.items()}
+
+
+SATURATED = 0.9  # of the machine's cores busy: past this, P50 differences are queueing
+
+
+@dataclass
+class OwnCost:
+    """The edge's own cost at P50 at one load, and how busy the machine was meanwhile."""
+
+    load: str
+    name: str
+    p50: dict[str, float]
+    edge_cores: float
+    machine_cores: float
+
+    @property
+    def ms(self) -> float:
+        return self.p50["edge"] - self.p50["bare"] - self.p50["grpc"]
+
+    @property
+    def saturated(self) -> bool:
+        return self.machine_cores >= SATURATED * (os.cpu_count() or 1)
+
+    def line(self) -> str:
+        verdict = "meets" if self.ms < TARGET_MS else "MISSES"
+        return (
+            f"  edge's own cost at P50, {self.name}: {self.ms:6.3f} ms "
+            f"(edge {self.p50['edge']:.3f} - bare {self.p50['bare']:.3f} - gRPC"
+            f" {self.p50['grpc']:.3f}) -> {verdict} the {TARGET_MS} ms target;"
+            f" edge {self.edge_cores:.2f} cores, machine {self.machine_cores:.2f}"
+            + (" (saturated)" if self.saturated else "")
+        )
+
+
+async def _own_cost(
+    load: str, name: str, edge_pid: int, measurement: Awaitable[dict[str, float]]
+) -> OwnCost:
+    cpu = CpuSplit({"edge": lambda: [edge_pid]})
+    cpu.start()
+    p50 = await measurement
+    cores = cpu.stop()
+    cost = OwnCost(load, name, p50, cores["edge"], cores["machine"])
+    print(cost.line())
+    return cost
+
+
+def _verdict(costs: list[OwnCost]) -> None:
+    """The target is the edge's own cost, so it is judged where the machine has room: at
+    saturation every process's CPU is queued behind every other's, and the difference
+    grows with the queue (8 closed-loop clients with no pause on 2 cores shared with the
+    load generator, the upstream, Redis and PostgreSQL), not with what the edge adds."""
+    judged = [c for c in costs if not c.saturated]
+    missed = [c for c in judged if c.ms >= TARGET_MS]
+    print(
+        f"\nverdict: {len(judged)} unsaturated measurements (machine under"
+        f" {SATURATED:.0%} of its cores), {len(missed)} over {TARGET_MS} ms"
+        + "".join(f"; {c.name} at {c.load}: {c.ms:.3f} ms" for c in missed)
+        + (" -> meets the target" if judged and not missed else " -> MISSES the target")
+    )
+    for cost in costs:
+        if cost.saturated:
+            print(
+                f"  not judged (saturated, machine {cost.machine_cores:.2f} cores):"
+                f" {cost.name} at {cost.load}, {cost.ms:.3f} ms"
+            )
+
+
+async def main(concurrency_levels: list[int], rates: list[float], seconds: float) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="edge-bench-"))
     pki = bench_pki(tmp)
     wallet = start_service(
@@ -356,6 +457,7 @@ async def main(concurrency_levels: list[int], seconds: float) -> None:
             await echo_stub.Ping(echo_pb2.PingRequest())
 
         print(f"edge benchmark: {seconds:.0f} s per measurement, pid {os.getpid()} drives load")
+        costs: list[OwnCost] = []
         for concurrency in concurrency_levels:
             print(f"\nconcurrency {concurrency} (closed loop)")
             _, bare_cpu = await _measure(
@@ -394,16 +496,39 @@ async def main(concurrency_levels: list[int], seconds: float) -> None:
                 ("balance", grpc_balance, edge_balance),
                 ("catalog", grpc_ping, edge_catalog),
             ):
-                p50 = await _interleaved(
-                    {"bare": bare, "grpc": direct, "edge": via}, concurrency, seconds
+                calls = {"bare": bare, "grpc": direct, "edge": via}
+                costs.append(
+                    await _own_cost(
+                        f"{concurrency} clients",
+                        name,
+                        edge_process.pid,
+                        _interleaved(calls, concurrency, seconds),
+                    )
                 )
-                own = p50["edge"] - p50["bare"] - p50["grpc"]
-                verdict = "meets" if own < TARGET_MS else "MISSES"
-                print(
-                    f"  edge's own cost at P50, {name}: {own:6.3f} ms "
-                    f"(edge {p50['edge']:.3f} - bare {p50['bare']:.3f} - gRPC"
-                    f" {p50['grpc']:.3f}) -> {verdict} the {TARGET_MS} ms target"
-                )
+        for rate in rates:
+            print(
+                f"\n{rate:.0f} requests/s each (open loop), {seconds:.0f} s each:"
+                " bare, gRPC and edge take turns in one stream of arrivals"
+            )
+            for name, direct, via in (
+                ("balance", grpc_balance, edge_balance),
+                ("catalog", grpc_ping, edge_catalog),
+            ):
+                calls = {"bare": bare, "grpc": direct, "edge": via}
+                try:
+                    costs.append(
+                        await _own_cost(
+                            f"{rate:.0f}/s",
+                            name,
+                            edge_process.pid,
+                            _interleaved_at_rate(calls, rate, seconds),
+                        )
+                    )
+                except RuntimeError as exc:
+                    # Past what this machine serves: arrivals pile up until a limit of
+                    # the edge answers (the per-address connection cap, a Redis budget).
+                    print(f"  {name}: past this machine's capacity at this rate ({exc})")
+        _verdict(costs)
         await edge_http.close()
         await bare_http.close()
     finally:
@@ -422,8 +547,9 @@ if __name__ == "__main__":
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--rates", type=float, nargs="*", default=[100.0, 300.0])
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     print(machine_line())
     fresh_database()
-    asyncio.run(main(args.concurrency, args.seconds))
+    asyncio.run(main(args.concurrency, args.rates, args.seconds))
