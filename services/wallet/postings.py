@@ -320,8 +320,7 @@ class Postings:
             cached = await self._cache.get(player_id, currency)
             if cached is not None:
                 return cached, True
-        async with self._one_statement.connect() as conn:
-            account = await store.read_account(conn, player_id, currency)
+        account = await store.read_account_alone(self._one_statement, player_id, currency)
         if account is None:
             raise AccountNotFound(player_id, currency)
         if allow_cached:

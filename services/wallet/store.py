@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.runtime import db
 from services.runtime.outbox import Event, events_document, insert_events
@@ -181,19 +181,28 @@ async def open_account(conn: AsyncConnection, player_id: str, currency: str) -> 
     return result.first() is not None
 
 
+_READ_ACCOUNT = text(
+    "SELECT posted, reserved, last_sequence, last_hash FROM wallet.accounts"
+    " WHERE player_id = :p AND currency = :c"
+)
+
+
 async def read_account(conn: AsyncConnection, player_id: str, currency: str) -> AccountState | None:
-    """The account's balances, one row: a consistent snapshot."""
-    row = (
-        await conn.execute(
-            text(
-                "SELECT posted, reserved, last_sequence, last_hash FROM wallet.accounts"
-                " WHERE player_id = :p AND currency = :c"
-            ),
-            {"p": player_id, "c": currency},
-        )
-    ).first()
-    if row is None:
-        return None
+    """The account's balances, one row: a consistent snapshot, in `conn`'s unit of work."""
+    row = (await conn.execute(_READ_ACCOUNT, {"p": player_id, "c": currency})).first()
+    return None if row is None else _account(row)
+
+
+async def read_account_alone(
+    engine: AsyncEngine, player_id: str, currency: str
+) -> AccountState | None:
+    """`read_account` as a unit of work of its own (`engine` is `db.autocommit`'s): the read
+    behind a player's balance."""
+    rows = await db.fetch(engine, _READ_ACCOUNT, {"p": player_id, "c": currency})
+    return _account(rows[0]) if rows else None
+
+
+def _account(row: Any) -> AccountState:
     return AccountState(row.posted, row.reserved, row.last_sequence, bytes(row.last_hash))
 
 

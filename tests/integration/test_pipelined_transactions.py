@@ -1,7 +1,8 @@
 """A pipelined transaction (`db.pipelined_transaction`, the wallet's batch) against the
 server: lock, read and write in two round trips; a read queued behind a lock sees what was
 committed while it waited; a failure commits nothing, says what failed, and leaves a
-usable pool."""
+usable pool. And its one-statement sibling on the same driver connection (`db.fetch`, the
+wallet's balance read): rows, prepared like any repeated statement, failures classified."""
 
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ FACTS = text("SELECT note FROM probe.facts WHERE account = :id ORDER BY note")
 RECORD = text("INSERT INTO probe.facts (account, note) VALUES (:id, :note)")
 MOVE = text("UPDATE probe.accounts SET v = v + :d WHERE id = :id")
 BACKEND = text("SELECT pg_backend_pid() AS pid")
+RECORD_RETURNING = text(
+    "INSERT INTO probe.facts (account, note) VALUES (:id, :note) RETURNING account"
+)
+PREPARED = text("SELECT statement FROM pg_prepared_statements")
 _WAIT = ("Flush", "Sync")
 
 
@@ -185,4 +190,45 @@ async def test_a_connection_lost_mid_transaction_is_discarded_and_reads_as_unava
     # The pool opens a new connection for the next transaction.
     async with db.pipelined_transaction(engine) as pipeline:
         (again,) = await (await pipeline.queue(BACKEND, {}, list)).result()
+    assert again.pid != backend.pid
+
+
+async def test_fetch_answers_rows_by_name_and_none_for_no_row(engine: AsyncEngine) -> None:
+    (row,) = await db.fetch(engine, LOCK, {"ids": [2]})
+    assert (row.id, row.v) == (2, 0)
+    assert await db.fetch(engine, FACTS, {"id": 1}) == []
+
+
+async def test_a_repeated_fetch_is_prepared_on_its_connection(engine: AsyncEngine) -> None:
+    # The point of fetch is the balance read's CPU; a statement parsed and planned on every
+    # execution would give that back on the server.
+    for _ in range(6):
+        await db.fetch(engine, FACTS, {"id": 1})
+    prepared = await db.fetch(engine, PREPARED, {})
+    assert any("probe.facts" in row.statement for row in prepared)
+
+
+async def test_a_failed_fetch_is_a_database_error_and_the_pool_goes_on(
+    engine: AsyncEngine,
+) -> None:
+    (backend,) = await db.fetch(engine, BACKEND, {})
+    with pytest.raises(DBAPIError) as failed:
+        await db.fetch(engine, RECORD_RETURNING, {"id": 1, "note": None})
+    assert isinstance(failed.value.orig, psycopg.errors.NotNullViolation)
+    assert not failed.value.connection_invalidated
+    assert _rows("SELECT note FROM probe.facts") == [[]]
+    (same,) = await db.fetch(engine, BACKEND, {})
+    assert same.pid == backend.pid
+
+
+async def test_a_fetch_on_a_lost_connection_reads_as_unavailable_and_the_next_reconnects(
+    engine: AsyncEngine,
+) -> None:
+    (backend,) = await db.fetch(engine, BACKEND, {})
+    _rows(f"SELECT pg_terminate_backend({backend.pid})")
+    with pytest.raises(DBAPIError) as failed:
+        await db.fetch(engine, LOCK, {"ids": [1]})
+    assert failed.value.connection_invalidated
+    assert isinstance(_retryable(failed.value), DependencyUnavailable)
+    (again,) = await db.fetch(engine, BACKEND, {})
     assert again.pid != backend.pid
