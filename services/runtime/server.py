@@ -18,7 +18,6 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -153,9 +152,11 @@ class ServiceRuntime:
         ]
         server = grpc.aio.server(
             interceptors=[
-                aio_server_interceptor(tracer_provider=self.tracer_provider),  # type: ignore[no-untyped-call]
                 RuntimeServerInterceptor(
-                    self.config.name, policies, access_log=self.config.telemetry.access_log
+                    self.config.name,
+                    policies,
+                    self.tracer_provider.get_tracer("services.runtime"),
+                    access_log=self.config.telemetry.access_log,
                 ),
             ],
             options=options,

@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 
+import grpc
 from opentelemetry.sdk.trace import TracerProvider
 
 from casino.echo.v1 import echo_pb2
@@ -67,3 +68,37 @@ async def test_call_without_trace_context_gets_a_fresh_trace_id_in_logs(launch, 
     assert len(reply.trace_id) == 32 and int(reply.trace_id, 16) != 0
     lines = [line for line in echo.log_lines() if line.get("event") == "rpc finished"]
     assert lines[-1]["trace_id"] == reply.trace_id
+
+
+async def test_each_rpc_ends_its_server_span_with_its_status_code(launch, pki) -> None:
+    # An answer, a domain refusal and a caller refused before the handler: three server
+    # spans, each ended with its code; none is an error of the server's (OpenTelemetry's
+    # conventions for gRPC servers: those are UNKNOWN, INTERNAL, UNAVAILABLE and the like).
+    echo = launch()
+    provider = TracerProvider()
+    tracer = provider.get_tracer("test-client")
+    traces: dict[str, str] = {}
+    request_id = uuid.uuid4().hex
+    for case, caller, message in (
+        ("answered", "games", "m"),
+        ("refused", "games", "another body, same request id"),
+        ("denied", "wallet", "m"),
+    ):
+        with tracer.start_as_current_span(case) as span:
+            traces[case] = format(span.get_span_context().trace_id, "032x")
+            async with echo_client(echo.ports["port"], pki.tls(caller), provider) as client:
+                try:
+                    await client.Echo(
+                        echo_pb2.EchoRequest(request_id=request_id, message=message), timeout=5
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    assert case != "answered", exc
+    expected = {"answered": "0", "refused": "9", "denied": "7"}  # OK, FAILED_PRECONDITION, ...
+    for case, trace_id in traces.items():
+        (server,) = [s for s in await _spans(echo.trace_file, trace_id) if s["kind"] == "SERVER"]
+        assert server["name"] == "/casino.echo.v1.EchoService/Echo"
+        assert server["attributes"]["rpc.grpc.status_code"] == expected[case], case
+        assert server["attributes"]["rpc.service"] == "casino.echo.v1.EchoService"
+        assert server["attributes"]["rpc.method"] == "Echo"
+        assert server["status"] == "UNSET", case
+        assert server["end_unix_nano"] >= server["start_unix_nano"]
