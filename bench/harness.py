@@ -94,15 +94,25 @@ def bench_pki(tmp: Path) -> BenchPki:
     return BenchPki(tmp / "pki")
 
 
-def start_service(service: str, tmp: Path, pki: BenchPki, extra: str = "") -> ServiceProcess:
-    return start_services(service, tmp, pki, extra)[0]
+def start_service(
+    service: str, tmp: Path, pki: BenchPki, extra: str = "", *, checkout: Path = ROOT
+) -> ServiceProcess:
+    return start_services(service, tmp, pki, extra, checkout=checkout)[0]
 
 
 def start_services(
-    service: str, tmp: Path, pki: BenchPki, extra: str = "", processes: int = 1
+    service: str,
+    tmp: Path,
+    pki: BenchPki,
+    extra: str = "",
+    processes: int = 1,
+    *,
+    checkout: Path = ROOT,
 ) -> list[ServiceProcess]:
     """`processes` copies of the service from one config; more than one needs
-    `reuse_port = true` and a fixed `port` under [listen] in `extra`."""
+    `reuse_port = true` and a fixed `port` under [listen] in `extra`. `checkout`: the
+    platform's tree the service's code is imported from (this one, or another commit's
+    worktree to compare with; its migrations must match this one's)."""
     dbsetup.migrate(DATABASE, [], SECRETS)
     config = tmp / f"{service}.toml"
     config.write_text(f"""
@@ -123,7 +133,7 @@ access_log = false
 """)
     started = []
     for i in range(processes):
-        process = ServiceProcess(service, config, tmp / f"{service}-{i}.log", cwd=ROOT)
+        process = ServiceProcess(service, config, tmp / f"{service}-{i}.log", cwd=checkout)
         process.start()
         started.append(process)
     for process in started:

@@ -1,0 +1,138 @@
+"""What a change does to one RPC's server CPU: two checkouts of the platform side by side.
+
+On a shared 2-core machine whose speed drifts by half within minutes, two runs of a
+benchmark minutes apart differ by more than most changes (an echo call measured 2,950 and
+4,530 calls/s in back-to-back runs of the same kind of code). Here the service runs twice at
+once, from the older checkout (a `git worktree` of the commit to compare with) and from this
+one, on the same database, Redis and PKI; one client drives them in turn, in short windows
+(A B, B A, ...), so both see the same moments of the machine. Printed: the server process's
+CPU per call and the calls per second of each, and the change in CPU per call.
+
+Calls: `echo` (Ping, the runtime alone) or `balance` (the wallet's GetBalance, one
+PostgreSQL read). Generated code (`gen/`) comes from this checkout's install: compare commits
+with the same contracts. A benchmark, not a test: exits 0 either way.
+
+    git worktree add /tmp/before <commit>
+    .venv/bin/python bench/side_by_side.py /tmp/before [--call echo] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.harness import (  # noqa: E402
+    bench_pki,
+    drive,
+    fresh_database,
+    machine_line,
+    process_cpu_seconds,
+    start_service,
+)
+from casino.echo.v1 import echo_pb2, echo_pb2_grpc  # noqa: E402
+from casino.wallet.v1 import wallet_pb2, wallet_pb2_grpc  # noqa: E402
+from services.runtime.call import PLAYER_METADATA  # noqa: E402
+from services.runtime.client import secure_channel  # noqa: E402
+from services.runtime.process import ServiceProcess  # noqa: E402
+
+WALLET = (
+    '[redis]\nurl = "redis://127.0.0.1:6379/0"\n[wallet]\ncurrencies = ["EUR"]\n'
+    "outbox_relay = false\ncheckpoint_interval_seconds = 0\n"
+)
+
+
+async def main(before: Path, call: str, concurrency: int, rounds: int, seconds: float) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="side-by-side-"))
+    pki = bench_pki(tmp)
+    service, method, extra = (
+        ("echo", "Ping", "") if call == "echo" else ("wallet", "GetBalance", WALLET)
+    )
+    checkouts = {"before": before, "this": ROOT}
+    processes: dict[str, ServiceProcess] = {}
+    for name, checkout in checkouts.items():
+        (tmp / name).mkdir()
+        processes[name] = start_service(service, tmp / name, pki, extra, checkout=checkout)
+    channels = [
+        secure_channel(f"127.0.0.1:{p.ports['port']}", pki.tls("edge"), service, default_timeout=5)
+        for p in processes.values()
+    ]
+    try:
+        calls = await _calls(call, processes, channels, pki)
+        for one in calls.values():
+            for _ in range(300):  # connections, caches, prepared statements
+                await one()
+        cpu = dict.fromkeys(calls, 0.0)
+        done = dict.fromkeys(calls, 0)
+        elapsed = dict.fromkeys(calls, 0.0)
+        for turn in range(rounds):
+            for name in ("before", "this") if turn % 2 == 0 else ("this", "before"):
+                pid = processes[name].proc.pid  # type: ignore[union-attr]
+                cpu_before = process_cpu_seconds(pid) or 0.0
+                latencies, took = await drive(calls[name], concurrency, seconds)
+                cpu[name] += (process_cpu_seconds(pid) or 0.0) - cpu_before
+                done[name] += len(latencies)
+                elapsed[name] += took
+        print(
+            f"{service} {method}, {concurrency} clients, {rounds} alternating windows of"
+            f" {seconds:g} s each"
+        )
+        per_call = {name: cpu[name] / done[name] * 1e6 for name in calls}
+        for name, checkout in checkouts.items():
+            print(
+                f"  {name:<7} {per_call[name]:7.1f} us server CPU per call"
+                f"  {done[name] / elapsed[name]:7.0f} calls/s   ({checkout})"
+            )
+        change = per_call["this"] / per_call["before"] - 1
+        print(f"  server CPU per call: {change:+.1%} this checkout against the other")
+    finally:
+        for channel in channels:
+            await channel.close()
+        for process in processes.values():
+            process.terminate()
+
+
+async def _calls(
+    call: str, processes: dict[str, ServiceProcess], channels: list[Any], pki: Any
+) -> dict[str, Callable[[], Awaitable[Any]]]:
+    names = list(processes)
+    if call == "echo":
+        ping = echo_pb2.PingRequest(payload=b"x" * 64)
+        stubs = [echo_pb2_grpc.EchoServiceStub(c) for c in channels]
+        return {n: (lambda s=s: s.Ping(ping)) for n, s in zip(names, stubs, strict=True)}
+    # Both wallets share the bench database: one account, read by each.
+    player = f"side-{uuid.uuid4().hex[:12]}"
+    port = processes["this"].ports["port"]
+    async with secure_channel(f"127.0.0.1:{port}", pki.tls("identity"), "wallet") as setup:
+        await wallet_pb2_grpc.WalletServiceStub(setup).OpenAccount(
+            wallet_pb2.OpenAccountRequest(player_id=player, currency_code="EUR")
+        )
+    request = wallet_pb2.GetBalanceRequest(player_id=player, currency_code="EUR")
+    as_player = ((PLAYER_METADATA, player),)
+    stubs = [wallet_pb2_grpc.WalletServiceStub(c) for c in channels]
+    return {
+        n: (lambda s=s: s.GetBalance(request, metadata=as_player))
+        for n, s in zip(names, stubs, strict=True)
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("before", type=Path, help="the other checkout (a git worktree)")
+    parser.add_argument("--call", choices=["echo", "balance"], default="echo")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--seconds", type=float, default=1.5)
+    args = parser.parse_args()
+    print(machine_line())
+    fresh_database()
+    before = args.before.resolve()
+    asyncio.run(main(before, args.call, args.concurrency, args.rounds, args.seconds))
