@@ -211,7 +211,12 @@ class _RpcScope:
             },
         )
         if self.span.is_recording():  # only a sampled span pays for the peer's address
-            self.span.set_attribute("rpc.grpc.peer", self.context.peer())
+            # gRPC's peer: "ipv4:10.0.0.7:51234" or "ipv6:[::1]:51234".
+            _, _, address = self.context.peer().partition(":")
+            host, _, port = address.rpartition(":")
+            if host and port.isdigit():
+                self.span.set_attribute("network.peer.address", host.strip("[]"))
+                self.span.set_attribute("network.peer.port", int(port))
         self.trace_token = trace_context.attach(trace.set_span_in_context(self.span, parent))
 
     def _not_allowed(self, caller: str | None, names_operator: bool) -> str:

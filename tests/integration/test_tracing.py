@@ -100,5 +100,6 @@ async def test_each_rpc_ends_its_server_span_with_its_status_code(launch, pki) -
         assert server["attributes"]["rpc.grpc.status_code"] == expected[case], case
         assert server["attributes"]["rpc.service"] == "casino.echo.v1.EchoService"
         assert server["attributes"]["rpc.method"] == "Echo"
+        assert server["attributes"]["network.peer.address"] == "127.0.0.1"
         assert server["status"] == "UNSET", case
         assert server["end_unix_nano"] >= server["start_unix_nano"]
