@@ -259,6 +259,10 @@ class _RpcScope:
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         try:
             if exc is None or isinstance(exc, asyncio.CancelledError):
+                if exc is not None or self.context.cancelled():
+                    # The caller gave up (its deadline) or cancelled: nobody got an answer,
+                    # and the metrics, the access line and the span say so.
+                    self.code = self._given_up()
                 return False
             if isinstance(exc, grpc.aio.AbortError):
                 # The handler called context.abort(): the status is already set.
@@ -285,6 +289,12 @@ class _RpcScope:
             )
         finally:
             self._finish()
+
+    def _given_up(self) -> grpc.StatusCode:
+        remaining = self.context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
 
     def _finish(self) -> None:
         if self.token is None:
