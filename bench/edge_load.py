@@ -60,6 +60,8 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
 from bench.harness import (  # noqa: E402
+    REDIS_URL,
+    WALLET_FOR_READS,
     BenchPki,
     CpuSplit,
     bench_pki,
@@ -78,7 +80,6 @@ from services.runtime.call import PLAYER_METADATA  # noqa: E402
 from services.runtime.client import secure_channel  # noqa: E402
 
 TARGET_MS = 1.0
-REDIS_URL = "redis://127.0.0.1:6379/0"
 UNTHROTTLED = "rate = 1000000.0\nburst = 1000000\n"
 
 
@@ -380,14 +381,7 @@ def _verdict(costs: list[OwnCost]) -> None:
 async def main(concurrency_levels: list[int], rates: list[float], seconds: float) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="edge-bench-"))
     pki = bench_pki(tmp)
-    wallet = start_service(
-        "wallet",
-        tmp,
-        pki,
-        f'[redis]\nurl = "{REDIS_URL}"\n[wallet]\ncurrencies = ["EUR"]\noutbox_relay = false\n'
-        # The ledger checkpointer's first run reads the bench database's every head.
-        "checkpoint_interval_seconds = 0\n",
-    )
+    wallet = start_service("wallet", tmp, pki, WALLET_FOR_READS)
     echo = start_service("echo", tmp, pki)
     kid, key = _key_pair(tmp / "jwt")
     edge_process, edge_started = _spawn(

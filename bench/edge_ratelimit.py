@@ -25,10 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from redis.asyncio import Redis  # noqa: E402
 
-from bench.harness import machine_line  # noqa: E402
+from bench.harness import REDIS_URL, machine_line  # noqa: E402
 from edge.ratelimit import ClassLimit, RateLimitConfig, RateLimiter  # noqa: E402
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 async def main(widths: list[int], rounds: int, checks: int) -> None:

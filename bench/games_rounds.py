@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 from google.type.date_pb2 import Date  # noqa: E402
 
 from bench.harness import (  # noqa: E402
+    REDIS_URL,
     BenchPki,
     CpuSplit,
     bench_pki,
@@ -90,7 +91,6 @@ DEPOSIT = 10**9  # ten million pounds: a 100 bet every millisecond for more than
 SETUP_CONCURRENCY = 32
 RNG_CLIENTS = 8
 DICE_ROLLS = 10_000
-REDIS_URL = "redis://127.0.0.1:6379/0"
 SPAN_FLUSH_MS = 200
 BET = pb.Bet(dice=pb.DiceBet(stake_minor=STAKE, target=TARGET, direction=pb.DICE_DIRECTION_UNDER))
 

@@ -24,6 +24,17 @@ DATABASE = "casino_bench"
 # its file (scripts/lib.sh gives the broker the same).
 AMQP_URL = f"amqp://{dbsetup.BROKER_USER}@127.0.0.1:5672/casino_bench"
 AMQP_PASSWORD_FILE = dbsetup.broker_password_path(SECRETS)
+REDIS_URL = "redis://127.0.0.1:6379/0"
+# The wallet for benchmarks of its reads: the balance cache in Redis, no outbox relay, and
+# no ledger checkpointer (its first run reads the bench database's every head).
+WALLET_FOR_READS = f"""
+[redis]
+url = "{REDIS_URL}"
+[wallet]
+currencies = ["EUR"]
+outbox_relay = false
+checkpoint_interval_seconds = 0
+"""
 
 
 def fresh_database() -> None:

@@ -1,8 +1,9 @@
 """What a change does to one RPC's server CPU: two checkouts of the platform side by side.
 
 On a shared 2-core machine whose speed drifts by half within minutes, two runs of a
-benchmark minutes apart differ by more than most changes (an echo call measured 2,950 and
-4,530 calls/s in back-to-back runs of the same kind of code). Here the service runs twice at
+benchmark minutes apart differ by more than most changes (one change to the runtime measured
++55-70% echo calls/s in back-to-back runs, and 12-13% less server CPU per call here). Here
+the service runs twice at
 once, from the older checkout (a `git worktree` of the commit to compare with) and from this
 one, on the same database, Redis and PKI; one client drives them in turn, in short windows
 (A B, B A, ...), so both see the same moments of the machine. Printed: the server process's
@@ -31,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import (  # noqa: E402
+    WALLET_FOR_READS,
+    BenchPki,
     bench_pki,
     drive,
     fresh_database,
@@ -44,17 +47,12 @@ from services.runtime.call import PLAYER_METADATA  # noqa: E402
 from services.runtime.client import secure_channel  # noqa: E402
 from services.runtime.process import ServiceProcess  # noqa: E402
 
-WALLET = (
-    '[redis]\nurl = "redis://127.0.0.1:6379/0"\n[wallet]\ncurrencies = ["EUR"]\n'
-    "outbox_relay = false\ncheckpoint_interval_seconds = 0\n"
-)
-
 
 async def main(before: Path, call: str, concurrency: int, rounds: int, seconds: float) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="side-by-side-"))
     pki = bench_pki(tmp)
     service, method, extra = (
-        ("echo", "Ping", "") if call == "echo" else ("wallet", "GetBalance", WALLET)
+        ("echo", "Ping", "") if call == "echo" else ("wallet", "GetBalance", WALLET_FOR_READS)
     )
     checkouts = {"before": before, "this": ROOT}
     processes: dict[str, ServiceProcess] = {}
@@ -101,7 +99,7 @@ async def main(before: Path, call: str, concurrency: int, rounds: int, seconds: 
 
 
 async def _calls(
-    call: str, processes: dict[str, ServiceProcess], channels: list[Any], pki: Any
+    call: str, processes: dict[str, ServiceProcess], channels: list[Any], pki: BenchPki
 ) -> dict[str, Callable[[], Awaitable[Any]]]:
     names = list(processes)
     if call == "echo":
