@@ -111,9 +111,11 @@ def serve_bare() -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def _spawn(args: list[str], log_file: Path, event: str, timeout: float = 30) -> tuple[Any, dict]:  # type: ignore[type-arg]
+def spawn(
+    args: list[str], log_file: Path, event: str, timeout: float = 30, *, cwd: Path = ROOT
+) -> tuple[Any, dict]:  # type: ignore[type-arg]
     log = log_file.open("w")
-    process = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(args, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in log_file.read_text().splitlines():
@@ -178,7 +180,7 @@ class HttpClient:
             writer.close()
 
 
-def _key_pair(folder: Path) -> tuple[str, Ed25519PrivateKey]:
+def key_pair(folder: Path) -> tuple[str, Ed25519PrivateKey]:
     folder.mkdir(parents=True)
     kid = "bench-" + uuid.uuid4().hex[:6]
     key = Ed25519PrivateKey.generate()
@@ -190,7 +192,7 @@ def _key_pair(folder: Path) -> tuple[str, Ed25519PrivateKey]:
     return kid, key
 
 
-def _token(kid: str, key: Ed25519PrivateKey, player: str) -> str:
+def token(kid: str, key: Ed25519PrivateKey, player: str) -> str:
     now = int(time.time())
     claims = {
         "iss": "casino-identity",
@@ -245,6 +247,20 @@ key_prefix = "bench-ratelimit-{uuid.uuid4().hex[:8]}"
 {UNTHROTTLED}
 """)
     return path
+
+
+def start_edge(
+    tmp: Path, pki: BenchPki, wallet: int, echo: int, keys: Path, *, checkout: Path = ROOT
+) -> tuple[Any, dict]:  # type: ignore[type-arg]
+    """An edge process (from `checkout`'s tree) fronting the wallet and echo services, with
+    the bench's settings; its process and its "edge started" record (the listeners' ports)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    return spawn(
+        [sys.executable, "-m", "edge", "--config", str(_edge_config(tmp, pki, wallet, echo, keys))],
+        tmp / "edge.log",
+        "edge started",
+        cwd=checkout,
+    )
 
 
 async def _measure(
@@ -383,19 +399,11 @@ async def main(concurrency_levels: list[int], rates: list[float], seconds: float
     pki = bench_pki(tmp)
     wallet = start_service("wallet", tmp, pki, WALLET_FOR_READS)
     echo = start_service("echo", tmp, pki)
-    kid, key = _key_pair(tmp / "jwt")
-    edge_process, edge_started = _spawn(
-        [
-            sys.executable,
-            "-m",
-            "edge",
-            "--config",
-            str(_edge_config(tmp, pki, wallet.ports["port"], echo.ports["port"], tmp / "jwt")),
-        ],
-        tmp / "edge.log",
-        "edge started",
+    kid, key = key_pair(tmp / "jwt")
+    edge_process, edge_started = start_edge(
+        tmp, pki, wallet.ports["port"], echo.ports["port"], tmp / "jwt"
     )
-    bare_process, bare_started = _spawn(
+    bare_process, bare_started = spawn(
         [sys.executable, str(BENCH_FILE), "--serve-bare"],
         tmp / "bare.log",
         "bare started",
@@ -420,14 +428,14 @@ async def main(concurrency_levels: list[int], rates: list[float], seconds: float
                 amount=Money(amount_minor=10_000, currency_code="EUR"),
             )
         )
-        token = _token(kid, key, player)
+        bearer = token(kid, key, player)
         wallet_stub = wallet_pb2_grpc.WalletServiceStub(wallet_channel)
         echo_stub = echo_pb2_grpc.EchoServiceStub(echo_channel)
         balance_request = wallet_pb2.GetBalanceRequest(player_id=player, currency_code="EUR")
         as_player = ((PLAYER_METADATA, player),)
         edge_http, bare_http = HttpClient(edge_port), HttpClient(bare_port)
         balance_path = f"/v1/players/{player}/accounts/EUR/balance"
-        auth = {"Authorization": f"Bearer {token}"}
+        auth = {"Authorization": f"Bearer {bearer}"}
 
         async def edge_balance() -> None:
             status, body = await edge_http.get(balance_path, auth)
