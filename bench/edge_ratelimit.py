@@ -1,8 +1,8 @@
 """What one rate-limit check costs the edge's CPU, alone in its loop turn and among others.
 
 The edge makes one rate-limit check per request: one GCRA script call in Redis. This drives
-the edge's own limiter (edge.ratelimit.RateLimiter, on a Redis client configured as the
-edge's) against the real Redis, `width` checks of distinct keys per loop turn, as a busy
+the edge's own limiter (edge.ratelimit.RateLimiter, on the edge's Redis connection,
+edge.redislink) against the real Redis, `width` checks of distinct keys per loop turn, as a busy
 edge makes them, and prints the CPU this process spends per check (the minimum over
 `--rounds` rounds: the machine's other guests only ever add to it) and the wall time per
 turn. A benchmark, not a test; no target of its own (it explains the edge's figures in
@@ -23,16 +23,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from redis.asyncio import Redis  # noqa: E402
-
 from bench.harness import REDIS_URL, machine_line  # noqa: E402
 from edge.ratelimit import ClassLimit, RateLimitConfig, RateLimiter  # noqa: E402
+from edge.redislink import RedisLink  # noqa: E402
 
 
 async def main(widths: list[int], rounds: int, checks: int) -> None:
     print(machine_line())
-    # As edge/app.py builds it.
-    client = Redis.from_url(REDIS_URL, socket_timeout=None, socket_connect_timeout=1.0)
+    client = RedisLink(REDIS_URL)
     config = RateLimitConfig(
         key_prefix=f"bench-ratelimit-{uuid.uuid4().hex[:8]}",
         classes={"CATALOG": ClassLimit(rate=1e9, burst=10**9)},  # counted, never refused
@@ -59,7 +57,7 @@ async def main(widths: list[int], rounds: int, checks: int) -> None:
                 if width not in best or cpu_us < best[width][0]:
                     best[width] = (cpu_us, turn_us)
     finally:
-        await client.aclose()
+        await client.close()
     print(f"rate-limit checks, minimum over {rounds} rounds of ~{checks} checks")
     for width in widths:
         cpu_us, turn_us = best[width]

@@ -42,7 +42,6 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
-from redis.asyncio import Redis
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -79,6 +78,7 @@ from edge.operators import (
 from edge.operators import check_not_revoked as check_operator_not_revoked
 from edge.operators import revocation_key as operator_revocation_key
 from edge.ratelimit import UNROUTED, Decision, RateLimitConfig, RateLimiter
+from edge.redislink import RedisLink
 from edge.transcoding import (
     Binding,
     TranscodingError,
@@ -202,7 +202,7 @@ def upstream_health_probe(channel: grpc.aio.Channel) -> Callable[[], Awaitable[b
 @dataclass
 class Route:
     binding: Binding
-    call: grpc.aio.UnaryUnaryMultiCallable
+    call: Callable[..., Awaitable[Message]]  # the traced callable of services.runtime.client
 
 
 class ListenerApp:
@@ -386,94 +386,48 @@ class ListenerApp:
                 ),
                 route,
             )
-        principal: Principal | None = None
-        operator: OperatorPrincipal | None = None
+        caller = await self._caller(endpoint_class, headers, anonymous_key, route)
+        budget_key = _budget_key(caller, anonymous_key)
+        admission = self._admit(binding, route, caller, budget_key, request_id)
+        metadata = _call_metadata(request_id, client, country, caller)
+        operator = caller if isinstance(caller, OperatorPrincipal) else None
+        ahead: asyncio.Future[Message] | None = None
+        if operator is None and binding.safe:
+            # A player's or an anonymous read. Within its limit as far as this replica has
+            # counted, its call starts now and the Redis check (limit and revocation, one
+            # round trip) runs beside it, not before it. The answer still waits for the
+            # check and is never sent when the check refuses (the call is then cancelled): a
+            # read leaves nothing to undo, and a key flooding past its limit reaches the
+            # services at its limit per replica. Every read is decoded before its check,
+            # whether its call goes ahead or not, so the checks reach Redis in the order this
+            # replica counted them. (An operator's read waits: their roles are checked first,
+            # so a back-office read without the role is never made.)
+            try:
+                request = await self._request(receive, headers, scope, binding, variables, started)
+            except EdgeError as exc:
+                raise _tag(exc, route, await admission) from None
+            except BaseException:
+                admission.close()
+                raise
+            if self.limiter.admits_here(endpoint_class, budget_key):
+                ahead = asyncio.ensure_future(self._call(binding, request, metadata, started))
+            try:
+                limit_headers = await admission
+            except BaseException:
+                if ahead is not None:
+                    _abandon(ahead)
+                raise
+        else:
+            limit_headers = await admission
+            try:
+                request = await self._request(receive, headers, scope, binding, variables, started)
+                if operator is not None:
+                    _record_operator(request, operator)
+            except EdgeError as exc:
+                raise _tag(exc, route, limit_headers) from None
+        call = ahead if ahead is not None else self._call(binding, request, metadata, started)
         try:
-            if endpoint_class in UNAUTHENTICATED_CLASSES:
-                # No player: the client address's budget, or its named source's (a PSP).
-                decision = await self.limiter.check(endpoint_class, anonymous_key)
-            elif endpoint_class in OPERATOR_CLASSES:
-                # The back office: an operator's token only (a player's is refused), and the
-                # operator's own budget.
-                try:
-                    operator = self.operators.decode(headers.get("authorization"))
-                except Unauthenticated as exc:
-                    await self._refuse(endpoint_class, anonymous_key, from_domain_error(exc), route)
-                # The operator's revocation second is read by the same Redis call.
-                decision, revoked_before = await self.limiter.check_and_read(
-                    endpoint_class,
-                    f"operator:{operator.operator_id}",
-                    operator_revocation_key(operator.operator_id),
-                )
-                check_operator_not_revoked(operator, revoked_before)
-            else:
-                # The signature is checked here, in process; the player's revocation instant
-                # is read by the rate limiter's Redis call: one round trip for both.
-                try:
-                    principal = self.verifier.decode(headers.get("authorization"))
-                except Unauthenticated as exc:
-                    # No player to charge: the client pays, from the class's anonymous budget.
-                    await self._refuse(endpoint_class, anonymous_key, from_domain_error(exc), route)
-                decision, revoked_before = await self.limiter.check_and_read(
-                    endpoint_class, f"player:{principal.player_id}", revocation_key(principal)
-                )
-                check_not_revoked(principal, endpoint_class, revoked_before)
-        except DomainError as exc:
-            raise _tag(from_domain_error(exc), route) from None
-        limit_headers = dict(decision.headers)
-        if not decision.allowed:
-            raise _tag(_rate_limited(decision, endpoint_class), route)
-        if operator is not None:
-            needed = missing_role(self.required_roles, binding.grpc_path.lstrip("/"), operator)
-            if needed is not None:
-                log.warning(
-                    "operator lacks the role for an operation",
-                    request_id=request_id,
-                    operator=operator.operator_id,
-                    rpc=binding.grpc_path,
-                    required_roles=needed,
-                )
-                raise _tag(_role_required(needed), route, limit_headers)
-        limit = self.settings.max_body_bytes
-        length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            raise _tag(_too_large(limit), route, limit_headers)
-        # The body arrives within what is left of the request's deadline budget, or the
-        # request ends: a client that withholds its body must not hold an in-flight slot.
-        remaining = self.settings.deadline(endpoint_class) - (time.perf_counter() - started)
-        try:
-            body = await _read_body(receive, limit, remaining)
-            query = parse_qsl(
-                scope["query_string"].decode("latin-1"),
-                keep_blank_values=True,
-                encoding="utf-8",
-                errors="strict",
-            )
-            request = decode_request(binding, variables, query, body)
-            if operator is not None:
-                _record_operator(request, operator)
-        except TranscodingError as exc:
-            raise _tag(bad_request(exc.message, exc.field), route, limit_headers) from None
-        except UnicodeDecodeError:
-            raise _tag(bad_request("query string is not UTF-8"), route, limit_headers) from None
-        except EdgeError as exc:
-            raise _tag(exc, route, limit_headers) from None
-        metadata: list[tuple[str, str]] = [("x-request-id", request_id)]
-        if client:
-            metadata.append((CLIENT_ADDRESS_METADATA, client))
-        if country:
-            metadata.append((CLIENT_COUNTRY_METADATA, country))
-        if principal is not None:
-            metadata.append((PLAYER_METADATA, principal.player_id))
-        if operator is not None:
-            metadata.append((OPERATOR_METADATA, operator.operator_id))
-            if operator.roles:
-                metadata.append((OPERATOR_ROLES_METADATA, ",".join(sorted(operator.roles))))
-        budget = self.settings.deadline(endpoint_class) - (time.perf_counter() - started)
-        try:
-            reply: Message = await self.calls[id(binding)](
-                request, timeout=max(budget, 0.001), metadata=metadata
-            )
+            reply: Message = await call
         except grpc.aio.AioRpcError as exc:
             error = from_rpc_error(exc)
             if error.status >= 500:
@@ -490,6 +444,110 @@ class ListenerApp:
             route,
         )
 
+    async def _caller(
+        self, endpoint_class: str, headers: Headers, anonymous_key: str, route: str
+    ) -> Principal | OperatorPrincipal | None:
+        """Who asks: nobody for the unauthenticated classes (AUTH, CATALOG, PAYMENT_WEBHOOK),
+        an operator on the back office (a player's token is refused there), else a player.
+        The token's signature is checked here, in process; a request with no usable token is
+        refused, charged to the class's budget of its client."""
+        if endpoint_class in UNAUTHENTICATED_CLASSES:
+            return None
+        try:
+            if endpoint_class in OPERATOR_CLASSES:
+                return self.operators.decode(headers.get("authorization"))
+            return self.verifier.decode(headers.get("authorization"))
+        except Unauthenticated as exc:
+            await self._refuse(endpoint_class, anonymous_key, from_domain_error(exc), route)
+
+    async def _admit(
+        self,
+        binding: Binding,
+        route: str,
+        caller: Principal | OperatorPrincipal | None,
+        budget_key: str,
+        request_id: str,
+    ) -> dict[str, str]:
+        """The rate-limit headers of a request its caller may make now, else its refusal: a
+        revoked token (401; the revocation instant is read by the rate limiter's Redis call,
+        one round trip for both), over the class's limit (429), an operator without a role
+        the operation needs (403)."""
+        endpoint_class = binding.endpoint_class
+        try:
+            if caller is None:
+                decision = await self.limiter.check(endpoint_class, budget_key)
+            elif isinstance(caller, OperatorPrincipal):
+                decision, revoked_before = await self.limiter.check_and_read(
+                    endpoint_class, budget_key, operator_revocation_key(caller.operator_id)
+                )
+                check_operator_not_revoked(caller, revoked_before)
+            else:
+                decision, revoked_before = await self.limiter.check_and_read(
+                    endpoint_class, budget_key, revocation_key(caller)
+                )
+                check_not_revoked(caller, endpoint_class, revoked_before)
+        except DomainError as exc:
+            raise _tag(from_domain_error(exc), route) from None
+        limit_headers = dict(decision.headers)
+        if not decision.allowed:
+            raise _tag(_rate_limited(decision, endpoint_class), route)
+        if isinstance(caller, OperatorPrincipal):
+            needed = missing_role(self.required_roles, binding.grpc_path.lstrip("/"), caller)
+            if needed is not None:
+                log.warning(
+                    "operator lacks the role for an operation",
+                    request_id=request_id,
+                    operator=caller.operator_id,
+                    rpc=binding.grpc_path,
+                    required_roles=needed,
+                )
+                raise _tag(_role_required(needed), route, limit_headers)
+        return limit_headers
+
+    async def _request(
+        self,
+        receive: Receive,
+        headers: Headers,
+        scope: Scope,
+        binding: Binding,
+        variables: dict[str, str],
+        started: float,
+    ) -> Message:
+        """The RPC's request from the path variables, the query string and the JSON body: 400
+        when they do not fit it, before any call. The body arrives within what is left of the
+        class's deadline budget, or the request ends (408): a client that withholds its body
+        must not hold an in-flight slot."""
+        limit = self.settings.max_body_bytes
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            raise _too_large(limit)
+        remaining = self.settings.deadline(binding.endpoint_class) - (time.perf_counter() - started)
+        body = await _read_body(receive, limit, remaining)
+        try:
+            query = parse_qsl(
+                scope["query_string"].decode("latin-1"),
+                keep_blank_values=True,
+                encoding="utf-8",
+                errors="strict",
+            )
+            return decode_request(binding, variables, query, body)
+        except TranscodingError as exc:
+            raise bad_request(exc.message, exc.field) from None
+        except UnicodeDecodeError:
+            raise bad_request("query string is not UTF-8") from None
+
+    def _call(
+        self,
+        binding: Binding,
+        request: Message,
+        metadata: list[tuple[str, str]],
+        started: float,
+    ) -> Awaitable[Message]:
+        """The upstream call, with what is left of the class's deadline budget as its
+        timeout."""
+        budget = self.settings.deadline(binding.endpoint_class) - (time.perf_counter() - started)
+        return self.calls[id(binding)](request, timeout=max(budget, 0.001), metadata=metadata)
+
     async def _refuse(self, budget: str, key: str, refusal: EdgeError, route: str) -> NoReturn:
         """Answers a request the edge refuses before knowing its player (from a network the
         listener does not serve, unrouted, unlocated, no usable token) with `refusal`, after
@@ -499,6 +557,40 @@ class ListenerApp:
         if not decision.allowed:
             raise _tag(_rate_limited(decision, budget), route)
         raise _tag(refusal, route, dict(decision.headers))
+
+
+def _abandon(call: asyncio.Future[Any]) -> None:
+    """Cancels an upstream call whose answer will not be sent; one that has already ended
+    is read, so its failure is not reported as never retrieved."""
+    if not call.cancel() and not call.cancelled():
+        call.exception()
+
+
+def _budget_key(caller: Principal | OperatorPrincipal | None, anonymous_key: str) -> str:
+    """Whose rate-limit budget a request spends: its player's, its operator's, else its
+    client's (the client address's, or its named source's)."""
+    if caller is None:
+        return anonymous_key
+    if isinstance(caller, OperatorPrincipal):
+        return f"operator:{caller.operator_id}"
+    return f"player:{caller.player_id}"
+
+
+def _call_metadata(
+    request_id: str, client: str, country: str, caller: Principal | OperatorPrincipal | None
+) -> list[tuple[str, str]]:
+    metadata: list[tuple[str, str]] = [("x-request-id", request_id)]
+    if client:
+        metadata.append((CLIENT_ADDRESS_METADATA, client))
+    if country:
+        metadata.append((CLIENT_COUNTRY_METADATA, country))
+    if isinstance(caller, OperatorPrincipal):
+        metadata.append((OPERATOR_METADATA, caller.operator_id))
+        if caller.roles:
+            metadata.append((OPERATOR_ROLES_METADATA, ",".join(sorted(caller.roles))))
+    elif caller is not None:
+        metadata.append((PLAYER_METADATA, caller.player_id))
+    return metadata
 
 
 def _unrouted(method: str, allowed: list[str]) -> EdgeError:
@@ -634,13 +726,9 @@ class Edge:
         if not config.redis.url:
             raise ConfigError("edge: [redis] url is required (rate limits, revocation)")
         password = read_secret(config.redis.password_file) if config.redis.password_file else None
-        # No socket timeout: every call is bounded where it is made (the limiter's and the
-        # revocation check's breakers, 50 ms; the readiness probe's timeout), and redis-py
-        # enforces one by running each command's write as a task of its own (asyncio.wait_for),
-        # a quarter of a rate-limit call's CPU.
-        self.redis = Redis.from_url(
-            config.redis.url, password=password, socket_timeout=None, socket_connect_timeout=1.0
-        )
+        # Every call is bounded where it is made (the limiter's breaker, 50 ms; the readiness
+        # probe's timeout).
+        self.redis = RedisLink(config.redis.url, password)
         self.channels: dict[str, grpc.aio.Channel] = {}
         for upstream in sorted(set(settings.services.values())):
             cfg = config.upstreams[upstream]
@@ -652,7 +740,7 @@ class Edge:
                 tracer_provider=self.tracer_provider,
             )
         auth = build(TokenVerifierConfig, settings.auth, "edge.auth", config.config_dir)
-        self.verifier = TokenVerifier.from_config(auth, self.redis)
+        self.verifier = TokenVerifier.from_config(auth)
         operator_auth = build(
             OperatorTokenConfig, settings.operator_auth, "edge.operator_auth", config.config_dir
         )
@@ -660,10 +748,10 @@ class Edge:
         self.operators = OperatorTokenVerifier.from_config(operator_auth, auth.issuer)
         limits = build(RateLimitConfig, settings.ratelimit, "edge.ratelimit", config.config_dir)
         self.limiter = RateLimiter(self.redis, limits)
-        redis_client = self.redis
+        redis = self.redis
 
         async def redis_ready() -> bool:
-            return bool(await redis_client.ping())  # type: ignore[misc]
+            return bool(await redis.call("PING") == b"PONG")
 
         self.readiness = Readiness(
             {
@@ -784,7 +872,7 @@ class Edge:
             await readiness
         for channel in self.channels.values():
             await channel.close()
-        await self.redis.aclose()
+        await self.redis.close()
         self.tracer_provider.shutdown()
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:

@@ -13,13 +13,13 @@ before any signature check).
 Revocation: identity keeps `identity:revoked-before:<player_id>` (unix seconds) in Redis on
 logout, refresh-token reuse and self-exclusion; a token issued before that instant
 (iat < value) is refused. The edge reads it in its rate-limit call (one Redis round trip per
-request; `ensure_not_revoked` is the same rule with a GET of its own). If Redis cannot answer,
+request) and applies `check_not_revoked` to what it read. If Redis cannot answer,
 money-moving classes fail closed (503 DEPENDENCY_UNAVAILABLE, the client retries) and
 CATALOG fails open (a revoked token can at most read the lobby until it expires).
 
-Use: `principal = await verifier.verify(request.headers.get("authorization"), "PLAYER_WALLET")`
-raises Unauthenticated (-> 401 with its reason) or DependencyUnavailable (-> 503);
-`verifier.decode(header)` is the signature/claims part alone, without Redis.
+Use: `principal = verifier.decode(request.headers.get("authorization"))` (the signature and
+the claims, no Redis) raises Unauthenticated (-> 401 with its reason); `check_not_revoked`
+raises Unauthenticated or DependencyUnavailable (-> 503).
 """
 
 from __future__ import annotations
@@ -33,13 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-import redis.exceptions
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from redis.asyncio import Redis
 
-from edge.ratelimit import UNAVAILABLE, Lookup, class_name
-from services.runtime.breaker import AsyncBreaker, CircuitOpen
+from edge.ratelimit import Lookup, class_name
 from services.runtime.errors import Code, DependencyUnavailable, DomainError
 from services.runtime.logs import get_logger
 
@@ -210,14 +207,11 @@ class TokenVerifier:
         audience: str = "casino-edge",
         leeway_seconds: float = 30.0,
         reload_seconds: float = 30.0,
-        redis_client: Redis | None = None,
-        redis_timeout_ms: int = 50,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
-        self._redis = redis_client
         self._clock = clock
         self._keys = KeyRing(Path(public_key_dir), reload_seconds, "token")
         # Tokens whose signature and claims were checked, by their text: an app sends the
@@ -227,19 +221,15 @@ class TokenVerifier:
         # Principal objects cost 5 ms of every full collection (the tuples 1 ms), every
         # request in flight waiting.
         self._verified: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
-        self._breaker = AsyncBreaker(
-            "revocation-redis", fail_max=3, reset_timeout=1.0, call_timeout=redis_timeout_ms / 1000
-        )
 
     @classmethod
-    def from_config(cls, config: TokenVerifierConfig, redis_client: Redis | None) -> TokenVerifier:
+    def from_config(cls, config: TokenVerifierConfig) -> TokenVerifier:
         return cls(
             config.public_key_dir,
             issuer=config.issuer,
             audience=config.audience,
             leeway_seconds=config.leeway_seconds,
             reload_seconds=config.reload_seconds,
-            redis_client=redis_client,
         )
 
     @property
@@ -302,30 +292,6 @@ class TokenVerifier:
             token_id=str(claims.get("jti", "")),
             key_id=kid,
         )
-
-    async def verify(self, authorization: str | None, endpoint_class: str | int) -> Principal:
-        """decode() plus the revocation check in Redis."""
-        principal = self.decode(authorization)
-        await self.ensure_not_revoked(principal, endpoint_class)
-        return principal
-
-    async def ensure_not_revoked(self, principal: Principal, endpoint_class: str | int) -> None:
-        """The player's sessions were not ended after this token was issued (one GET)."""
-        if self._redis is None:
-            return
-        redis_client = self._redis
-        key = revocation_key(principal)
-        try:
-            lookup = Lookup(True, await self._breaker.call(lambda: redis_client.get(key)))
-        except (
-            CircuitOpen,
-            redis.exceptions.ConnectionError,
-            redis.exceptions.TimeoutError,
-            OSError,  # builtin TimeoutError (asyncio's since 3.11) included
-        ) as exc:
-            log.warning("token revocation check unavailable", error=repr(exc))
-            lookup = UNAVAILABLE
-        check_not_revoked(principal, endpoint_class, lookup)
 
 
 def revocation_key(principal: Principal) -> str:

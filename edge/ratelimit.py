@@ -9,11 +9,10 @@ then one per interval, and the state is a single key that expires when the clien
 
 Redis holds the state so every edge replica shares one budget per player: one EVALSHA per
 request (the script is loaded once per process and reloaded on NOSCRIPT after a Redis
-restart), the clock is Redis's own TIME so replicas with skewed clocks agree. The checks that
-arrive in one turn of the event loop (a busy edge reads several requests per turn) go to
-Redis as one pipeline: one write and one read for all of them, each still its own atomic
-script call. Redis slow or
-unreachable (a short timeout behind a circuit breaker): each replica limits locally with
+restart), the clock is Redis's own TIME so replicas with skewed clocks agree. The checks go
+out on the edge's one Redis connection (edge.redislink): those of one loop turn in one write,
+and Redis runs them in the order the edge made them. Redis slow, unreachable or answering
+with an error (a short timeout behind a circuit breaker): each replica limits locally with
 rate and burst divided by `fallback_divisor`, never unlimited, and says so in the
 RateLimit-Policy header; the breaker half-opens after `breaker_reset_seconds` and the limiter
 goes back to Redis as soon as Redis answers.
@@ -32,12 +31,10 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
-
-import redis.exceptions
-from redis.asyncio import Redis
+from typing import Any
 
 from casino.common.v1 import options_pb2
+from edge.redislink import RedisLink, ReplyError
 from services.runtime.breaker import AsyncBreaker, CircuitOpen
 from services.runtime.config import ConfigError
 from services.runtime.logs import get_logger
@@ -239,27 +236,19 @@ class LocalGcra:
             del self._tats[next(iter(self._tats))]
 
 
-class _Call(NamedTuple):
-    """One script call waiting for its turn's pipeline."""
-
-    keys: Sequence[str]
-    interval_us: int
-    burst: int
-    reply: asyncio.Future[Any] | None  # None: the call that sends the pipeline
-
-
 class RateLimiter:
     def __init__(
         self,
-        redis_client: Redis,
+        redis_link: RedisLink,
         config: RateLimitConfig | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._redis = redis_client
+        self._redis = redis_link
         self.config = config or RateLimitConfig()
         self._limits = self.config.limits()
         self._local = LocalGcra(self.config.local_max_keys, clock)
+        self._here = LocalGcra(self.config.local_max_keys, clock)
         self._breaker = AsyncBreaker(
             "ratelimit-redis",
             fail_max=self.config.breaker_fail_max,
@@ -267,8 +256,6 @@ class RateLimiter:
             call_timeout=self.config.redis_timeout_ms / 1000,
         )
         self._sha: str | None = None
-        # The calls gathering in this loop turn, led by the first (None: none gathering).
-        self._gathering: list[_Call] | None = None
 
     @property
     def breaker_state(self) -> str:
@@ -281,8 +268,16 @@ class RateLimiter:
         try:
             async with asyncio.timeout(timeout):
                 await self._load()
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except (ReplyError, OSError) as exc:
             log.warning("rate limit script not loaded at start", error=repr(exc))
+
+    def admits_here(self, endpoint_class: str, key: str) -> bool:
+        """Whether `key` is within `endpoint_class`'s full limit counting only the requests
+        this replica has asked about (a local GCRA beside Redis's, spent by each yes). Not a
+        decision: the edge starts a read's upstream call while Redis decides only on a yes, so
+        a key flooding past its limit costs the services at most its limit per replica."""
+        limit = self._limits[endpoint_class]
+        return self._here.check(f"{endpoint_class}:{key}", 1.0 / limit.rate, limit.burst).allowed
 
     async def check(self, endpoint_class: str | int, key: str) -> Decision:
         """Count one request of `key` against `endpoint_class`'s limit."""
@@ -304,9 +299,8 @@ class RateLimiter:
             )
         except (
             CircuitOpen,
-            redis.exceptions.ConnectionError,
-            redis.exceptions.TimeoutError,
-            OSError,  # builtin TimeoutError (asyncio's since 3.11) included
+            ReplyError,  # Redis answering with an error (out of memory, loading, busy)
+            OSError,  # ConnectionError and TimeoutError (asyncio's since 3.11) included
         ) as exc:
             if not isinstance(exc, CircuitOpen):
                 log.warning("rate limit redis unavailable, limiting locally", error=repr(exc))
@@ -322,82 +316,25 @@ class RateLimiter:
     ) -> tuple[_Verdict, bytes | str | None]:
         interval_us = max(1, round(1_000_000 / rate))
         keys = [redis_key] if read_key is None else [redis_key, read_key]
-        reply = await self._script_call(keys, interval_us, burst)
+        reply = await self._evalsha(keys, interval_us, burst)
         allowed, remaining, reset_us, retry_us = (int(v) for v in reply[:4])
         value = reply[4]  # Lua false (no read key, or the key absent) comes back as None
         return _Verdict(bool(allowed), remaining, reset_us / 1e6, retry_us / 1e6), value
 
-    async def _script_call(self, keys: Sequence[str], interval_us: int, burst: int) -> Any:
-        """The script's reply for `keys`. The first call of a loop turn yields once, so the
-        calls the same turn makes join it, then sends them all in one pipeline and hands
-        each its reply (or its error)."""
-        if self._gathering is not None:
-            reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._gathering.append(_Call(keys, interval_us, burst, reply))
-            return await reply
-        calls = self._gathering = [_Call(keys, interval_us, burst, None)]
+    async def _evalsha(self, keys: Sequence[str], interval_us: int, burst: int) -> Any:
+        args: tuple[str | int, ...] = (len(keys), *keys, interval_us, burst)
         try:
-            try:
-                await asyncio.sleep(0)
-            finally:
-                self._gathering = None
-            replies = await self._send(calls)
-        except BaseException as exc:
-            # The sender's failure (or its caller giving up: a timeout, a cancellation) is
-            # every joined call's: each then decides locally, as it would have alone.
-            failure = (
-                exc
-                if isinstance(exc, Exception)
-                else redis.exceptions.ConnectionError("the check sending this pipeline gave up")
-            )
-            for call in calls[1:]:
-                if call.reply is not None and not call.reply.done():
-                    call.reply.set_exception(failure)
-            raise
-        for call, answer in zip(calls[1:], replies[1:], strict=True):
-            if call.reply is not None and not call.reply.done():
-                if isinstance(answer, Exception):
-                    call.reply.set_exception(answer)
-                else:
-                    call.reply.set_result(answer)
-        if isinstance(replies[0], Exception):
-            raise replies[0]
-        return replies[0]
-
-    async def _send(self, calls: list[_Call]) -> list[Any]:
-        """The replies to `calls` (an exception in the place of a call that failed alone)."""
-        replies = await self._evalsha(self._sha or await self._load(), calls)
-        forgotten = [
-            i
-            for i, reply in enumerate(replies)
-            if isinstance(reply, redis.exceptions.NoScriptError)
-        ]
-        if forgotten:
-            # Redis restarted (or flushed its script cache) since the script was loaded: those
-            # calls again (only those: the others were counted).
-            again = await self._evalsha(await self._load(), [calls[i] for i in forgotten])
-            for i, reply in zip(forgotten, again, strict=True):
-                replies[i] = reply
-        return replies
+            return await self._redis.call("EVALSHA", self._sha or await self._load(), *args)
+        except ReplyError as exc:
+            if exc.code != "NOSCRIPT":
+                raise
+        # Redis restarted (or flushed its script cache) since the script was loaded.
+        return await self._redis.call("EVALSHA", await self._load(), *args)
 
     async def _load(self) -> str:
-        self._sha = await self._redis.script_load(_GCRA_LUA)
+        sha = await self._redis.call("SCRIPT", "LOAD", _GCRA_LUA)
+        self._sha = sha.decode()
         return self._sha
-
-    async def _evalsha(self, sha: str, calls: list[_Call]) -> list[Any]:
-        if len(calls) == 1:  # alone in its turn: a plain call costs less than a pipeline
-            (call,) = calls
-            try:
-                reply = await self._redis.evalsha(
-                    sha, len(call.keys), *call.keys, call.interval_us, call.burst
-                )
-            except redis.exceptions.ResponseError as exc:
-                return [exc]
-            return [reply]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for call in calls:
-                pipe.evalsha(sha, len(call.keys), *call.keys, call.interval_us, call.burst)
-            return list(await pipe.execute(raise_on_error=False))
 
 
 def _decision(verdict: _Verdict, burst: int, rate: float, policy: str, *, local: bool) -> Decision:

@@ -189,6 +189,12 @@ class Binding:
     bound: frozenset[str] = field(default_factory=frozenset)
 
     @property
+    def safe(self) -> bool:
+        """A read: the contracts bind to GET only operations that change nothing a client
+        could see (HTTP's safe method, RFC 9110 9.2.1; tests/contracts holds them to it)."""
+        return self.http_method == "GET"
+
+    @property
     def grpc_path(self) -> str:
         return f"/{self.service}/{self.method.name}"
 

@@ -1,6 +1,6 @@
-"""Rate limits against the real Redis: GCRA per (endpoint class, key) in one script call,
-and the stricter local limiter while Redis is unreachable (a proxy in front of Redis is
-cut; the shared Redis keeps running)."""
+"""Rate limits against the real Redis: GCRA per (endpoint class, key) in one script call on
+the edge's Redis connection, and the stricter local limiter while Redis is unreachable (a
+proxy in front of Redis is cut; the shared Redis keeps running)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from edge.ratelimit import Decision, RateLimitConfig, RateLimiter
+from edge.redislink import RedisLink
 from tests.support.tcp_proxy import TcpProxy
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -28,6 +29,13 @@ async def redis_client() -> AsyncIterator[Redis]:
     client = Redis.from_url(REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def link() -> AsyncIterator[RedisLink]:
+    connection = RedisLink(REDIS_URL)
+    yield connection
+    await connection.close()
 
 
 @pytest.fixture
@@ -54,9 +62,9 @@ async def _started(limiter: RateLimiter) -> RateLimiter:
 
 
 async def test_51st_wallet_request_within_a_second_is_refused_with_retry_after(
-    redis_client: Redis,
+    link: RedisLink,
 ) -> None:
-    limiter = await _started(RateLimiter(redis_client, _config()))
+    limiter = await _started(RateLimiter(link, _config()))
     # Until the first refusal: on a slow machine the burst takes longer and GCRA refills one
     # request per 20 ms of it, so the refusal may come a little after the 51st.
     started = time.perf_counter()
@@ -79,8 +87,8 @@ async def test_51st_wallet_request_within_a_second_is_refused_with_retry_after(
     assert "Retry-After" not in decisions[0].headers
 
 
-async def test_another_player_and_catalog_traffic_are_unaffected(redis_client: Redis) -> None:
-    limiter = await _started(RateLimiter(redis_client, _config()))
+async def test_another_player_and_catalog_traffic_are_unaffected(link: RedisLink) -> None:
+    limiter = await _started(RateLimiter(link, _config()))
     await _burst(limiter, "PLAYER_WALLET", "player-a", 60)
     assert not (await limiter.check("PLAYER_WALLET", "player-a")).allowed
 
@@ -91,16 +99,20 @@ async def test_another_player_and_catalog_traffic_are_unaffected(redis_client: R
     assert catalog[0].headers["RateLimit-Policy"] == '"catalog";q=200;w=1'
 
 
-async def test_replicas_share_one_budget_in_redis(redis_client: Redis) -> None:
+async def test_replicas_share_one_budget_in_redis(link: RedisLink) -> None:
     config = _config()
-    first = await _started(RateLimiter(redis_client, config))
-    second = await _started(RateLimiter(redis_client, config))
-    await _burst(first, "PAYMENT", "player-a", 10)
-    assert not (await second.check("PAYMENT", "player-a")).allowed
+    other = RedisLink(REDIS_URL)  # another replica's connection
+    first = await _started(RateLimiter(link, config))
+    second = await _started(RateLimiter(other, config))
+    try:
+        await _burst(first, "PAYMENT", "player-a", 10)
+        assert not (await second.check("PAYMENT", "player-a")).allowed
+    finally:
+        await other.close()
 
 
-async def test_budget_refills_at_the_configured_rate(redis_client: Redis) -> None:
-    limiter = await _started(RateLimiter(redis_client, _config()))
+async def test_budget_refills_at_the_configured_rate(link: RedisLink) -> None:
+    limiter = await _started(RateLimiter(link, _config()))
     await _burst(limiter, "AUTH", "198.51.100.7", 6)  # 5/s per IP
     refused = await limiter.check("AUTH", "198.51.100.7")
     assert not refused.allowed
@@ -111,10 +123,10 @@ async def test_budget_refills_at_the_configured_rate(redis_client: Redis) -> Non
         await asyncio.sleep(0.02)
 
 
-async def test_script_reloaded_after_redis_forgets_it(redis_client: Redis) -> None:
+async def test_script_reloaded_after_redis_forgets_it(link: RedisLink, redis_client: Redis) -> None:
     # AUTH's 5/s: a token comes back every 200 ms, far longer than this test's two calls
     # (GAMEPLAY's 200/s refilled one within the 5 ms a reload can take).
-    limiter = await _started(RateLimiter(redis_client, _config()))
+    limiter = await _started(RateLimiter(link, _config()))
     assert (await limiter.check("AUTH", "client-a")).allowed
     await redis_client.script_flush()  # as after a Redis restart
     decision = await limiter.check("AUTH", "client-a")
@@ -122,46 +134,31 @@ async def test_script_reloaded_after_redis_forgets_it(redis_client: Redis) -> No
     assert decision.remaining == 3  # the second request of the same key: state kept
 
 
-class _CountingRedis(Redis):
-    """The real client, counting the pipelines it opens."""
+async def test_checks_made_together_count_exactly_in_the_order_made(link: RedisLink) -> None:
+    limiter = await _started(RateLimiter(link, _config()))
+    started = time.perf_counter()
+    decisions = await asyncio.gather(
+        *(limiter.check("PAYMENT", "player-a") for _ in range(30)),
+        *(limiter.check("PAYMENT", "player-b") for _ in range(3)),
+    )
+    elapsed = time.perf_counter() - started
 
-    pipelines = 0
-
-    def pipeline(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
-        self.pipelines += 1
-        return super().pipeline(*args, **kwargs)  # type: ignore[arg-type]
-
-
-async def test_checks_of_one_loop_turn_go_in_one_pipeline_and_count_exactly() -> None:
-    client = _CountingRedis.from_url(REDIS_URL, socket_timeout=1)
-    limiter = await _started(RateLimiter(client, _config()))
-    try:
-        started = time.perf_counter()
-        decisions = await asyncio.gather(
-            *(limiter.check("PAYMENT", "player-a") for _ in range(30)),
-            *(limiter.check("PAYMENT", "player-b") for _ in range(3)),
-        )
-        elapsed = time.perf_counter() - started
-
-        assert client.pipelines == 1
-        a, b = decisions[:30], decisions[30:]
-        # 10/s, burst 10: the first ten of the turn, in order, then refusals (GCRA refills
-        # one per 100 ms, so a slow machine may let one more through).
-        allowed = [d.allowed for d in a]
-        assert allowed[:10] == [True] * 10
-        assert 10 <= allowed.count(True) <= 10 + int(elapsed * 10)
-        assert [d.remaining for d in a[:10]] == list(range(9, -1, -1))
-        assert all(d.headers["Retry-After"] == "1" for d in a if not d.allowed)
-        assert all(d.allowed for d in b) and [d.remaining for d in b] == [9, 8, 7]
-        assert not any(d.local for d in decisions)
-    finally:
-        await client.aclose()
+    a, b = decisions[:30], decisions[30:]
+    # 10/s, burst 10: the first ten made, in order, then refusals (GCRA refills one per
+    # 100 ms, so a slow machine may let one more through).
+    allowed = [d.allowed for d in a]
+    assert allowed[:10] == [True] * 10
+    assert 10 <= allowed.count(True) <= 10 + int(elapsed * 10)
+    assert [d.remaining for d in a[:10]] == list(range(9, -1, -1))
+    assert all(d.headers["Retry-After"] == "1" for d in a if not d.allowed)
+    assert all(d.allowed for d in b) and [d.remaining for d in b] == [9, 8, 7]
+    assert not any(d.local for d in decisions)
 
 
-async def test_a_turns_pipeline_reloads_the_script_after_redis_forgets_it(
-    redis_client: Redis,
+async def test_checks_in_flight_reload_the_script_after_redis_forgets_it(
+    link: RedisLink, redis_client: Redis
 ) -> None:
-    limiter = await _started(RateLimiter(redis_client, _config()))
+    limiter = await _started(RateLimiter(link, _config()))
     assert (await limiter.check("AUTH", "client-a")).allowed
     await redis_client.script_flush()  # as after a Redis restart
 
@@ -175,7 +172,7 @@ async def test_an_edge_starting_without_redis_starts_and_limits_locally(
     redis_proxy: TcpProxy,
 ) -> None:
     redis_proxy.cut()
-    client = Redis.from_url(f"redis://127.0.0.1:{redis_proxy.port}/0", socket_connect_timeout=0.05)
+    client = RedisLink(f"redis://127.0.0.1:{redis_proxy.port}/0", connect_timeout=0.05)
     limiter = RateLimiter(client, _config())
     try:
         await limiter.load_script(timeout=0.2)  # logged, not raised
@@ -183,22 +180,19 @@ async def test_an_edge_starting_without_redis_starts_and_limits_locally(
         decision = await limiter.check("PLAYER_WALLET", "player-a")
         assert decision.allowed and decision.local
     finally:
-        await client.aclose()
+        await client.close()
 
 
 async def test_redis_down_stricter_local_limits_apply_then_redis_again(
     redis_proxy: TcpProxy,
 ) -> None:
-    client = Redis.from_url(
-        f"redis://127.0.0.1:{redis_proxy.port}/0", socket_timeout=0.05, socket_connect_timeout=0.05
-    )
+    client = RedisLink(f"redis://127.0.0.1:{redis_proxy.port}/0", connect_timeout=0.05)
     limiter = await _started(RateLimiter(client, _config(breaker_reset_seconds=0.2)))
     try:
         assert not (await limiter.check("PLAYER_WALLET", "player-a")).local
 
         redis_proxy.cut()
-        # The checks of one loop turn share a pipeline, which fails: they fall back
-        # together, each counted locally.
+        # The checks made together fail together: each falls back and is counted locally.
         gathered = await asyncio.gather(
             *(limiter.check("PLAYER_WALLET", "player-d") for _ in range(15))
         )
@@ -226,4 +220,4 @@ async def test_redis_down_stricter_local_limits_apply_then_redis_again(
         assert decision.allowed
         assert decision.headers["RateLimit-Policy"] == '"catalog";q=200;w=1'
     finally:
-        await client.aclose()
+        await client.close()
