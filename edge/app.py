@@ -17,7 +17,8 @@ listener), the body read within the class's deadline budget (408 when it does no
 JSON decoded into the RPC's request (400 before any call when it does not fit), the call with
 what is left of the budget as its timeout and the player in `x-casino-player-id` (or the
 operator in `x-casino-operator-id` with their roles), the reply as proto3 JSON, one
-access-log line.
+access-log line. A player's or an anonymous read (GET) is decoded first and its call started
+beside the rate-limit call rather than after it (ListenerApp._serve says when and why).
 """
 
 from __future__ import annotations
