@@ -48,6 +48,10 @@ class Counts:
     # How long a call takes before it answers.
     delay: float = 0.0
 
+    def reset(self, delay: float) -> None:
+        self.started = self.answered = self.cancelled = 0
+        self.delay = delay
+
 
 class CountingEcho(echo_pb2_grpc.EchoServiceServicer):
     def __init__(self, counts: Counts) -> None:
@@ -156,8 +160,7 @@ async def test_a_flood_of_reads_reaches_the_upstream_no_further_than_its_limit(
     # and the upstream saw the 5 answered calls and no other (the calls that start before
     # Redis has decided are held to the limit by the edge's own count).
     counts = upstreams.echo
-    counts.started = counts.answered = 0
-    counts.delay = 0.05
+    counts.reset(delay=0.05)
     async with httpx.AsyncClient(base_url=reads_edge.url(), timeout=10) as http:
         replies = await asyncio.gather(*(http.get("/v1/mirrors/flood") for _ in range(20)))
     statuses = sorted(r.status_code for r in replies)
@@ -177,8 +180,7 @@ async def test_a_read_the_check_refuses_is_not_answered_and_its_call_is_cancelle
     # beside the check. The player gets 401 TOKEN_REVOKED, never the balance, and the
     # wallet's call is cancelled rather than run to its end.
     counts = upstreams.wallet
-    counts.started = counts.answered = counts.cancelled = 0
-    counts.delay = 2.0
+    counts.reset(delay=2.0)
     player = f"player-{uuid.uuid4().hex[:12]}"
     now = int(time.time())
     old = {"Authorization": f"Bearer {tokens.token(player, iat=now - 60)}"}
@@ -204,8 +206,7 @@ async def test_a_read_within_its_limit_is_answered_with_its_budget(
     reads_edge: EdgeProcess, upstreams: Upstreams, tokens: TokenMinter
 ) -> None:
     counts = upstreams.wallet
-    counts.started = counts.answered = counts.cancelled = 0
-    counts.delay = 0.0
+    counts.reset(delay=0.0)
     player = f"player-{uuid.uuid4().hex[:12]}"
     async with httpx.AsyncClient(base_url=reads_edge.url(), timeout=10) as http:
         reply = await http.get(
