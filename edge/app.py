@@ -522,8 +522,15 @@ class ListenerApp:
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             raise _too_large(limit)
-        remaining = self.settings.deadline(binding.endpoint_class) - (time.perf_counter() - started)
-        body = await _read_body(receive, limit, remaining)
+        if length is None and "transfer-encoding" not in headers:
+            # No body: an HTTP/1.1 request has one only when one of the two says so (RFC 9112
+            # 6.3), so a GET is not made to wait for one.
+            body = b""
+        else:
+            remaining = self.settings.deadline(binding.endpoint_class) - (
+                time.perf_counter() - started
+            )
+            body = await _read_body(receive, limit, remaining)
         try:
             query = parse_qsl(
                 scope["query_string"].decode("latin-1"),
