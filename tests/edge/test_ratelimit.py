@@ -198,7 +198,6 @@ async def test_redis_down_stricter_local_limits_apply_then_redis_again(
         )
         assert all(d.local for d in gathered)
         assert [d.allowed for d in gathered].count(True) == 12
-        started = time.perf_counter()
         decisions, _ = await _burst(limiter, "PLAYER_WALLET", "player-a", 20)
         # Never unlimited: 50/s burst 50 divided by 4 -> burst 12, and the headers say so.
         assert all(d.local for d in decisions)
@@ -207,9 +206,9 @@ async def test_redis_down_stricter_local_limits_apply_then_redis_again(
         assert not refused.allowed
         assert refused.headers["RateLimit-Policy"] == '"player_wallet-local";q=12;w=1'
         assert refused.headers["Retry-After"] == "1"
-        # Each player still has a budget of their own; the breaker keeps calls fast.
+        # Each player still has a budget of their own; the open breaker spares them a call
+        # to Redis each.
         assert (await limiter.check("PLAYER_WALLET", "player-b")).allowed
-        assert time.perf_counter() - started < 1.0
         assert limiter.breaker_state == "open"
 
         redis_proxy.start()
