@@ -165,12 +165,16 @@ class RedisLink:
         stale_after: float = 2.0,
     ) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
-            raise ConfigError(f"redis url must be redis:// or rediss://, not {url!r}")
+        database = parts.path.strip("/") or "0"
+        if parts.scheme not in ("redis", "rediss") or not database.isdigit():
+            raise ConfigError(f"redis url must be redis[s]://[user@]host[:port][/db], not {url!r}")
         self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or 6379
+        try:
+            self._port = parts.port or 6379
+        except ValueError:
+            raise ConfigError(f"redis url has no valid port: {url!r}") from None
         self._user = unquote(parts.username) if parts.username else None
-        self._db = int(parts.path.strip("/") or 0)
+        self._db = int(database)
         self._tls = ssl.create_default_context() if parts.scheme == "rediss" else None
         self._password = password
         self._connect_timeout = connect_timeout

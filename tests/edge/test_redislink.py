@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from edge.redislink import RedisLink, ReplyError, encode, parse
+from services.runtime.config import ConfigError
 from tests.support.tcp_proxy import TcpProxy
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -37,6 +38,14 @@ def test_replies_are_parsed_whole_or_not_at_all() -> None:
     error, _ = parse(b"-NOSCRIPT No matching script. Please use EVAL.\r\n")
     assert isinstance(error, ReplyError) and error.code == "NOSCRIPT"
     assert encode(("GET", b"k", 12)) == b"*3\r\n$3\r\nGET\r\n$1\r\nk\r\n$2\r\n12\r\n"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:6379", "redis://127.0.0.1:6379/zero", "redis://127.0.0.1:port/0"]
+)
+def test_a_url_it_cannot_use_is_refused_at_start(url: str) -> None:
+    with pytest.raises(ConfigError):
+        RedisLink(url)
 
 
 async def test_requests_made_together_run_in_the_order_made(link: RedisLink) -> None:
