@@ -99,9 +99,10 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
-        reply = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        reply = loop.create_future()
         if not self.outgoing:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         self.outgoing.append(command)
         self.waiting.append((reply, time.monotonic()))
         return reply

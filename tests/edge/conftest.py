@@ -9,7 +9,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -397,18 +397,33 @@ class StubUpstream:
     port: int
 
 
-@pytest.fixture(scope="session")
-async def failing_upstream(pki: Pki) -> AsyncIterator[StubUpstream]:
+async def serve_stand_in(
+    pki: Pki, identity: str, add: Callable[[grpc.aio.Server], None]
+) -> StubUpstream:
+    """A stand-in upstream, started: what `add` puts on a server, plus health SERVING (the
+    edge is ready only when its upstreams say so), over mTLS with `identity`'s certificate."""
     server = grpc.aio.server()
-    # Only Mirror is served: the other methods are the base class's UNIMPLEMENTED.
-    echo_pb2_grpc.add_EchoServiceServicer_to_server(FailingEcho(), server)  # type: ignore[abstract]
+    add(server)
     health = health_aio.HealthServicer()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_secure_port("127.0.0.1:0", ServerCertificates(pki.tls("echo")).credentials())
+    port = server.add_secure_port(
+        "127.0.0.1:0", ServerCertificates(pki.tls(identity)).credentials()
+    )
     await server.start()
-    yield StubUpstream(server, port)
-    await server.stop(0)
+    return StubUpstream(server, port)
+
+
+@pytest.fixture(scope="session")
+async def failing_upstream(pki: Pki) -> AsyncIterator[StubUpstream]:
+    # Only Mirror is served: the other methods are the base class's UNIMPLEMENTED.
+    upstream = await serve_stand_in(
+        pki,
+        "echo",
+        lambda server: echo_pb2_grpc.add_EchoServiceServicer_to_server(FailingEcho(), server),  # type: ignore[abstract]
+    )
+    yield upstream
+    await upstream.server.stop(0)
 
 
 @pytest.fixture(scope="session")

@@ -15,16 +15,13 @@ from dataclasses import dataclass
 import grpc
 import httpx
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 from redis.asyncio import Redis
 
 from casino.echo.v1 import echo_pb2, echo_pb2_grpc
 from casino.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from edge.process import EdgeProcess
-from services.runtime.tls import ServerCertificates
 from tests.conftest import Pki
-from tests.edge.conftest import TokenMinter, edge_config, start_edge
+from tests.edge.conftest import TokenMinter, edge_config, serve_stand_in, start_edge
 
 # Five reads at once per client address, and no refill within a test (one per 100 s).
 LIMITS = """
@@ -96,29 +93,26 @@ class Upstreams:
 
 @pytest.fixture(scope="module")
 async def upstreams(pki: Pki) -> AsyncIterator[Upstreams]:
-    counts = {"echo": Counts(), "wallet": Counts()}
-    servers, ports = [], {}
-    for name, servicer, add in (
-        ("echo", CountingEcho(counts["echo"]), echo_pb2_grpc.add_EchoServiceServicer_to_server),
-        (
-            "wallet",
-            CountingWallet(counts["wallet"]),
-            wallet_pb2_grpc.add_WalletServiceServicer_to_server,
+    echo, wallet = Counts(), Counts()
+    stand_ins = {
+        "echo": await serve_stand_in(
+            pki,
+            "echo",
+            lambda server: echo_pb2_grpc.add_EchoServiceServicer_to_server(
+                CountingEcho(echo), server
+            ),
         ),
-    ):
-        server = grpc.aio.server()
-        add(servicer, server)  # type: ignore[operator]
-        health = health_aio.HealthServicer()
-        await health.set("", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        ports[name] = server.add_secure_port(
-            "127.0.0.1:0", ServerCertificates(pki.tls(name)).credentials()
-        )
-        await server.start()
-        servers.append(server)
-    yield Upstreams(counts["echo"], counts["wallet"], ports)
-    for server in servers:
-        await server.stop(0)
+        "wallet": await serve_stand_in(
+            pki,
+            "wallet",
+            lambda server: wallet_pb2_grpc.add_WalletServiceServicer_to_server(
+                CountingWallet(wallet), server
+            ),
+        ),
+    }
+    yield Upstreams(echo, wallet, {name: s.port for name, s in stand_ins.items()})
+    for stand_in in stand_ins.values():
+        await stand_in.server.stop(0)
 
 
 @pytest.fixture(scope="module")
