@@ -372,13 +372,18 @@ async def http(edge: EdgeProcess) -> AsyncIterator[httpx.AsyncClient]:
 
 class FailingEcho(echo_pb2_grpc.EchoServiceServicer):
     """Mirror with name "mirrors/<CODE>" fails with that gRPC status; the reason, message
-    and metadata come from note.title, note.text and tags ("k=v")."""
+    and metadata come from note.title, note.text and tags ("k=v"). "mirrors/SLOW" answers
+    after 5 s, noting the time its caller's deadline left it (None: no deadline)."""
+
+    def __init__(self) -> None:
+        self.slow_deadlines: list[float | None] = []
 
     async def Mirror(
         self, request: echo_pb2.MirrorRequest, context: grpc.aio.ServicerContext
     ) -> echo_pb2.MirrorResponse:
         code_name = request.name.removeprefix("mirrors/")
         if code_name == "SLOW":
+            self.slow_deadlines.append(context.time_remaining())
             await asyncio.sleep(5)
             return echo_pb2.MirrorResponse(request=request)
         if code_name == "CRASH":
@@ -415,12 +420,17 @@ async def serve_stand_in(
 
 
 @pytest.fixture(scope="session")
-async def failing_upstream(pki: Pki) -> AsyncIterator[StubUpstream]:
+def failing_echo() -> FailingEcho:
+    return FailingEcho()
+
+
+@pytest.fixture(scope="session")
+async def failing_upstream(pki: Pki, failing_echo: FailingEcho) -> AsyncIterator[StubUpstream]:
     # Only Mirror is served: the other methods are the base class's UNIMPLEMENTED.
     upstream = await serve_stand_in(
         pki,
         "echo",
-        lambda server: echo_pb2_grpc.add_EchoServiceServicer_to_server(FailingEcho(), server),  # type: ignore[abstract]
+        lambda server: echo_pb2_grpc.add_EchoServiceServicer_to_server(failing_echo, server),
     )
     yield upstream
     await upstream.server.stop(0)
